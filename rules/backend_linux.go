@@ -1,0 +1,93 @@
+package rules
+
+import (
+	"errors"
+	"fmt"
+	"os/exec"
+
+	"github.com/coreos/go-iptables/iptables"
+)
+
+// lockTimeout bounds how long one command waits for the xtables lock held by
+// another process (iptables-legacy only; the nf_tables backend has no lock).
+const lockTimeout = 10 // seconds
+
+// newBackend returns the iptables backend for f, or an error matching
+// ErrIPTablesMissing when the binary is not installed.
+func newBackend(f Family) (backend, error) {
+	proto := iptables.ProtocolIPv4
+	if f == IPv6 {
+		proto = iptables.ProtocolIPv6
+	}
+	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(lockTimeout))
+	if errors.Is(err, exec.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s (install the iptables package)", ErrIPTablesMissing, f.command())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("setting up %s: %w", f.command(), err)
+	}
+	return goIPTables{ipt: ipt, fam: f}, nil
+}
+
+// goIPTables adapts go-iptables to backend, translating its "does not
+// exist" errors to errNotExist.
+type goIPTables struct {
+	ipt *iptables.IPTables
+	fam Family
+}
+
+func (g goIPTables) family() Family { return g.fam }
+
+func (g goIPTables) Exists(table, chain string, spec ...string) (bool, error) {
+	ok, err := g.ipt.Exists(table, chain, spec...)
+	return ok, g.wrap(err)
+}
+
+func (g goIPTables) Insert(table, chain string, pos int, spec ...string) error {
+	return g.wrap(g.ipt.Insert(table, chain, pos, spec...))
+}
+
+func (g goIPTables) Append(table, chain string, spec ...string) error {
+	return g.wrap(g.ipt.Append(table, chain, spec...))
+}
+
+func (g goIPTables) Delete(table, chain string, spec ...string) error {
+	return g.wrap(g.ipt.Delete(table, chain, spec...))
+}
+
+func (g goIPTables) List(table, chain string) ([]string, error) {
+	rules, err := g.ipt.List(table, chain)
+	return rules, g.wrap(err)
+}
+
+func (g goIPTables) ListChains(table string) ([]string, error) {
+	chains, err := g.ipt.ListChains(table)
+	return chains, g.wrap(err)
+}
+
+func (g goIPTables) ChainExists(table, chain string) (bool, error) {
+	ok, err := g.ipt.ChainExists(table, chain)
+	return ok, g.wrap(err)
+}
+
+func (g goIPTables) NewChain(table, chain string) error {
+	return g.wrap(g.ipt.NewChain(table, chain))
+}
+
+func (g goIPTables) ClearChain(table, chain string) error {
+	return g.wrap(g.ipt.ClearChain(table, chain))
+}
+
+func (g goIPTables) DeleteChain(table, chain string) error {
+	return g.wrap(g.ipt.DeleteChain(table, chain))
+}
+
+// wrap keeps go-iptables' message (it names the command and iptables'
+// stderr) and adds errNotExist where iptables said the object is missing.
+func (g goIPTables) wrap(err error) error {
+	var ierr *iptables.Error
+	if errors.As(err, &ierr) && ierr.IsNotExist() {
+		return fmt.Errorf("%w: %w", errNotExist, err)
+	}
+	return err
+}

@@ -1,0 +1,171 @@
+// Package rules owns ftpalg's iptables state: the static chains that send FTP
+// control packets to the NFQUEUE and hold pinholes, the per-data-connection
+// pinhole rules themselves, and the allocator for public ports announced on
+// the NAT'd side.
+//
+// ftpalg never edits the administrator's rules. Everything lives in chains
+// whose names start with FTPALG, reached by one jump from each built-in chain:
+//
+//	mangle FORWARD    -> FTPALG-QUEUE   NFQUEUE for the control ports (both directions)
+//	nat    PREROUTING -> FTPALG-DNAT    one DNAT per NAT'd pinhole
+//	filter FORWARD    -> FTPALG-ACCEPT  one ACCEPT per pinhole
+//
+// The queue hook sits in mangle FORWARD, after conntrack and DNAT, so the
+// daemon sees one consistent address view for both directions of a control
+// connection. The filter jump is inserted first so pinholes are reached before
+// a FORWARD policy DROP; pinhole rules only match conntrack state NEW, so
+// INVALID packets still fall through to the administrator's own rules.
+//
+// The same chains exist for IPv6 through ip6tables. Administrators who manage
+// the whole ruleset themselves use [Fragment] to include the chains in their
+// own iptables-restore script.
+package rules
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// Names of the chains ftpalg owns. They are part of the product's contract:
+// administrators reference them from their own firewall scripts.
+const (
+	ChainQueue  = "FTPALG-QUEUE"  // in table mangle, jumped to from FORWARD
+	ChainDNAT   = "FTPALG-DNAT"   // in table nat, jumped to from PREROUTING
+	ChainAccept = "FTPALG-ACCEPT" // in table filter, jumped to from FORWARD
+)
+
+// DefaultControlPort is the FTP control port queued when none is configured.
+const DefaultControlPort = 21
+
+// maxMultiport is the kernel's limit on ports in one multiport match
+// (XT_MULTI_PORTS); longer lists are split over several rules.
+const maxMultiport = 15
+
+var (
+	// ErrInvalidConfig reports a Config that cannot be turned into rules.
+	ErrInvalidConfig = errors.New("invalid rules config")
+	// ErrInvalidPinhole reports a Pinhole with missing, mixed-family or
+	// otherwise unusable addresses.
+	ErrInvalidPinhole = errors.New("invalid pinhole")
+	// ErrFamilyDisabled reports a pinhole for an address family that the
+	// Config does not enable.
+	ErrFamilyDisabled = errors.New("address family not enabled")
+	// ErrIPTablesMissing reports that the iptables or ip6tables binary needed
+	// for an enabled family is not installed.
+	ErrIPTablesMissing = errors.New("iptables binary not found")
+	// ErrUnsupported reports use of the kernel-facing parts on a platform
+	// other than Linux.
+	ErrUnsupported = errors.New("iptables rules are only supported on Linux")
+	// ErrNoFreePort reports that every port of the data port range is
+	// reserved on the requested public address.
+	ErrNoFreePort = errors.New("no free port in range")
+	// ErrInvalidPortRange reports a malformed or empty port range.
+	ErrInvalidPortRange = errors.New("invalid port range")
+	// ErrInvalidAddress reports an unusable address given to Ports.
+	ErrInvalidAddress = errors.New("invalid address")
+)
+
+// Family is an IP address family, selecting iptables or ip6tables.
+type Family uint8
+
+// The address families ftpalg handles.
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+// String returns "IPv4" or "IPv6".
+func (f Family) String() string {
+	switch f {
+	case IPv4:
+		return "IPv4"
+	case IPv6:
+		return "IPv6"
+	default:
+		return fmt.Sprintf("Family(%d)", uint8(f))
+	}
+}
+
+// command is the iptables binary that manages f.
+func (f Family) command() string {
+	if f == IPv6 {
+		return "ip6tables"
+	}
+	return "iptables"
+}
+
+// familyOf returns the family of an address; IPv4-mapped IPv6 addresses
+// count as IPv4 because that is how they appear on the wire.
+func familyOf(a netip.Addr) Family {
+	if a.Unmap().Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+// Config selects what the chains match and which families get them.
+type Config struct {
+	// ControlPorts are the FTP control ports whose packets are queued, in
+	// both directions (destination port from clients, source port from
+	// servers).
+	ControlPorts []uint16
+	// QueueNum is the NFQUEUE number the daemon listens on.
+	QueueNum uint16
+	// Bypass adds --queue-bypass, so control packets pass unmodified rather
+	// than being dropped while no daemon listens on the queue.
+	Bypass bool
+	// IPv4 and IPv6 enable the rules for each family.
+	IPv4, IPv6 bool
+}
+
+// DefaultConfig returns the configuration used when the operator sets
+// nothing: port 21, queue 0, bypass on, both families.
+func DefaultConfig() Config {
+	return Config{
+		ControlPorts: []uint16{DefaultControlPort},
+		Bypass:       true,
+		IPv4:         true,
+		IPv6:         true,
+	}
+}
+
+// Validate reports whether the configuration can be rendered into rules.
+func (c Config) Validate() error {
+	if len(c.ControlPorts) == 0 {
+		return fmt.Errorf("%w: no control ports", ErrInvalidConfig)
+	}
+	if slices.Contains(c.ControlPorts, 0) {
+		return fmt.Errorf("%w: control port 0", ErrInvalidConfig)
+	}
+	if !c.IPv4 && !c.IPv6 {
+		return fmt.Errorf("%w: neither IPv4 nor IPv6 enabled", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// Families returns the enabled families, IPv4 first.
+func (c Config) Families() []Family {
+	var fs []Family
+	if c.IPv4 {
+		fs = append(fs, IPv4)
+	}
+	if c.IPv6 {
+		fs = append(fs, IPv6)
+	}
+	return fs
+}
+
+// enabled reports whether f is enabled in c.
+func (c Config) enabled(f Family) bool {
+	return (f == IPv4 && c.IPv4) || (f == IPv6 && c.IPv6)
+}
+
+// controlPorts returns the configured ports sorted and without duplicates, so
+// rendered rules do not depend on how the operator listed them.
+func (c Config) controlPorts() []uint16 {
+	ps := slices.Clone(c.ControlPorts)
+	slices.Sort(ps)
+	return slices.Compact(ps)
+}

@@ -1,0 +1,191 @@
+package rules
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// hook is one of ftpalg's chains and the built-in chain that jumps to it.
+type hook struct {
+	table  string // iptables table
+	parent string // built-in chain holding the jump
+	chain  string // ftpalg's chain
+}
+
+// hooks returns ftpalg's chains in install order. The queue comes last so
+// that control packets are only diverted once the pinhole chains are hooked
+// in; removal walks the list backwards.
+func hooks() [3]hook {
+	return [3]hook{
+		{table: "filter", parent: "FORWARD", chain: ChainAccept},
+		{table: "nat", parent: "PREROUTING", chain: ChainDNAT},
+		{table: "mangle", parent: "FORWARD", chain: ChainQueue},
+	}
+}
+
+// jumpSpec is the rule in a built-in chain that enters ftpalg's chain.
+func jumpSpec(chain string) []string {
+	return []string{"-j", chain}
+}
+
+// queueSpecs returns the NFQUEUE rules of FTPALG-QUEUE: control packets from
+// clients (destination port) and from servers (source port). Each rule is in
+// the canonical form `iptables -S` prints, so listings compare exactly.
+func queueSpecs(cfg Config) [][]string {
+	ports := cfg.controlPorts()
+	var specs [][]string
+	for _, dir := range []string{"--dports", "--sports"} {
+		for chunk := range slicesChunk(ports, maxMultiport) {
+			list := make([]string, len(chunk))
+			for i, p := range chunk {
+				list[i] = strconv.Itoa(int(p))
+			}
+			spec := []string{
+				"-p", "tcp", "-m", "multiport", dir, strings.Join(list, ","),
+				"-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(cfg.QueueNum)),
+			}
+			if cfg.Bypass {
+				spec = append(spec, "--queue-bypass")
+			}
+			specs = append(specs, spec)
+		}
+	}
+	return specs
+}
+
+// slicesChunk yields consecutive sub-slices of at most n elements.
+func slicesChunk(s []uint16, n int) func(func([]uint16) bool) {
+	return func(yield func([]uint16) bool) {
+		for len(s) > 0 {
+			m := min(n, len(s))
+			if !yield(s[:m]) {
+				return
+			}
+			s = s[m:]
+		}
+	}
+}
+
+// acceptSpec is the FTPALG-ACCEPT rule of a normalized pinhole. filter
+// FORWARD sees the packet after DNAT, so it matches the real endpoint; for a
+// NAT'd pinhole it also requires the original destination to be the public
+// one, so the rule admits only connections that came through the DNAT.
+func (p Pinhole) acceptSpec() []string {
+	spec := []string{
+		"-s", hostPrefix(p.Peer), "-d", hostPrefix(p.Target.Addr()),
+		"-p", "tcp", "-m", "tcp", "--dport", strconv.Itoa(int(p.Target.Port())),
+		"-m", "conntrack", "--ctstate", "NEW",
+	}
+	if p.NAT() {
+		// iptables stores --ctorigdst with and without /32 differently, so
+		// this must stay the bare address to match what -S prints.
+		spec = append(spec,
+			"--ctorigdst", p.Public.Addr().String(),
+			"--ctorigdstport", strconv.Itoa(int(p.Public.Port())))
+	}
+	return append(spec, "-m", "comment", "--comment", p.comment(), "-j", "ACCEPT")
+}
+
+// dnatSpec is the FTPALG-DNAT rule of a normalized NAT'd pinhole.
+func (p Pinhole) dnatSpec() []string {
+	return []string{
+		"-s", hostPrefix(p.Peer), "-d", hostPrefix(p.Public.Addr()),
+		"-p", "tcp", "-m", "tcp", "--dport", strconv.Itoa(int(p.Public.Port())),
+		"-m", "conntrack", "--ctstate", "NEW",
+		"-m", "comment", "--comment", p.comment(),
+		"-j", "DNAT", "--to-destination", p.Target.String(),
+	}
+}
+
+// comment labels pinhole rules so administrators can tell what opened them.
+func (p Pinhole) comment() string {
+	return "ftpalg " + p.String()
+}
+
+// formatRule renders a rule spec the way iptables -S and iptables-save do,
+// quoting arguments that contain spaces or quotes.
+func formatRule(spec []string) string {
+	var b strings.Builder
+	for i, arg := range spec {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(quoteArg(arg))
+	}
+	return b.String()
+}
+
+// quoteArg quotes one argument for iptables-restore input.
+func quoteArg(s string) string {
+	if s != "" && !strings.ContainsAny(s, " \t\"\\'") {
+		return s
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range s {
+		if r == '"' || r == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// splitRule splits one line of `iptables -S` output into arguments, undoing
+// the quoting iptables applies to comments. It is used to delete rules found
+// by listing, such as jumps into our chains added by someone else.
+func splitRule(line string) ([]string, error) {
+	var (
+		args    []string
+		cur     strings.Builder
+		inArg   bool
+		inQuote bool
+	)
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case inQuote && c == '\\' && i+1 < len(line):
+			i++
+			cur.WriteByte(line[i])
+		case c == '"':
+			inQuote = !inQuote
+			inArg = true
+		case !inQuote && (c == ' ' || c == '\t'):
+			if inArg {
+				args = append(args, cur.String())
+				cur.Reset()
+				inArg = false
+			}
+		default:
+			cur.WriteByte(c)
+			inArg = true
+		}
+	}
+	if inQuote {
+		return nil, fmt.Errorf("unterminated quote in rule %q", line)
+	}
+	if inArg {
+		args = append(args, cur.String())
+	}
+	return args, nil
+}
+
+// jumpTarget returns the chain a listed rule (`-A CHAIN ... -j TARGET`) jumps
+// or goes to, and the rule spec without the leading `-A CHAIN`.
+func jumpTarget(args []string) (chain, target string, spec []string, ok bool) {
+	if len(args) < 2 || args[0] != "-A" {
+		return "", "", nil, false
+	}
+	for i := 2; i+1 < len(args); i++ {
+		if args[i] == "--comment" {
+			i++ // a comment may itself read "-j X"
+			continue
+		}
+		if args[i] == "-j" || args[i] == "-g" || args[i] == "--jump" || args[i] == "--goto" {
+			return args[1], args[i+1], args[2:], true
+		}
+	}
+	return "", "", nil, false
+}
