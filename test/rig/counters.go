@@ -1,0 +1,73 @@
+package rig
+
+import (
+	"bufio"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// chainCounters is what parseChainListing extracts from
+// `iptables -L CHAIN -v -n -x`.
+type chainCounters struct {
+	// policyPackets counts packets that fell through to the chain policy.
+	policyPackets uint64
+	// rulePackets is the packet counter of the first rule carrying the
+	// comment looked for.
+	rulePackets uint64
+}
+
+// parseChainListing reads the output of `iptables -L CHAIN -v -n -x` (the
+// same for the nft and legacy backends and for ip6tables): a header
+// "Chain FORWARD (policy DROP 3 packets, 180 bytes)", a column header and
+// one line per rule whose first field is its exact packet count. The rule
+// is found by its comment, which iptables prints as "/* text */", so its
+// position in the chain does not matter.
+func parseChainListing(out, comment string) (chainCounters, error) {
+	var c chainCounters
+	tag := "/* " + comment + " */"
+	sawHeader, sawRule := false, false
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case line == "" || strings.HasPrefix(line, "pkts "):
+			continue
+		case strings.HasPrefix(line, "Chain "):
+			if sawHeader {
+				return c, fmt.Errorf("listing has more than one chain: %w", ErrCounter)
+			}
+			sawHeader = true
+			_, rest, ok := strings.Cut(line, "(policy ")
+			if !ok {
+				return c, fmt.Errorf("chain header %q has no policy: %w", line, ErrCounter)
+			}
+			f := strings.Fields(rest) // DROP 3 packets, 180 bytes)
+			if len(f) < 3 || f[2] != "packets," {
+				return c, fmt.Errorf("chain header %q: %w", line, ErrCounter)
+			}
+			n, err := strconv.ParseUint(f[1], 10, 64)
+			if err != nil {
+				return c, fmt.Errorf("chain header %q: %w: %w", line, ErrCounter, err)
+			}
+			c.policyPackets = n
+		case !sawRule && strings.Contains(line, tag):
+			f := strings.Fields(line)
+			n, err := strconv.ParseUint(f[0], 10, 64)
+			if err != nil {
+				return c, fmt.Errorf("rule line %q: %w: %w", line, ErrCounter, err)
+			}
+			c.rulePackets, sawRule = n, true
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return c, fmt.Errorf("reading chain listing: %w", err)
+	}
+	if !sawHeader {
+		return c, fmt.Errorf("no chain header in listing: %w", ErrCounter)
+	}
+	if !sawRule {
+		return c, fmt.Errorf("no rule tagged %q: %w", comment, ErrCounter)
+	}
+	return c, nil
+}
