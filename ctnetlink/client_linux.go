@@ -1,0 +1,352 @@
+package ctnetlink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/netfilter"
+	"golang.org/x/sys/unix"
+)
+
+// eventReadBuffer is the receive buffer asked for the event socket. A burst
+// of new data connections must fit while the handler runs; the kernel caps
+// it at net.core.rmem_max.
+const eventReadBuffer = 4 << 20
+
+// answerBuffer holds the largest datagram the kernel sends on a query
+// socket: dump parts are capped at 32 KiB (netlink_dump), single answers
+// are far smaller.
+const answerBuffer = 64 << 10
+
+// queryTimeout bounds a request's round trip, which normally takes
+// microseconds: a caller holding a packet's verdict must not hang on it.
+const queryTimeout = 2 * time.Second
+
+// Client is a ctnetlink connection to the conntrack table of one network
+// namespace. It is safe for concurrent use; requests on it are serialised
+// (one netlink round trip at a time).
+type Client struct {
+	log *slog.Logger
+	// query carries requests and their answers; mu serialises round
+	// trips on it, raw reads it, buf holds one answer datagram.
+	mu    sync.Mutex
+	query *netlink.Conn
+	raw   syscall.RawConn
+	buf   []byte
+	// events joins NFNLGRP_CONNTRACK_NEW while Watch runs. It is opened
+	// with query so that both live in the namespace Open was called in,
+	// whichever thread Watch later runs on.
+	events   *netlink.Conn
+	watching atomic.Bool
+	overruns atomic.Uint64
+}
+
+// Open connects to ctnetlink in the network namespace of the calling thread.
+// A nil log discards log output.
+func Open(log *slog.Logger) (*Client, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	q, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return nil, fmt.Errorf("opening ctnetlink socket: %w", err)
+	}
+	ev, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		q.Close()
+		return nil, fmt.Errorf("opening ctnetlink event socket: %w", err)
+	}
+	if err := ev.SetReadBuffer(eventReadBuffer); err != nil {
+		log.Warn("ctnetlink: cannot enlarge event socket buffer", "bytes", eventReadBuffer, "err", err)
+	}
+	raw, err := q.SyscallConn()
+	if err != nil {
+		q.Close()
+		ev.Close()
+		return nil, fmt.Errorf("opening ctnetlink socket: %w", err)
+	}
+	return &Client{log: log, query: q, raw: raw, buf: make([]byte, answerBuffer), events: ev}, nil
+}
+
+// Close closes the connection. A running Watch returns.
+func (c *Client) Close() error {
+	return errors.Join(c.query.Close(), c.events.Close())
+}
+
+// roundTrip sends req and passes each entry message of the answer to each,
+// until the kernel's ACK or DONE ends the answer.
+//
+// It does not use netlink.Conn.Execute: mdlayher/netlink v1.11.2 keeps
+// reading after a message flagged NLM_F_MULTI until it sees NLMSG_DONE, and
+// ctnetlink answers a GET with one NLM_F_MULTI entry followed by an ACK,
+// never DONE, so Execute blocks forever (mdlayher/netlink PR #315). The
+// query socket is read only here, under c.mu.
+func (c *Client) roundTrip(req netlink.Message, each func(netlink.Message) error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.query.SetDeadline(time.Now().Add(queryTimeout)); err != nil {
+		return err
+	}
+	sent, err := c.query.Send(req)
+	if err != nil {
+		return err
+	}
+	for {
+		n, err := c.recv()
+		if err != nil {
+			return err
+		}
+		done, err := parseAnswer(c.buf[:n], sent.Header.Sequence, each)
+		if done || err != nil {
+			return err
+		}
+	}
+}
+
+// recv reads one datagram from the query socket into c.buf, waiting in the
+// runtime poller (so the socket deadline applies).
+func (c *Client) recv() (int, error) {
+	var (
+		n       int
+		flags   int
+		recvErr error
+	)
+	err := c.raw.Read(func(fd uintptr) bool {
+		n, _, flags, _, recvErr = unix.Recvmsg(int(fd), c.buf, nil, unix.MSG_DONTWAIT)
+		return recvErr != unix.EAGAIN && recvErr != unix.EWOULDBLOCK
+	})
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("receiving ctnetlink answer: %w", err)
+	case recvErr != nil:
+		return 0, fmt.Errorf("receiving ctnetlink answer: %w", recvErr)
+	case flags&unix.MSG_TRUNC != 0:
+		return 0, fmt.Errorf("%w: answer larger than %d bytes", ErrMalformed, len(c.buf))
+	}
+	return n, nil
+}
+
+// get asks the kernel for the entry having t as one of its tuples.
+func (c *Client) get(t Tuple) (Entry, error) {
+	req, err := getRequest(t)
+	if err != nil {
+		return Entry{}, err
+	}
+	var (
+		e Entry
+		n int
+	)
+	err = c.roundTrip(req, func(m netlink.Message) error {
+		n++
+		var err error
+		e, err = decodeEntry(m)
+		return err
+	})
+	if errors.Is(err, unix.ENOENT) {
+		return Entry{}, ErrNotFound
+	}
+	if err != nil {
+		return Entry{}, err
+	}
+	if n != 1 {
+		return Entry{}, fmt.Errorf("%w: %d answers to a get", ErrMalformed, n)
+	}
+	return e, nil
+}
+
+// dumpFiltered returns the entries whose original and reply tuples have the
+// sources of orig and reply.
+func (c *Client) dumpFiltered(orig, reply Tuple) ([]Entry, error) {
+	req, err := filterDumpRequest(orig, reply)
+	if err != nil {
+		return nil, err
+	}
+	var entries []Entry
+	err = c.roundTrip(req, func(m netlink.Message) error {
+		e, err := decodeEntry(m)
+		if err == nil {
+			entries = append(entries, e)
+		}
+		return err
+	})
+	return entries, err
+}
+
+// Lookup finds the conntrack entry of the TCP connection a packet belongs
+// to, given the packet's tuple as seen in mangle FORWARD, and the direction
+// the packet travels in.
+//
+// It asks for seen, then for seen reversed: one of them is a tuple of the
+// entry unless the connection has both SNAT and DNAT (see Entry). Only then
+// does it fall back to two filtered dumps, which walk the whole conntrack
+// hash in the kernel (about 3 ms each with 262144 buckets, against about
+// 6 µs for a lookup); callers should cache the result per connection, and
+// a miss (ErrNotFound) costs the walks too.
+func (c *Client) Lookup(seen Tuple) (Entry, Direction, error) {
+	seen, err := seen.normalize()
+	if err != nil {
+		return Entry{}, 0, err
+	}
+	for _, key := range [...]Tuple{seen, seen.Reverse()} {
+		e, err := c.get(key)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return Entry{}, 0, fmt.Errorf("looking up conntrack entry of %s: %w", seen, err)
+		}
+		if d, ok := e.Direction(seen); ok {
+			return e, d, nil
+		}
+		// An unrelated entry owns the key (possible only with NAT
+		// mappings that collide with a direct connection); keep looking.
+		c.log.Debug("ctnetlink: tuple belongs to another entry", "seen", seen, "entry", e)
+	}
+	// Original-direction hypothesis: seen.Src is Orig.Src and seen.Dst is
+	// Reply.Src; then the reply-direction one.
+	for _, h := range [...]struct{ orig, reply Tuple }{
+		{seen, seen.Reverse()},
+		{seen.Reverse(), seen},
+	} {
+		entries, err := c.dumpFiltered(h.orig, h.reply)
+		if err != nil {
+			return Entry{}, 0, fmt.Errorf("searching conntrack table for %s: %w", seen, err)
+		}
+		for _, e := range entries {
+			if d, ok := e.Direction(seen); ok {
+				return e, d, nil
+			}
+		}
+	}
+	return Entry{}, 0, fmt.Errorf("looking up conntrack entry of %s: %w", seen, ErrNotFound)
+}
+
+// PublicAddr returns the address the peer sees for the sender of a packet
+// whose tuple in mangle FORWARD is seen: the kernel FTP helper's
+// ct->tuplehash[!dir].tuple.dst. See Entry for the mapping.
+func (c *Client) PublicAddr(seen Tuple) (netip.Addr, error) {
+	e, d, err := c.Lookup(seen)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return e.PublicAddr(d), nil
+}
+
+// SetLiberal sets IP_CT_TCP_FLAG_BE_LIBERAL in both directions of the
+// conntrack entry of the connection seen belongs to (seen as in Lookup), so
+// that conntrack accepts sequence and acknowledgement numbers that no longer
+// match the payload it saw once ftpalg has changed a payload's length. Only
+// that entry is affected; TCP state, window scale and the other flags stay.
+func (c *Client) SetLiberal(seen Tuple) error {
+	e, _, err := c.Lookup(seen)
+	if err != nil {
+		return fmt.Errorf("setting liberal window tracking: %w", err)
+	}
+	return c.SetLiberalEntry(e)
+}
+
+// SetLiberalEntry is SetLiberal for an entry already looked up, saving the
+// lookup's round trips.
+func (c *Client) SetLiberalEntry(e Entry) error {
+	orig, err := e.Orig.normalize()
+	if err != nil {
+		return fmt.Errorf("setting liberal window tracking on %s: %w", e, err)
+	}
+	req, err := liberalRequest(orig)
+	if err != nil {
+		return err
+	}
+	if err := c.roundTrip(req, func(netlink.Message) error { return nil }); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			err = ErrNotFound
+		}
+		return fmt.Errorf("setting liberal window tracking on %s: %w", e, err)
+	}
+	return nil
+}
+
+// WatchHandler receives what Watch reports. Its functions are called from
+// Watch's goroutine, one at a time; a slow NewFlow lets the socket buffer
+// fill, which the kernel reports as an overrun.
+type WatchHandler struct {
+	// NewFlow is called for each conntrack NEW event of a TCP connection.
+	NewFlow func(NewFlow)
+	// Overrun, if set, is called when the kernel dropped events because
+	// the event socket's buffer was full (ENOBUFS). total counts overruns
+	// since the Client was opened. Events were lost: a consumer waiting
+	// for a particular one must not rely on it arriving.
+	Overrun func(total uint64)
+}
+
+// Overruns returns the number of event overruns (ENOBUFS) seen by Watch
+// since the Client was opened.
+func (c *Client) Overruns() uint64 { return c.overruns.Load() }
+
+// Watch reports conntrack NEW events for TCP connections until ctx is done
+// (it then returns ctx.Err()), the Client is closed, or receiving fails. An
+// overrun is counted, logged, reported to h.Overrun, and Watch carries on.
+// One Watch at a time per Client; a second returns ErrWatching.
+func (c *Client) Watch(ctx context.Context, h WatchHandler) error {
+	if h.NewFlow == nil {
+		return errors.New("watching conntrack events: WatchHandler.NewFlow is nil")
+	}
+	if !c.watching.CompareAndSwap(false, true) {
+		return ErrWatching
+	}
+	defer c.watching.Store(false)
+
+	if err := c.events.SetReadDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("watching conntrack events: %w", err)
+	}
+	if err := c.events.JoinGroup(uint32(netfilter.GroupCTNew)); err != nil {
+		return fmt.Errorf("joining conntrack NEW event group: %w", err)
+	}
+	defer func() {
+		if err := c.events.LeaveGroup(uint32(netfilter.GroupCTNew)); err != nil && !errors.Is(err, unix.EBADF) {
+			c.log.Debug("ctnetlink: leaving NEW event group", "err", err)
+		}
+	}()
+	// Receive blocks in the runtime poller; a past deadline wakes it.
+	stop := context.AfterFunc(ctx, func() { _ = c.events.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	for {
+		msgs, err := c.events.Receive()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, unix.ENOBUFS) {
+				n := c.overruns.Add(1)
+				c.log.Warn("ctnetlink: conntrack events lost, socket buffer overrun", "overruns", n)
+				if h.Overrun != nil {
+					h.Overrun(n)
+				}
+				continue
+			}
+			if errors.Is(err, os.ErrClosed) || errors.Is(err, unix.EBADF) {
+				return fmt.Errorf("watching conntrack events: client closed: %w", err)
+			}
+			return fmt.Errorf("receiving conntrack events: %w", err)
+		}
+		for _, m := range msgs {
+			f, ok, err := decodeNewEvent(m)
+			if err != nil {
+				c.log.Warn("ctnetlink: skipping undecodable event", "err", err)
+				continue
+			}
+			if ok {
+				h.NewFlow(f)
+			}
+		}
+	}
+}
