@@ -1,0 +1,355 @@
+// Package conntrack tracks FTP control connections packet by packet: it
+// reassembles each direction into lines, has package alg find the data
+// addresses announced in them, rewrites those that the peer cannot reach,
+// and keeps the TCP sequence, acknowledgement and SACK numbers of both
+// directions consistent with the rewritten byte streams for the life of the
+// connection.
+//
+// The Engine is pure: raw IP packets in, a verdict and events out. It makes
+// no system calls; what it needs from the kernel (the public address of a
+// NAT'd sender, a free port) it asks through the NAT interface, which the
+// daemon implements with ctnetlink and tests implement with a fake. It is
+// not safe for concurrent use: the daemon feeds it from one goroutine.
+package conntrack
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/ftpalg/ftpalg/alg"
+	"github.com/ftpalg/ftpalg/conntrack/seqnum"
+)
+
+// Reasons an announcement is refused. Refusals never change the bytes: the
+// line passes as the sender wrote it and no pinhole is opened.
+var (
+	ErrBounce       = errors.New("announced address is neither the sender's nor its public address")
+	ErrLowPort      = errors.New("announced data port is below the minimum")
+	ErrSplit        = errors.New("address line split across a segment that was already released")
+	ErrStalled      = errors.New("sender stalled on a held partial line; released unchanged")
+	ErrTooManyEdits = errors.New("too many unacknowledged rewrites on this connection")
+	ErrInvalidAck   = errors.New("acknowledges data that was never sent")
+	ErrGap          = errors.New("segment starts beyond a hole in the stream")
+	ErrTableFull    = errors.New("connection table full; evicted the least recently used")
+	ErrMapping      = errors.New("no public mapping for the sender")
+)
+
+// NAT is what the engine needs to know about address translation. The
+// daemon answers from the kernel's conntrack table; tests use a fake.
+type NAT interface {
+	// PublicAddr returns the address the peer sees for the sender of
+	// packets on c: the client when fromClient, else the server. It equals
+	// the sender's own address when no NAT is involved.
+	PublicAddr(c Conn, fromClient bool) (netip.Addr, error)
+	// ReservePort reserves a port on the public address for a new data
+	// connection, preferring want. The daemon releases it with the pinhole.
+	ReservePort(public netip.Addr, want uint16) (uint16, error)
+}
+
+// Config tunes the engine. Zero values select the defaults.
+type Config struct {
+	ControlPorts   []uint16      // server ports of control connections; default 21
+	MaxLine        int           // longest line parsed; default 4096
+	MaxFlows       int           // tracked connections; default 65536
+	MaxEdits       int           // unacknowledged rewrites per direction; default 64
+	IdleTimeout    time.Duration // default 24h
+	CloseTimeout   time.Duration // after both FINs or an RST; default 30s
+	MinDataPort    uint16        // lowest acceptable data port; default 1024
+	StallTimeout   time.Duration // hold a partial address line at most this long against a retransmitting sender; default 150ms
+	VerifyChecksum bool          // drop segments with a bad TCP checksum
+}
+
+func (c *Config) fill() {
+	if len(c.ControlPorts) == 0 {
+		c.ControlPorts = []uint16{21}
+	}
+	if c.MaxLine <= 0 {
+		c.MaxLine = 4096
+	}
+	if c.MaxFlows <= 0 {
+		c.MaxFlows = 65536
+	}
+	if c.MaxEdits <= 0 {
+		c.MaxEdits = 64
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 24 * time.Hour
+	}
+	if c.CloseTimeout <= 0 {
+		c.CloseTimeout = 30 * time.Second
+	}
+	if c.StallTimeout <= 0 {
+		c.StallTimeout = 150 * time.Millisecond
+	}
+	if c.MinDataPort == 0 {
+		c.MinDataPort = 1024
+	}
+}
+
+// Verdict is what to do with a packet.
+type Verdict uint8
+
+const (
+	Accept         Verdict = iota // pass the packet unchanged
+	AcceptModified                // pass Result.Packet instead
+	Drop                          // drop it; TCP will retransmit
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case Accept:
+		return "accept"
+	case AcceptModified:
+		return "accept-modified"
+	case Drop:
+		return "drop"
+	}
+	return fmt.Sprintf("verdict(%d)", v)
+}
+
+// EventKind says what an Event reports.
+type EventKind uint8
+
+const (
+	EventRewrite EventKind = iota + 1 // an announced address was rewritten
+	EventPinhole                      // a data connection must be let through before the packet is released
+	EventRefusal                      // an announcement was found and not acted on, or a packet refused
+	EventFlowEnd                      // a connection is no longer tracked: close its pinholes
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventRewrite:
+		return "rewrite"
+	case EventPinhole:
+		return "pinhole"
+	case EventRefusal:
+		return "refusal"
+	case EventFlowEnd:
+		return "flow-end"
+	}
+	return fmt.Sprintf("event(%d)", k)
+}
+
+// Pinhole describes one expected data connection.
+type Pinhole struct {
+	Peer   netip.Addr     // the only source allowed to connect
+	Public netip.AddrPort // where it connects, as announced to it
+	Target netip.AddrPort // the real endpoint (equal to Public without NAT)
+}
+
+func (p Pinhole) String() string {
+	if p.Public == p.Target {
+		return fmt.Sprintf("%s -> %s", p.Peer, p.Target)
+	}
+	return fmt.Sprintf("%s -> %s (to %s)", p.Peer, p.Public, p.Target)
+}
+
+// Event is something the daemon acts on or logs.
+type Event struct {
+	Kind    EventKind
+	Session uint64
+	Conn    Conn
+	Msg     alg.Kind       // the message concerned, if any
+	From    netip.AddrPort // rewrite: announced; refusal: as found
+	To      netip.AddrPort // rewrite: what the peer is told
+	Pinhole Pinhole        // pinhole
+	Reason  error          // refusal
+	// NeedLiberal is set on the first rewrite that changes the payload
+	// length of a connection: the kernel's window tracking must be told to
+	// be liberal on it before the packet is released (see DESIGN.md).
+	NeedLiberal bool
+}
+
+// LogAttrs renders the event as slog attributes.
+func (ev *Event) LogAttrs() []slog.Attr {
+	a := []slog.Attr{slog.Uint64("session", ev.Session), slog.String("conn", ev.Conn.String())}
+	if ev.Msg != alg.KindNone {
+		a = append(a, slog.String("cmd", ev.Msg.String()))
+	}
+	switch ev.Kind {
+	case EventRewrite:
+		a = append(a, slog.String("from", ev.From.String()), slog.String("to", ev.To.String()))
+	case EventPinhole:
+		a = append(a, slog.String("pinhole", ev.Pinhole.String()))
+	case EventRefusal:
+		if ev.From.IsValid() {
+			a = append(a, slog.String("announced", ev.From.String()))
+		}
+		a = append(a, slog.String("reason", ev.Reason.Error()))
+	}
+	return a
+}
+
+// Result is the engine's answer for one packet. Packet and Events alias
+// engine buffers and are valid until the next call.
+type Result struct {
+	Verdict Verdict
+	Packet  []byte
+	Events  []Event
+}
+
+// Stats counts what the engine did.
+type Stats struct {
+	Packets, Modified, Dropped, Untracked uint64
+	Rewrites, Refusals, Flows, Evicted    uint64
+	Stalled                               uint64
+}
+
+// Engine processes the packets of FTP control connections.
+type Engine struct {
+	cfg   Config
+	nat   NAT
+	tab   table
+	dec   *decoder
+	seg   segment
+	ids   uint64
+	stats Stats
+
+	events  []Event
+	payload []byte // rebuilt payload
+	scratch []byte // reassembly of held bytes
+	lineBuf []byte // rewritten line
+	out     gopacket.SerializeBuffer
+	num     []byte // number-only edits
+	opts    [40]layers.TCPOption
+	sack    [maxSACKs * 8]byte
+
+	cur  *flow // the flow being processed, for the line handler
+	side alg.Side
+}
+
+// New returns an engine. nat must not be nil.
+func New(cfg Config, nat NAT) *Engine {
+	cfg.fill()
+	return &Engine{
+		cfg: cfg,
+		nat: nat,
+		tab: table{m: make(map[Conn]*flow)},
+		dec: newDecoder(),
+		out: gopacket.NewSerializeBuffer(),
+	}
+}
+
+// Stats returns the counters.
+func (e *Engine) Stats() Stats { return e.stats }
+
+// Len returns the number of tracked connections.
+func (e *Engine) Len() int { return len(e.tab.m) }
+
+func (e *Engine) isControl(port uint16) bool { return slices.Contains(e.cfg.ControlPorts, port) }
+
+func (e *Engine) emit(ev Event) {
+	if ev.Kind == EventRefusal {
+		e.stats.Refusals++
+	}
+	e.events = append(e.events, ev)
+}
+
+func (e *Engine) refuse(f *flow, msg alg.Kind, from netip.AddrPort, reason error) {
+	e.emit(Event{Kind: EventRefusal, Session: f.id, Conn: f.conn, Msg: msg, From: from, Reason: reason})
+}
+
+// Process handles one IP packet of a control connection, as queued from
+// the hook after conntrack. now drives timeouts.
+func (e *Engine) Process(pkt []byte, now time.Time) Result {
+	e.events = e.events[:0]
+	e.stats.Packets++
+	seg := &e.seg
+	if err := e.dec.decode(pkt, seg, e.cfg.VerifyChecksum); err != nil {
+		if errors.Is(err, ErrBadChecksum) {
+			e.stats.Dropped++
+			return Result{Verdict: Drop}
+		}
+		e.stats.Untracked++
+		return Result{Verdict: Accept}
+	}
+	var conn Conn
+	switch {
+	case e.isControl(seg.dst.Port()):
+		e.side, conn = alg.Client, Conn{Client: seg.src, Server: seg.dst}
+	case e.isControl(seg.src.Port()):
+		e.side, conn = alg.Server, Conn{Client: seg.dst, Server: seg.src}
+	default:
+		e.stats.Untracked++
+		return Result{Verdict: Accept}
+	}
+	f := e.lookup(conn, seg, now)
+	if f == nil {
+		e.stats.Untracked++
+		return Result{Verdict: Accept, Events: e.events}
+	}
+	e.cur = f
+	res := e.track(f, pkt, seg, now)
+	if seg.has(flagRST) || (f.c.fin && f.s.fin) {
+		if f.closeAt.IsZero() {
+			f.closeAt = now.Add(e.cfg.CloseTimeout)
+		}
+	}
+	res.Events = e.events
+	switch res.Verdict {
+	case AcceptModified:
+		e.stats.Modified++
+	case Drop:
+		e.stats.Dropped++
+	}
+	return res
+}
+
+// lookup finds or creates the flow of a segment.
+func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
+	f := e.tab.m[conn]
+	newSYN := e.side == alg.Client && seg.has(flagSYN) && !seg.has(flagACK)
+	if f != nil && newSYN && f.c.init && seg.seq != f.c.next.Add(^seqnum.Size(0)) {
+		e.end(f) // the port pair is reused by a new connection
+		f = nil
+	}
+	if f == nil {
+		if seg.has(flagRST) {
+			return nil
+		}
+		if len(e.tab.m) >= e.cfg.MaxFlows && e.tab.oldest != nil {
+			old := e.tab.oldest
+			e.stats.Evicted++
+			e.refuse(old, alg.KindNone, netip.AddrPort{}, ErrTableFull)
+			e.end(old)
+		}
+		e.ids++
+		e.stats.Flows++
+		f = &flow{conn: conn, id: e.ids, dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine})}
+		e.tab.m[conn] = f
+	}
+	f.last = now
+	e.tab.touch(f)
+	return f
+}
+
+// end stops tracking f and tells the daemon.
+func (e *Engine) end(f *flow) {
+	e.tab.remove(f)
+	e.events = append(e.events, Event{Kind: EventFlowEnd, Session: f.id, Conn: f.conn})
+}
+
+// Expire stops tracking connections idle for longer than the idle timeout
+// or closed for longer than the close timeout, and returns their
+// EventFlowEnd events (valid until the next call).
+func (e *Engine) Expire(now time.Time) []Event {
+	e.events = e.events[:0]
+	for f := e.tab.oldest; f != nil; {
+		next := f.newer
+		idle := now.Sub(f.last) > e.cfg.IdleTimeout
+		closed := !f.closeAt.IsZero() && now.After(f.closeAt)
+		if idle || closed {
+			e.end(f)
+		}
+		f = next
+	}
+	return e.events
+}

@@ -1,0 +1,380 @@
+package conntrack
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ftpalg/ftpalg/alg"
+	"github.com/ftpalg/ftpalg/conntrack/seqnum"
+)
+
+// conn is a hand-driven control connection through an engine.
+type conn struct {
+	t        *testing.T
+	e        *Engine
+	nat      *fakeNAT
+	cli, srv netip.AddrPort
+	cseq     seqnum.Value // client's next sequence number (sender space)
+	sseq     seqnum.Value
+	events   []Event
+	now      time.Time
+}
+
+func newConn(t *testing.T, cfg Config, nat *fakeNAT, cli, srv string, cisn, sisn uint32) *conn {
+	t.Helper()
+	c := &conn{t: t, nat: nat, e: New(cfg, nat), cli: netip.MustParseAddrPort(cli), srv: netip.MustParseAddrPort(srv),
+		cseq: seqnum.Value(cisn), sseq: seqnum.Value(sisn)}
+	c.send(pkt{src: c.cli, dst: c.srv, seq: c.cseq, flags: flagSYN})
+	c.send(pkt{src: c.srv, dst: c.cli, seq: c.sseq, ack: c.cseq.Add(1), flags: flagSYN | flagACK})
+	c.cseq, c.sseq = c.cseq.Add(1), c.sseq.Add(1)
+	return c
+}
+
+func natConn(t *testing.T) *conn {
+	return newConn(t, Config{VerifyChecksum: true}, &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic},
+		"192.0.2.10:40001", "192.0.2.20:21", 1000, 5000)
+}
+
+// send runs p through the engine and returns the parsed output, or nil for a drop.
+func (c *conn) send(p pkt) *pkt {
+	c.t.Helper()
+	if c.now.IsZero() {
+		c.now = testNow
+	}
+	out, res := throughAt(c.t, c.e, p.build(c.t), c.now)
+	c.events = append(c.events, res.Events...)
+	if out == nil {
+		return nil
+	}
+	q := parse(c.t, out)
+	return &q
+}
+
+// client sends data at the client's current sequence number and advances it.
+func (c *conn) client(data string) *pkt {
+	c.t.Helper()
+	p := c.send(pkt{src: c.cli, dst: c.srv, seq: c.cseq, ack: c.sseq, flags: flagACK, payload: []byte(data)})
+	c.cseq = c.cseq.Add(seqnum.Size(len(data)))
+	return p
+}
+
+func (c *conn) server(data string) *pkt {
+	c.t.Helper()
+	p := c.send(pkt{src: c.srv, dst: c.cli, seq: c.sseq, ack: c.cseq, flags: flagACK, payload: []byte(data)})
+	c.sseq = c.sseq.Add(seqnum.Size(len(data)))
+	return p
+}
+
+func (c *conn) count(k EventKind) int {
+	n := 0
+	for _, ev := range c.events {
+		if ev.Kind == k {
+			n++
+		}
+	}
+	return n
+}
+
+func TestPortRewriteAndShift(t *testing.T) {
+	c := natConn(t)
+	orig, want := "PORT 192,0,2,10,200,11\r\n", "PORT 198,51,100,1,4,211\r\n" // port 51211 -> 1235, one byte longer
+	out := c.client(orig)
+	if string(out.payload) != want || out.seq != 1001 {
+		t.Fatalf("got %v, want %q at 1001", out, want)
+	}
+	if c.count(EventPinhole) != 1 || c.count(EventRewrite) != 1 {
+		t.Fatalf("events: %+v", c.events)
+	}
+	ph := c.events[0].Pinhole
+	if ph.Peer != c.srv.Addr() || ph.Public != netip.MustParseAddrPort("198.51.100.1:1235") || ph.Target != netip.MustParseAddrPort("192.0.2.10:51211") {
+		t.Fatalf("pinhole %v", ph)
+	}
+	// The next client segment is shifted by the delta ...
+	if out = c.client("NOOP\r\n"); out.seq != 1001+25 {
+		t.Fatalf("NOOP at %d, want %d", out.seq, 1001+25)
+	}
+	// ... and the server's ACK of everything is shifted back.
+	ack := c.send(pkt{src: c.srv, dst: c.cli, seq: c.sseq, ack: 1001 + 25 + 6, flags: flagACK})
+	if ack.ack != c.cseq {
+		t.Fatalf("server ack %d, want %d in the client's space", ack.ack, c.cseq)
+	}
+}
+
+func TestSplitLineIsHeldAndRewritten(t *testing.T) {
+	c := natConn(t)
+	first := c.client("NOOP\r\nPORT 192,0,")
+	if string(first.payload) != "NOOP\r\n" {
+		t.Fatalf("first segment released %q; the partial PORT line must be held", first.payload)
+	}
+	second := c.client("2,10,200,10\r\n")
+	if string(second.payload) != "PORT 198,51,100,1,200,10\r\n" || second.seq != 1007 {
+		t.Fatalf("second segment %v", second)
+	}
+}
+
+func TestSplitNonAddressLineIsNotHeld(t *testing.T) {
+	c := natConn(t)
+	if out := c.client("RETR some-"); out != nil && string(out.payload) != "RETR some-" {
+		t.Fatalf("released %q", out.payload)
+	}
+	if out := c.client("file\r\n"); string(out.payload) != "file\r\n" {
+		t.Fatalf("released %q", out.payload)
+	}
+}
+
+// A sender that only retransmits the held bytes after its retransmission
+// timeout is waiting for an ACK (Nagle): the line is released unchanged and
+// reported, never stalled. A copy that arrives sooner is a network
+// duplicate and is held like the original.
+func TestStalledSenderReleasesUnchanged(t *testing.T) {
+	c := natConn(t)
+	start := c.cseq
+	if out := c.client("PORT 192,0,2,"); len(out.payload) != 0 {
+		t.Fatalf("held part released: %q", out.payload)
+	}
+	retransmit := pkt{src: c.cli, dst: c.srv, seq: start, ack: c.sseq, flags: flagACK, payload: []byte("PORT 192,0,2,")}
+	c.now = testNow.Add(time.Millisecond)
+	if out := c.send(retransmit); len(out.payload) != 0 {
+		t.Fatalf("a network duplicate released the held bytes: %v", out)
+	}
+	c.now = testNow.Add(250 * time.Millisecond)
+	out := c.send(retransmit)
+	if string(out.payload) != "PORT 192,0,2," || out.seq != start {
+		t.Fatalf("retransmission of held bytes after an RTO: %v", out)
+	}
+	out = c.client("10,200,10\r\n")
+	if string(out.payload) != "10,200,10\r\n" {
+		t.Fatalf("rest of a released line must pass unchanged, got %q", out.payload)
+	}
+	var reason error
+	for _, ev := range c.events {
+		if ev.Kind == EventRefusal {
+			reason = ev.Reason
+		}
+	}
+	if !errors.Is(reason, ErrSplit) || c.count(EventPinhole) != 0 {
+		t.Fatalf("want an ErrSplit refusal and no pinhole, got %+v", c.events)
+	}
+}
+
+func TestGapIsDropped(t *testing.T) {
+	c := natConn(t)
+	if out := c.send(pkt{src: c.cli, dst: c.srv, seq: c.cseq.Add(10), ack: c.sseq, flags: flagACK, payload: []byte("x\r\n")}); out != nil {
+		t.Fatalf("a segment after a hole must be dropped until the hole is filled, got %v", out)
+	}
+}
+
+// A retransmission that cuts through a rewritten line gets the same bytes
+// at the same receiver positions as the first transmission.
+func TestRetransmissionReplaysRewrite(t *testing.T) {
+	c := natConn(t)
+	first := c.client("USER a\r\nPORT 192,0,2,10,200,10\r\nNOOP\r\n")
+	for _, cut := range [][2]int{{0, 5}, {3, 20}, {8, 15}, {20, 36}, {30, 38}, {0, 38}} {
+		re := c.send(pkt{src: c.cli, dst: c.srv, seq: seqnum.Value(1001 + cut[0]), ack: c.sseq, flags: flagACK,
+			payload: []byte("USER a\r\nPORT 192,0,2,10,200,10\r\nNOOP\r\n"[cut[0]:cut[1]])})
+		off := int(re.seq - first.seq)
+		if off < 0 || off+len(re.payload) > len(first.payload) || !bytes.Equal(re.payload, first.payload[off:off+len(re.payload)]) {
+			t.Fatalf("retransmission %v of %v: got %v, not a slice of the first transmission %q", cut, cut, re, first.payload)
+		}
+	}
+	if c.count(EventPinhole) != 1 {
+		t.Fatalf("retransmissions must not open pinholes again: %d", c.count(EventPinhole))
+	}
+}
+
+func TestSACKMappedBack(t *testing.T) {
+	c := natConn(t)
+	c.client("PORT 192,0,2,10,200,11\r\n") // 24 bytes -> 25
+	c.client("NOOP\r\n")                   // client bytes [1025,1031) -> receiver [1026,1032)
+	out := c.send(pkt{src: c.srv, dst: c.cli, seq: c.sseq, ack: 1001, flags: flagACK,
+		sacks: [][2]seqnum.Value{{1026, 1032}, {1010, 1020}}})
+	if out.ack != 1001 {
+		t.Fatalf("ack %d", out.ack)
+	}
+	// The block inside the rewritten line snaps inward to nothing of it.
+	want := [][2]seqnum.Value{{1025, 1031}, {1023, 1001}}
+	if len(out.sacks) != 2 || out.sacks[0] != want[0] || out.sacks[1] != want[1] {
+		t.Fatalf("sacks %v, want %v", out.sacks, want)
+	}
+}
+
+// A FIN occupies a sequence number: its ACK is valid, with and without data
+// in the FIN segment, before and after a rewrite.
+func TestFINAcknowledged(t *testing.T) {
+	for _, data := range []string{"", "QUIT\r\n"} {
+		c := natConn(t)
+		c.client("PORT 192,0,2,10,200,11\r\n")
+		fin := c.send(pkt{src: c.cli, dst: c.srv, seq: c.cseq, ack: c.sseq, flags: flagFIN | flagACK, payload: []byte(data)})
+		end := fin.seq.Add(seqnum.Size(len(data)) + 1)
+		if out := c.send(pkt{src: c.srv, dst: c.cli, seq: c.sseq, ack: end, flags: flagACK}); out == nil {
+			t.Fatalf("ACK of the FIN (data %q) dropped", data)
+		} else if want := c.cseq.Add(seqnum.Size(len(data)) + 1); out.ack != want {
+			t.Fatalf("ACK of the FIN mapped to %d, want %d", out.ack, want)
+		}
+	}
+}
+
+func TestInvalidAckDropped(t *testing.T) {
+	c := natConn(t)
+	c.client("NOOP\r\n")
+	if out := c.send(pkt{src: c.srv, dst: c.cli, seq: c.sseq, ack: c.cseq.Add(100), flags: flagACK}); out != nil {
+		t.Fatalf("an ACK of bytes never sent must be dropped, got %v", out)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	tests := []struct {
+		name   string
+		line   string
+		server bool
+		reason error
+	}{
+		{"bounce to third host", "PORT 203,0,113,99,200,10\r\n", false, ErrBounce},
+		{"privileged port", "PORT 192,0,2,10,0,22\r\n", false, ErrLowPort},
+		{"EPRT foreign", "EPRT |1|198.51.100.77|5000|\r\n", false, ErrBounce},
+		{"unsolicited 227", "227 Entering Passive Mode (192,0,2,20,200,10).\r\n", true, alg.ErrUnsolicited},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := natConn(t)
+			var out *pkt
+			if tt.server {
+				out = c.server(tt.line)
+			} else {
+				out = c.client(tt.line)
+			}
+			if string(out.payload) != tt.line {
+				t.Fatalf("refused line changed: %q", out.payload)
+			}
+			if c.count(EventPinhole) != 0 || c.count(EventRefusal) != 1 || !errors.Is(c.events[0].Reason, tt.reason) {
+				t.Fatalf("events %+v, want one refusal %v", c.events, tt.reason)
+			}
+		})
+	}
+}
+
+func TestPassiveAnswersOnly(t *testing.T) {
+	c := natConn(t)
+	c.client("PASV\r\n")
+	out := c.server("227 Entering Passive Mode (192,0,2,20,200,10).\r\n")
+	if string(out.payload) != "227 Entering Passive Mode (203,0,113,7,200,10).\r\n" {
+		t.Fatalf("227 %q", out.payload)
+	}
+	out = c.server("227 Logout.\r\n")
+	if string(out.payload) != "227 Logout.\r\n" {
+		t.Fatalf("227 Logout %q", out.payload)
+	}
+}
+
+// Without NAT nothing is rewritten, and a pinhole is still opened.
+func TestRoutedIPv6EPSV(t *testing.T) {
+	c := newConn(t, Config{VerifyChecksum: true}, &fakeNAT{}, "[2001:db8:1::10]:40001", "[2001:db8:2::20]:21", 7, 9)
+	c.client("EPSV\r\n")
+	out := c.server("229 Entering Extended Passive Mode (|||50000|)\r\n")
+	if string(out.payload) != "229 Entering Extended Passive Mode (|||50000|)\r\n" {
+		t.Fatalf("%q", out.payload)
+	}
+	if c.count(EventRewrite) != 0 || c.count(EventPinhole) != 1 {
+		t.Fatalf("events %+v", c.events)
+	}
+	ph := c.events[0].Pinhole
+	if ph.Peer != c.cli.Addr() || ph.Public != netip.MustParseAddrPort("[2001:db8:2::20]:50000") || ph.Target != ph.Public {
+		t.Fatalf("pinhole %v", ph)
+	}
+}
+
+func TestNeedLiberalOnce(t *testing.T) {
+	c := natConn(t)
+	c.client("PORT 192,0,2,10,200,11\r\n")
+	c.client("PORT 192,0,2,10,200,14\r\n")
+	n := 0
+	for _, ev := range c.events {
+		if ev.NeedLiberal {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("NeedLiberal set %d times, want once", n)
+	}
+}
+
+func TestLifecycle(t *testing.T) {
+	c := natConn(t)
+	c.client("NOOP\r\n")
+	if c.e.Len() != 1 {
+		t.Fatal("not tracked")
+	}
+	c.send(pkt{src: c.cli, dst: c.srv, seq: c.cseq, ack: c.sseq, flags: flagRST | flagACK})
+	if ev := c.e.Expire(testNow.Add(time.Minute)); len(ev) != 1 || ev[0].Kind != EventFlowEnd || c.e.Len() != 0 {
+		t.Fatalf("after RST and close timeout: %+v, %d tracked", ev, c.e.Len())
+	}
+	// Idle expiry and the table cap.
+	e := New(Config{MaxFlows: 2, IdleTimeout: time.Hour}, &fakeNAT{})
+	for i := range 3 {
+		p := pkt{src: netip.AddrPortFrom(simClient.Addr(), uint16(40000+i)), dst: simServer, seq: 1, flags: flagSYN}
+		res := e.Process(p.build(t), testNow)
+		if i == 2 && (len(res.Events) != 2 || !errors.Is(res.Events[0].Reason, ErrTableFull) || res.Events[1].Kind != EventFlowEnd) {
+			t.Fatalf("eviction events %+v", res.Events)
+		}
+	}
+	if e.Len() != 2 || e.Stats().Evicted != 1 {
+		t.Fatalf("cap not enforced: %d tracked", e.Len())
+	}
+	if ev := e.Expire(testNow.Add(2 * time.Hour)); len(ev) != 2 || e.Len() != 0 {
+		t.Fatalf("idle expiry: %+v", ev)
+	}
+}
+
+// The incremental checksum update must agree with a full recompute.
+func TestIncrementalChecksumMatchesFull(t *testing.T) {
+	for _, src := range []string{"192.0.2.10:40001", "[2001:db8:1::10]:40001"} {
+		a := netip.MustParseAddrPort(src)
+		b := netip.AddrPortFrom(a.Addr().Prev(), 21)
+		for i := range 200 {
+			p := pkt{src: a, dst: b, seq: seqnum.Value(i * 7919), ack: seqnum.Value(i * 104729), flags: flagACK,
+				payload: []byte(strings.Repeat("x", i%37)), sacks: [][2]seqnum.Value{{seqnum.Value(i), seqnum.Value(i * 3)}}}
+			raw := p.build(t)
+			var s segment
+			if err := newDecoder().decode(raw, &s, true); err != nil {
+				t.Fatal(err)
+			}
+			e := New(Config{}, &fakeNAT{})
+			nseq, nack := seqnum.Value(0xfffffff0-uint32(i)), seqnum.Value(uint32(i)*31)
+			sacks := [maxSACKs][2]seqnum.Value{{nseq, nack}}
+			got := e.patchNumbers(raw, &s, nseq, nack, &sacks, true)
+			full := pkt{src: a, dst: b, seq: nseq, ack: nack, flags: flagACK, payload: p.payload, sacks: [][2]seqnum.Value{{nseq, nack}}}.build(t)
+			if !bytes.Equal(got, full) {
+				t.Fatalf("incremental %x\nfull        %x", got, full)
+			}
+			if binary.BigEndian.Uint16(got[s.tcpOff+tcpSumOff:]) != tcpChecksum(a.Addr(), b.Addr(), got[s.tcpOff:]) {
+				t.Fatal("checksum disagrees with tcpChecksum")
+			}
+		}
+	}
+}
+
+func TestBadChecksumDropped(t *testing.T) {
+	c := natConn(t)
+	raw := pkt{src: c.cli, dst: c.srv, seq: c.cseq, ack: c.sseq, flags: flagACK, payload: []byte("NOOP\r\n")}.build(t)
+	raw[len(raw)-1] ^= 0xff
+	if res := c.e.Process(raw, testNow); res.Verdict != Drop {
+		t.Fatalf("verdict %v", res.Verdict)
+	}
+}
+
+func TestUntrackedPassUntouched(t *testing.T) {
+	e := New(Config{}, &fakeNAT{})
+	for _, raw := range [][]byte{
+		nil, {0x45}, {0x60, 0, 0}, bytes.Repeat([]byte{0x45}, 60),
+		pkt{src: simClient, dst: netip.MustParseAddrPort("192.0.2.20:80"), seq: 1, flags: flagSYN}.build(t),
+	} {
+		if res := e.Process(raw, testNow); res.Verdict != Accept {
+			t.Fatalf("verdict %v for %x", res.Verdict, raw)
+		}
+	}
+}

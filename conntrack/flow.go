@@ -1,0 +1,81 @@
+package conntrack
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/ftpalg/ftpalg/alg"
+)
+
+// Conn identifies a control connection as seen at the hook: post-DNAT and
+// pre-SNAT, so both directions name the same real endpoints.
+type Conn struct {
+	Client netip.AddrPort
+	Server netip.AddrPort
+}
+
+func (c Conn) String() string { return c.Client.String() + "->" + c.Server.String() }
+
+// flow is one tracked control connection.
+type flow struct {
+	conn     Conn
+	id       uint64
+	dialog   alg.Dialog
+	c, s     half          // the client's and the server's byte streams
+	public   [2]netip.Addr // per alg.Side: the sender's address as the peer sees it, once looked up
+	liberal  bool          // a length-changing rewrite was made
+	rewrites uint32
+	last     time.Time
+	closeAt  time.Time // zero while open
+	older    *flow     // LRU neighbours: older is closer to eviction
+	newer    *flow
+}
+
+// sender and receiver return the halves for a packet sent by side.
+func (f *flow) halves(side alg.Side) (sender, receiver *half) {
+	if side == alg.Client {
+		return &f.c, &f.s
+	}
+	return &f.s, &f.c
+}
+
+// table holds flows with an LRU list for idle expiry and eviction.
+type table struct {
+	m      map[Conn]*flow
+	oldest *flow
+	newest *flow
+}
+
+func (t *table) touch(f *flow) {
+	if t.newest == f {
+		return
+	}
+	t.unlink(f)
+	f.older = t.newest
+	if t.newest != nil {
+		t.newest.newer = f
+	}
+	t.newest = f
+	if t.oldest == nil {
+		t.oldest = f
+	}
+}
+
+func (t *table) unlink(f *flow) {
+	if f.older != nil {
+		f.older.newer = f.newer
+	} else if t.oldest == f {
+		t.oldest = f.newer
+	}
+	if f.newer != nil {
+		f.newer.older = f.older
+	} else if t.newest == f {
+		t.newest = f.older
+	}
+	f.older, f.newer = nil, nil
+}
+
+func (t *table) remove(f *flow) {
+	t.unlink(f)
+	delete(t.m, f.conn)
+}

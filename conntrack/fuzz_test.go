@@ -1,0 +1,109 @@
+package conntrack
+
+import (
+	"encoding/binary"
+	"testing"
+
+	"github.com/ftpalg/ftpalg/conntrack/seqnum"
+)
+
+// FuzzProcessRaw feeds arbitrary bytes as packets: the engine must never
+// panic, and whatever it emits must be a well-formed packet.
+func FuzzProcessRaw(f *testing.F) {
+	f.Add(pkt{src: simClient, dst: simServer, seq: 1, flags: flagSYN}.build(f))
+	f.Add(pkt{src: simClient, dst: simServer, seq: 2, ack: 9, flags: flagACK, payload: []byte("PORT 192,0,2,10,200,10\r\n")}.build(f))
+	f.Add([]byte{0x45, 0, 0, 20})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		e := New(Config{}, &fakeNAT{clientPublic: simClientPublic})
+		for range 2 { // twice: the second time the flow exists
+			res := e.Process(raw, testNow)
+			if res.Verdict == AcceptModified {
+				parse(t, res.Packet)
+			}
+		}
+	})
+}
+
+// FuzzSegments drives one control connection with an arbitrary sequence of
+// segments in both directions: any sequence numbers, flags, payloads,
+// SACK blocks. The engine must never panic, must emit only well-formed
+// packets, and must keep its per-connection memory bounded.
+//
+// Each segment is encoded as: 1 byte direction (bit 0) and flags (0x02 FIN,
+// 0x04 RST, 0x40 a SACK block), 2 bytes signed
+// offset from the sender's next sequence number, 1 byte payload length,
+// then the payload (taken from the FTP-like dictionary below when the
+// length byte's high bit is set, so the fuzzer finds address lines fast).
+func FuzzSegments(f *testing.F) {
+	for _, s := range [][]byte{
+		seedSeg(0, 0, "PORT 192,0,2,10,200,10\r\n"),
+		append(seedSeg(0, 0, "PASV\r\n"), seedSeg(1, 0, "227 Entering Passive Mode (192,0,2,20,200,10).\r\n")...),
+		append(seedSeg(0, 0, "PORT 192,0,"), seedSeg(0, 0, "2,10,200,10\r\n")...),
+		append(seedSeg(0, 0, "PORT 192,0,2,10,200,10\r\n"), seedSeg(0, -24, "PORT 192,0,2,10,200,10\r\n")...),
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		e := New(Config{MaxLine: 128}, &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic})
+		next := [2]seqnum.Value{1000, 5000}
+		for _, p := range []pkt{
+			{src: simClient, dst: simServer, seq: next[0] - 1, flags: flagSYN},
+			{src: simServer, dst: simClient, seq: next[1] - 1, ack: next[0], flags: flagSYN | flagACK},
+		} {
+			e.Process(p.build(t), testNow)
+		}
+		for len(in) >= 4 {
+			hdr, off, n := in[0], int16(binary.BigEndian.Uint16(in[1:])), int(in[3])
+			in = in[4:]
+			var payload []byte
+			if n&0x80 != 0 {
+				payload = []byte(dictionary[(n&0x7f)%len(dictionary)])
+			} else {
+				n = min(n, len(in))
+				payload, in = in[:n], in[n:]
+			}
+			dir := int(hdr & 1)
+			flags := uint8(flagACK)
+			if hdr&0x02 != 0 {
+				flags |= flagFIN
+			}
+			if hdr&0x04 != 0 {
+				flags |= flagRST
+			}
+			p := pkt{src: simClient, dst: simServer, seq: next[dir].Shift(seqnum.Delta(off)), ack: next[1-dir], flags: flags, payload: payload}
+			if dir == 1 {
+				p.src, p.dst = simServer, simClient
+			}
+			if hdr&0x40 != 0 {
+				p.sacks = [][2]seqnum.Value{{next[1-dir] - 30, next[1-dir] - 10}}
+			}
+			if off >= 0 {
+				next[dir] = p.seq.Add(seqnum.Size(len(payload)))
+			}
+			res := e.Process(p.build(t), testNow)
+			if res.Verdict == AcceptModified {
+				parse(t, res.Packet)
+			}
+		}
+		for _, f := range e.tab.m {
+			for _, h := range []*half{&f.c, &f.s} {
+				if len(h.held) > 128 || len(h.line) > 128 || len(h.m.edits) > 64 {
+					t.Fatalf("unbounded state: held %d line %d edits %d", len(h.held), len(h.line), len(h.m.edits))
+				}
+			}
+		}
+	})
+}
+
+var dictionary = []string{
+	"PORT 192,0,2,10,200,10\r\n", "PASV\r\n", "EPSV\r\n", "227 Entering Passive Mode (192,0,2,20,200,10).\r\n",
+	"229 Entering Extended Passive Mode (|||50000|)\r\n", "EPRT |1|192.0.2.10|5000|\r\n", "NOOP\r\n", "200 ok\r\n",
+	"PORT 192,0,", "2,10,200,10\r\n", "227-multi\r\n", "227 end\r\n", "\r\n", "AUTH TLS\r\n", "234 go\r\n",
+}
+
+// seedSeg encodes one segment for FuzzSegments.
+func seedSeg(dir byte, off int16, payload string) []byte {
+	b := []byte{dir, 0, 0, byte(len(payload))}
+	binary.BigEndian.PutUint16(b[1:], uint16(off))
+	return append(b, payload...)
+}

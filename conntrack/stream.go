@@ -1,0 +1,208 @@
+package conntrack
+
+import (
+	"bytes"
+	"time"
+
+	"github.com/ftpalg/ftpalg/conntrack/seqnum"
+)
+
+// half is the state of one direction of a control connection: what the
+// sender has sent, what was released to the receiver, and the rewrites
+// between the two.
+//
+// Bytes are released strictly in order. The one exception is a partial line
+// that could still become an address line (per lineHandler.mayRewrite): it is
+// held back — cut from the segment that carried it — so that when the rest of
+// the line arrives the whole line can be rewritten before any of it reaches
+// the receiver. The receiver simply does not acknowledge the held bytes; the
+// next segment (or the sender's retransmission) brings them again. If the
+// sender only ever retransmits the held bytes without adding to them (it is
+// waiting for an ACK before sending more, as Nagle's algorithm does), the
+// line is released unchanged and reported, because holding it any longer
+// would stall the connection. Such a retransmission comes after the
+// sender's retransmission timeout (200 ms at least on Linux); a copy of the
+// held segment that arrives sooner is a network duplicate and changes
+// nothing.
+type half struct {
+	init     bool         // next is known
+	sync     bool         // next is at the start of a line
+	next     seqnum.Value // first sender byte not yet released
+	held     []byte       // bytes [next, next+len(held)) held back
+	heldAt   time.Time    // when held last grew
+	line     []byte       // released bytes of the current, unterminated line
+	lineLen  int          // full length of that line so far (line is capped)
+	sent     seqnum.Value // end of everything released, FIN included
+	acked    seqnum.Value // highest acknowledgement from the receiver, in sender space
+	ackValid bool
+	fin      bool // the sender's FIN was released
+	m        seqMap
+}
+
+// lineHandler is what a half calls for the FTP meaning of its bytes.
+type lineHandler interface {
+	// line is called for each complete line (terminator removed). whole is
+	// false when part of the line was already released, so it cannot be
+	// rewritten. overlong lines are reported, never parsed. The returned
+	// bytes, if not nil, replace the line.
+	line(content []byte, whole, overlong bool) []byte
+	// mayRewrite reports whether an unterminated line could still need a
+	// rewrite and is worth holding back.
+	mayRewrite(partial []byte) bool
+	// stalled reports a held line released unchanged.
+	stalled(partial []byte)
+}
+
+// start sets the release point from the first segment seen. A connection
+// picked up after its SYN (for example after a restart) is not at a known
+// line start, so its first partial line is never parsed.
+func (h *half) start(seg *segment) {
+	h.init = true
+	h.next = seg.seq
+	if seg.has(flagSYN) {
+		h.next = seg.seq.Add(1)
+		h.sync = true
+	}
+	h.sent = h.next
+	h.m.floor = h.next
+}
+
+// heldEnd is the sender position after the held bytes.
+func (h *half) heldEnd() seqnum.Value { return h.next.Add(seqnum.Size(len(h.held))) }
+
+// result of pushing a segment's payload through a half.
+type pushResult struct {
+	out      []byte       // payload for the receiver
+	start    seqnum.Value // sender position of out[0]
+	changed  bool         // out differs from the segment's payload
+	gap      bool         // the segment starts beyond what can be reassembled
+	trimTail bool         // the end of the segment was held back (its FIN too)
+}
+
+// push runs a segment's payload through the stream and appends to out what
+// the receiver must get. scratch is a reusable buffer; push returns it,
+// possibly grown.
+func (h *half) push(seg *segment, out, scratch []byte, now time.Time, cfg *Config, fn lineHandler) (pushResult, []byte) {
+	maxLine := cfg.MaxLine
+	r := pushResult{out: out}
+	data := seg.payload
+	s := seg.seq
+	if seg.has(flagSYN) {
+		s = s.Add(1)
+	}
+	e := s.Add(seqnum.Size(len(data)))
+	he := h.heldEnd()
+	switch {
+	case len(data) == 0:
+		r.start = seqnum.Min(s, h.next)
+		if seg.has(flagFIN) && s == h.next && len(h.held) == 0 {
+			h.fin = true
+			h.sent = seqnum.Max(h.sent, s.Add(1))
+		}
+		return r, scratch
+	case he.LessThan(s):
+		r.gap = true
+		return r, scratch
+	}
+	// Bytes before next were released before: replay them.
+	r.start = h.next
+	if s.LessThan(h.next) {
+		var rendered []byte
+		rendered, at := h.m.render(r.out, s, data[:s.Size(seqnum.Min(e, h.next))])
+		if len(rendered) > len(r.out) {
+			r.start = at
+		}
+		r.out = rendered
+	}
+	// Bytes from next on are held back ones followed by new ones.
+	switch {
+	case he.LessThan(e):
+		chunk := data[s.Size(he):]
+		if len(h.held) > 0 {
+			scratch = append(append(scratch[:0], h.held...), chunk...)
+			chunk = scratch
+			h.held = h.held[:0]
+		}
+		r.out = h.consume(chunk, r.out, now, maxLine, seg.has(flagFIN), false, fn)
+	case h.next == s && h.next.LessThan(e) && len(h.held) > 0 && now.Sub(h.heldAt) >= cfg.StallTimeout:
+		// A retransmission of held bytes and nothing more: the sender is
+		// waiting for an ACK. Release the line unchanged.
+		fn.stalled(h.held)
+		scratch = append(scratch[:0], h.held...)
+		h.held = h.held[:0]
+		r.out = h.consume(scratch, r.out, now, maxLine, seg.has(flagFIN), true, fn)
+	}
+	if seg.has(flagFIN) && h.next == e && len(h.held) == 0 {
+		h.fin = true
+		h.sent = seqnum.Max(h.sent, e.Add(1))
+	}
+	r.trimTail = h.next.LessThan(e)
+	r.changed = r.start != s || !bytes.Equal(r.out[len(out):], data)
+	return r, scratch
+}
+
+// consume releases chunk, the sender bytes starting at next: complete lines
+// go to the handler (and are replaced where it says so, recording an edit),
+// and a trailing partial line is either held back or released. noHold
+// forces the release.
+func (h *half) consume(chunk, out []byte, now time.Time, maxLine int, fin, noHold bool, fn lineHandler) []byte {
+	pos := 0
+	for {
+		i := bytes.IndexByte(chunk[pos:], '\n')
+		if i < 0 {
+			break
+		}
+		lf := pos + i
+		content := chunk[pos:lf]
+		term := chunk[lf : lf+1]
+		if n := len(content); n > 0 && content[n-1] == '\r' {
+			content, term = content[:n-1], chunk[lf-1:lf+1]
+		}
+		var repl []byte
+		switch {
+		case !h.sync:
+			// The first line of a connection picked up mid-stream: its
+			// start is unknown, so it means nothing.
+			h.sync = true
+		case h.lineLen > 0:
+			full := h.lineLen + len(content)
+			if full <= maxLine {
+				h.line = append(h.line, chunk[pos:lf]...)
+				fn.line(bytes.TrimSuffix(h.line, []byte{'\r'}), false, false)
+			} else {
+				fn.line(h.line, false, true)
+			}
+		default:
+			repl = fn.line(content, true, len(content) > maxLine)
+		}
+		h.line, h.lineLen = h.line[:0], 0
+		start := h.next.Add(seqnum.Size(pos))
+		if repl != nil {
+			h.m.add(start, len(content), repl)
+			out = append(out, repl...)
+			out = append(out, term...)
+		} else {
+			out = append(out, chunk[pos:lf+1]...)
+		}
+		pos = lf + 1
+	}
+	tail := chunk[pos:]
+	h.next = h.next.Add(seqnum.Size(pos))
+	// A trailing CR may be the first half of the line's CRLF.
+	if len(tail) > 0 && !fin && !noHold && h.sync && h.lineLen == 0 && len(tail) <= maxLine && fn.mayRewrite(bytes.TrimSuffix(tail, []byte{'\r'})) {
+		h.held = append(h.held[:0], tail...)
+		h.heldAt = now
+	} else if len(tail) > 0 {
+		out = append(out, tail...)
+		h.next = h.next.Add(seqnum.Size(len(tail)))
+		if room := maxLine - len(h.line); room > 0 {
+			h.line = append(h.line, tail[:min(room, len(tail))]...)
+		}
+		h.lineLen += len(tail)
+	}
+	h.sent = seqnum.Max(h.sent, h.next)
+	if len(h.line) == 0 && cap(h.line) > 256 {
+		h.line = nil // do not keep a large buffer for an idle connection
+	}
+	return out
+}

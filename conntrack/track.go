@@ -1,0 +1,254 @@
+package conntrack
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/ftpalg/ftpalg/alg"
+	"github.com/ftpalg/ftpalg/conntrack/seqnum"
+)
+
+// track runs one segment of a known flow and builds the verdict.
+func (e *Engine) track(f *flow, pkt []byte, seg *segment, now time.Time) Result {
+	snd, rcv := f.halves(e.side)
+	if !snd.init {
+		snd.start(seg)
+	}
+
+	// The ACK and SACK numbers acknowledge the other direction's stream,
+	// in its receiver's space: carry them back to its sender's.
+	ack := seg.ack
+	if seg.has(flagACK) && rcv.init {
+		ack = rcv.m.toSender(seg.ack, snapStart)
+		if rcv.sent.LessThan(ack) {
+			e.refuse(f, alg.KindNone, netip.AddrPort{}, fmt.Errorf("%w: ack %d, sent up to %d", ErrInvalidAck, ack, rcv.sent))
+			return Result{Verdict: Drop}
+		}
+		if !rcv.ackValid || rcv.acked.LessThan(ack) {
+			rcv.acked, rcv.ackValid = ack, true
+			rcv.m.forget(ack)
+		}
+	}
+	var sacks [maxSACKs][2]seqnum.Value
+	sackChanged := false
+	if rcv.init {
+		for i := 0; i < seg.nSACK; i++ {
+			l, r := seg.sackBlock(pkt, i)
+			sacks[i] = [2]seqnum.Value{rcv.m.toSender(l, snapEnd), rcv.m.toSender(r, snapStart)}
+			sackChanged = sackChanged || sacks[i] != [2]seqnum.Value{l, r}
+		}
+	}
+
+	pr, scratch := snd.push(seg, e.payload[:0], e.scratch, now, &e.cfg, e)
+	e.scratch = scratch
+	e.payload = pr.out[:0]
+	if pr.gap {
+		return Result{Verdict: Drop}
+	}
+	seq := seg.seq
+	if !seg.has(flagSYN) {
+		seq = snd.m.toReceiver(pr.start)
+	}
+	if !pr.changed && seq == seg.seq && ack == seg.ack && !sackChanged {
+		return Result{Verdict: Accept}
+	}
+	if !pr.changed {
+		return Result{Verdict: AcceptModified, Packet: e.patchNumbers(pkt, seg, seq, ack, &sacks, sackChanged)}
+	}
+	out, err := e.rebuild(pkt, seg, seq, ack, &sacks, sackChanged, pr.out, pr.trimTail)
+	if err != nil {
+		// Cannot happen for a packet that decoded; dropping is the safe
+		// answer, as the sender will retransmit.
+		e.refuse(f, alg.KindNone, netip.AddrPort{}, fmt.Errorf("rebuilding segment: %w", err))
+		return Result{Verdict: Drop}
+	}
+	return Result{Verdict: AcceptModified, Packet: out}
+}
+
+// patchNumbers copies pkt and changes only sequence, acknowledgement and
+// SACK numbers, updating the TCP checksum incrementally (RFC 1624): the
+// payload is untouched, so summing it again would be wasted work.
+func (e *Engine) patchNumbers(pkt []byte, seg *segment, seq, ack seqnum.Value, sacks *[maxSACKs][2]seqnum.Value, sackChanged bool) []byte {
+	b := append(e.num[:0], pkt...)
+	e.num = b
+	t := seg.tcpOff
+	sum := binary.BigEndian.Uint16(b[t+tcpSumOff:])
+	sum = checksumUpdate32(sum, put32(b, t+tcpSeqOff, uint32(seq)), uint32(seq))
+	if seg.has(flagACK) {
+		sum = checksumUpdate32(sum, put32(b, t+tcpAckOff, uint32(ack)), uint32(ack))
+	}
+	if sackChanged {
+		for i := 0; i < seg.nSACK; i++ {
+			o := seg.sackOffs[i]
+			sum = checksumUpdate32(sum, put32(b, o, uint32(sacks[i][0])), uint32(sacks[i][0]))
+			sum = checksumUpdate32(sum, put32(b, o+4, uint32(sacks[i][1])), uint32(sacks[i][1]))
+		}
+	}
+	binary.BigEndian.PutUint16(b[t+tcpSumOff:], sum)
+	return b
+}
+
+// rebuild serializes the decoded headers with new numbers around a new
+// payload, with gopacket fixing lengths and computing checksums in full.
+func (e *Engine) rebuild(pkt []byte, seg *segment, seq, ack seqnum.Value, sacks *[maxSACKs][2]seqnum.Value, sackChanged bool, payload []byte, trimTail bool) ([]byte, error) {
+	tcp := &e.dec.tcp
+	tcp.Seq, tcp.Ack = uint32(seq), uint32(ack)
+	if trimTail {
+		tcp.FIN = false // the FIN follows bytes held back; it comes again
+	}
+	if sackChanged {
+		// The decoded options alias pkt: give SACK its own bytes.
+		opts := append(e.opts[:0], tcp.Options...)
+		k := 0
+		for i := range opts {
+			if opts[i].OptionType != layers.TCPOptionKindSACK {
+				continue
+			}
+			n := len(opts[i].OptionData) / 8 * 8
+			data := e.sack[k*8 : k*8 : len(e.sack)]
+			for j := 0; j < n && k < seg.nSACK; j += 8 {
+				data = binary.BigEndian.AppendUint32(data, uint32(sacks[k][0]))
+				data = binary.BigEndian.AppendUint32(data, uint32(sacks[k][1]))
+				k++
+			}
+			opts[i].OptionData = data
+		}
+		tcp.Options = opts
+	}
+	var ip gopacket.SerializableLayer
+	if pkt[0]>>4 == 4 {
+		ip = &e.dec.ip4
+		tcp.SetNetworkLayerForChecksum(&e.dec.ip4)
+	} else {
+		ip = &e.dec.ip6
+		tcp.SetNetworkLayerForChecksum(&e.dec.ip6)
+	}
+	opts := gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
+	if err := gopacket.SerializeLayers(e.out, opts, ip, tcp, gopacket.Payload(payload)); err != nil {
+		return nil, fmt.Errorf("serializing %s: %w", seg.src, err)
+	}
+	return e.out.Bytes(), nil
+}
+
+// The engine is the line handler of the flow being processed.
+
+func (e *Engine) mayRewrite(partial []byte) bool { return e.cur.dialog.MayRewrite(e.side, partial) }
+
+func (e *Engine) stalled(partial []byte) { e.stats.Stalled++ }
+
+func (e *Engine) line(content []byte, whole, overlong bool) []byte {
+	f := e.cur
+	var found alg.Found
+	switch {
+	case overlong:
+		// Only the head is known: the dialog still counts the line, and
+		// the line is reported whatever it was.
+		head := content[:min(len(content), e.cfg.MaxLine)]
+		if e.side == alg.Client {
+			found = f.dialog.ClientOverlong(head)
+		} else {
+			found = f.dialog.ServerOverlong(head)
+		}
+		e.refuse(f, found.Kind, netip.AddrPort{}, alg.ErrLineTooLong)
+		return nil
+	case e.side == alg.Client:
+		found = f.dialog.ClientLine(content)
+	default:
+		found = f.dialog.ServerLine(content)
+	}
+	switch {
+	case found.Kind == alg.KindNone:
+		return nil
+	case found.Err != nil:
+		e.refuse(f, found.Kind, found.Addr, found.Err)
+		return nil
+	case !whole:
+		e.refuse(f, found.Kind, found.Addr, ErrSplit)
+		return nil
+	}
+	snd, _ := f.halves(e.side)
+	if len(snd.m.edits) >= e.cfg.MaxEdits {
+		e.refuse(f, found.Kind, found.Addr, ErrTooManyEdits)
+		return nil
+	}
+	ph, announced, err := e.plan(f, found)
+	if err != nil {
+		e.refuse(f, found.Kind, announced, err)
+		return nil
+	}
+	// 229 carries only a port: the peer reuses the control address.
+	change := ph.Public != announced
+	if found.Kind == alg.Kind229 {
+		change = ph.Public.Port() != announced.Port()
+	}
+	var repl []byte
+	if change {
+		repl, err = found.Rewrite(e.lineBuf[:0], content, ph.Public)
+		if err != nil {
+			e.refuse(f, found.Kind, announced, err)
+			return nil
+		}
+		e.lineBuf = repl
+	}
+	e.emit(Event{Kind: EventPinhole, Session: f.id, Conn: f.conn, Msg: found.Kind, Pinhole: ph})
+	if repl == nil {
+		return nil
+	}
+	ev := Event{Kind: EventRewrite, Session: f.id, Conn: f.conn, Msg: found.Kind, From: announced, To: ph.Public}
+	if len(repl) != len(content) && !f.liberal {
+		f.liberal, ev.NeedLiberal = true, true
+	}
+	f.rewrites++
+	e.stats.Rewrites++
+	e.emit(ev)
+	return repl
+}
+
+// plan decides where the peer must connect for an announced data endpoint,
+// and refuses announcements that point anywhere but at the sender (FTP
+// bounce, CVE-1999-0017) or at a privileged port.
+func (e *Engine) plan(f *flow, found alg.Found) (Pinhole, netip.AddrPort, error) {
+	sender, peer := f.conn.Server, f.conn.Client
+	if e.side == alg.Client {
+		sender, peer = f.conn.Client, f.conn.Server
+	}
+	announced := found.Addr
+	if found.Kind == alg.Kind229 {
+		announced = netip.AddrPortFrom(sender.Addr(), found.Addr.Port())
+	}
+	if announced.Port() < e.cfg.MinDataPort {
+		return Pinhole{}, announced, fmt.Errorf("%w: %d < %d", ErrLowPort, announced.Port(), e.cfg.MinDataPort)
+	}
+	pub := f.public[e.side]
+	if !pub.IsValid() {
+		var err error
+		pub, err = e.nat.PublicAddr(f.conn, e.side == alg.Client)
+		if err != nil {
+			return Pinhole{}, announced, fmt.Errorf("%w: %w", ErrMapping, err)
+		}
+		f.public[e.side] = pub
+	}
+	var target netip.AddrPort
+	switch announced.Addr() {
+	case sender.Addr():
+		target = announced
+	case pub: // the sender already announces its public address
+		target = netip.AddrPortFrom(sender.Addr(), announced.Port())
+	default:
+		return Pinhole{}, announced, fmt.Errorf("%w: sender %s, public %s", ErrBounce, sender.Addr(), pub)
+	}
+	public := target
+	if pub != sender.Addr() {
+		port, err := e.nat.ReservePort(pub, announced.Port())
+		if err != nil {
+			return Pinhole{}, announced, fmt.Errorf("%w: reserving a port on %s: %w", ErrMapping, pub, err)
+		}
+		public = netip.AddrPortFrom(pub, port)
+	}
+	return Pinhole{Peer: peer.Addr(), Public: public, Target: target}, announced, nil
+}
