@@ -1,0 +1,122 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ftpalg/ftpalg/daemon"
+	"github.com/ftpalg/ftpalg/rules"
+)
+
+// errUsage marks command-line mistakes (exit status 2).
+var errUsage = errors.New("usage")
+
+// options are the flags shared by `run` and `rules`.
+type options struct {
+	outsideIf      string
+	publicIPs      string
+	controlPorts   string
+	queueNum       uint
+	pinholeTimeout time.Duration
+	dataPorts      string
+	installRules   bool
+	failOpen       bool
+	logFormat      string
+	logLevel       string
+	ipv4, ipv6     bool
+}
+
+// define registers the flags. The help texts are the reference documentation
+// of each flag; the README quotes them.
+func (o *options) define(fs *flag.FlagSet, run bool) {
+	fs.StringVar(&o.controlPorts, "control-ports", "21", "comma-separated TCP `ports` of FTP control connections (server side)")
+	fs.UintVar(&o.queueNum, "queue-num", 21, "NFQUEUE `number` the control-channel packets are sent to")
+	fs.BoolVar(&o.ipv4, "ipv4", true, "handle IPv4 (iptables)")
+	fs.BoolVar(&o.ipv6, "ipv6", true, "handle IPv6 (ip6tables)")
+	if !run {
+		return
+	}
+	fs.StringVar(&o.outsideIf, "outside-if", "", "the router's public `interface`; checked at start (optional: addresses come from conntrack)")
+	fs.StringVar(&o.publicIPs, "public-ip", "", "override the public `address` found in the kernel's NAT mapping (one per family, comma-separated);\nused only for senders that conntrack shows as translated, or when the mapping cannot be found")
+	fs.DurationVar(&o.pinholeTimeout, "pinhole-timeout", 30*time.Second, "close a pinhole whose data connection has not started after this `duration`")
+	fs.StringVar(&o.dataPorts, "data-ports", "1024-65535", "`range` of public ports for NAT'd data connections when the announced port is taken")
+	fs.BoolVar(&o.installRules, "install-rules", true, "install ftpalg's chains and jumps at start and remove them at exit;\nset false when your firewall script includes the output of 'ftpalg rules'")
+	fs.BoolVar(&o.failOpen, "fail-open", false, "accept control packets unexamined when the queue is full, instead of dropping them")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log `format`: text or json")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+}
+
+func parsePorts(s string) ([]uint16, error) {
+	var out []uint16
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 16)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("%w: bad port %q in --control-ports", errUsage, f)
+		}
+		out = append(out, uint16(n))
+	}
+	return out, nil
+}
+
+func (o *options) rulesConfig() (rules.Config, error) {
+	ports, err := parsePorts(o.controlPorts)
+	if err != nil {
+		return rules.Config{}, err
+	}
+	if o.queueNum > 65535 {
+		return rules.Config{}, fmt.Errorf("%w: --queue-num %d out of range", errUsage, o.queueNum)
+	}
+	return rules.Config{ControlPorts: ports, QueueNum: uint16(o.queueNum), Bypass: true, IPv4: o.ipv4, IPv6: o.ipv6}, nil
+}
+
+func (o *options) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return nil, fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", errUsage, o.logLevel)
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	switch o.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, hopts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, hopts)), nil
+	}
+	return nil, fmt.Errorf("%w: --log-format %q: want text or json", errUsage, o.logFormat)
+}
+
+func (o *options) daemonConfig(log *slog.Logger) (daemon.Config, error) {
+	rc, err := o.rulesConfig()
+	if err != nil {
+		return daemon.Config{}, err
+	}
+	lo, hi, err := rules.ParsePortRange(o.dataPorts)
+	if err != nil {
+		return daemon.Config{}, fmt.Errorf("%w: --data-ports: %w", errUsage, err)
+	}
+	var pubs []netip.Addr
+	if o.publicIPs != "" {
+		for _, f := range strings.Split(o.publicIPs, ",") {
+			a, err := netip.ParseAddr(strings.TrimSpace(f))
+			if err != nil {
+				return daemon.Config{}, fmt.Errorf("%w: --public-ip: %w", errUsage, err)
+			}
+			pubs = append(pubs, a)
+		}
+	}
+	cfg := daemon.Config{
+		OutsideIf: o.outsideIf, PublicIPs: pubs, ControlPorts: rc.ControlPorts, QueueNum: rc.QueueNum,
+		PinholeTimeout: o.pinholeTimeout, DataPortLo: lo, DataPortHi: hi, InstallRules: o.installRules,
+		FailOpen: o.failOpen, IPv4: o.ipv4, IPv6: o.ipv6, Log: log,
+	}
+	if err := cfg.Validate(); err != nil {
+		return daemon.Config{}, fmt.Errorf("%w: %w", errUsage, err)
+	}
+	return cfg, nil
+}

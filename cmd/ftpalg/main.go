@@ -1,0 +1,123 @@
+// Command ftpalg is a transparent FTP application-layer gateway for Linux
+// routers. See `ftpalg help`.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/ftpalg/ftpalg/daemon"
+	"github.com/ftpalg/ftpalg/rules"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `ftpalg makes FTP work through NAT and strict firewalls: it rewrites the
+addresses in PORT, EPRT, 227 and 229 (and LPRT/228) to the ones the peer can
+reach, keeps TCP sequence numbers right, and opens an exact, short-lived
+pinhole for each announced data connection.
+
+Usage:
+  ftpalg run [flags]      run the gateway (root or CAP_NET_ADMIN)
+  ftpalg rules [flags]    print ftpalg's chains as iptables-restore fragments
+  ftpalg version          print the version
+
+Run 'ftpalg <command> -help' for the flags of a command.
+`
+
+func main() {
+	code := run(os.Args[1:], os.Stdout, os.Stderr)
+	os.Exit(code)
+}
+
+// run is main without the exit, for tests.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = cmdRun(args[1:], stderr)
+	case "rules":
+		err = cmdRules(args[1:], stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "ftpalg", version)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "ftpalg: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintln(stderr, "ftpalg:", err)
+		return 2
+	}
+	fmt.Fprintln(stderr, "ftpalg:", err)
+	return 1
+}
+
+func newFlagSet(name, summary string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: ftpalg %s [flags]\n\n%s\n\nFlags:\n", name, summary)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+func cmdRun(args []string, stderr io.Writer) error {
+	var o options
+	fs := newFlagSet("run", "Run the gateway until SIGTERM or SIGINT, then remove every rule it installed.", stderr)
+	o.define(fs, true)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := o.logger(stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := o.daemonConfig(log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return daemon.Run(ctx, cfg)
+}
+
+func cmdRules(args []string, stdout, stderr io.Writer) error {
+	var o options
+	fs := newFlagSet("rules", "Print ftpalg's chains and jumps as iptables-restore fragments, for firewall scripts that\n"+
+		"include them and run 'ftpalg run --install-rules=false'. Load each with 'iptables-restore --noflush'.", stderr)
+	o.define(fs, false)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rc, err := o.rulesConfig()
+	if err != nil {
+		return err
+	}
+	for _, fam := range rc.Families() {
+		frag, err := rules.Fragment(rc, fam)
+		if err != nil {
+			return fmt.Errorf("%w: %w", errUsage, err)
+		}
+		fmt.Fprint(stdout, frag)
+	}
+	return nil
+}

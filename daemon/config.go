@@ -1,0 +1,68 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+)
+
+// ErrConfig reports an unusable configuration.
+var ErrConfig = errors.New("invalid configuration")
+
+// Config is what `ftpalg run` is told.
+type Config struct {
+	OutsideIf      string        // the router's public interface (checked at start; optional)
+	PublicIPs      []netip.Addr  // overrides of the looked-up public address, one per family
+	ControlPorts   []uint16      // server ports of FTP control connections
+	QueueNum       uint16        // NFQUEUE number
+	PinholeTimeout time.Duration // how long an unused pinhole stays open
+	DataPortLo     uint16        // range for public data ports on NAT'd addresses
+	DataPortHi     uint16
+	InstallRules   bool // install and remove our chains and jumps
+	FailOpen       bool // accept packets when the queue is full instead of dropping them
+	IPv4, IPv6     bool
+	Log            *slog.Logger
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	switch {
+	case len(c.ControlPorts) == 0:
+		return fmt.Errorf("%w: no control ports", ErrConfig)
+	case c.PinholeTimeout <= 0:
+		return fmt.Errorf("%w: pinhole timeout must be positive", ErrConfig)
+	case c.DataPortLo == 0 || c.DataPortHi < c.DataPortLo:
+		return fmt.Errorf("%w: data port range %d-%d", ErrConfig, c.DataPortLo, c.DataPortHi)
+	case !c.IPv4 && !c.IPv6:
+		return fmt.Errorf("%w: neither IPv4 nor IPv6", ErrConfig)
+	case c.Log == nil:
+		return fmt.Errorf("%w: no logger", ErrConfig)
+	}
+	var seen [2]bool
+	for _, a := range c.PublicIPs {
+		i := 0
+		if a.Is6() && !a.Is4In6() {
+			i = 1
+		}
+		if seen[i] {
+			return fmt.Errorf("%w: more than one --public-ip for one address family", ErrConfig)
+		}
+		seen[i] = true
+	}
+	return nil
+}
+
+func (c *Config) overrides() [2]netip.Addr {
+	var o [2]netip.Addr
+	for _, a := range c.PublicIPs {
+		a = a.Unmap()
+		if a.Is4() {
+			o[0] = a
+		} else {
+			o[1] = a
+		}
+	}
+	return o
+}

@@ -1,0 +1,103 @@
+// Package daemon is ftpalg's running gateway: it feeds control-channel
+// packets from an NFQUEUE through the conntrack engine and acts on what the
+// engine reports — pinholes opened before the announcing packet is
+// released, conntrack's window tracking made liberal for a connection whose
+// payload length changed, one log line per rewrite, pinhole and refusal.
+//
+// The packet path (Gateway) is plain Go behind small interfaces so it can be
+// tested with fakes; the kernel-facing wiring is in run_linux.go.
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ftpalg/ftpalg/conntrack"
+	"github.com/ftpalg/ftpalg/ctnetlink"
+	"github.com/ftpalg/ftpalg/rules"
+)
+
+// Liberaler relaxes conntrack's TCP window tracking on one connection. The
+// ctnetlink client implements it.
+type Liberaler interface {
+	SetLiberal(seen ctnetlink.Tuple) error
+}
+
+// Gateway runs packets through the engine and carries out its events.
+type Gateway struct {
+	mu      sync.Mutex
+	engine  *conntrack.Engine
+	pins    *Pinholes
+	liberal Liberaler
+	log     *slog.Logger
+	errors  uint64
+}
+
+// NewGateway assembles a gateway.
+func NewGateway(engine *conntrack.Engine, pins *Pinholes, liberal Liberaler, log *slog.Logger) *Gateway {
+	return &Gateway{engine: engine, pins: pins, liberal: liberal, log: log}
+}
+
+// Handle processes one queued packet and returns the verdict and, for
+// AcceptModified, the bytes to send instead (valid until the next call).
+// Every pinhole the packet announces is open, and the connection is
+// liberal if its length changed, before Handle returns.
+func (g *Gateway) Handle(pkt []byte, now time.Time) (conntrack.Verdict, []byte) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	res := g.engine.Process(pkt, now)
+	for i := range res.Events {
+		g.act(&res.Events[i])
+	}
+	return res.Verdict, res.Packet
+}
+
+func (g *Gateway) act(ev *conntrack.Event) {
+	switch ev.Kind {
+	case conntrack.EventPinhole:
+		p := rules.Pinhole{Peer: ev.Pinhole.Peer, Public: ev.Pinhole.Public, Target: ev.Pinhole.Target}
+		if err := g.pins.Open(ev.Session, p, p.Public != p.Target); err != nil {
+			g.errors++
+			g.log.Error("opening pinhole", "session", ev.Session, "pinhole", p.String(), "err", err)
+		}
+	case conntrack.EventRewrite:
+		if ev.NeedLiberal {
+			seen := ctnetlink.Tuple{Src: ev.Conn.Client, Dst: ev.Conn.Server}
+			if err := g.liberal.SetLiberal(seen); err != nil {
+				g.errors++
+				g.log.Error("relaxing window tracking; the connection's ACKs may be dropped as INVALID",
+					"session", ev.Session, "conn", ev.Conn.String(), "err", err)
+			}
+		}
+		g.log.LogAttrs(context.Background(), slog.LevelInfo, "rewrite", ev.LogAttrs()...)
+	case conntrack.EventRefusal:
+		g.log.LogAttrs(context.Background(), slog.LevelWarn, "refused", ev.LogAttrs()...)
+	case conntrack.EventFlowEnd:
+		g.pins.EndSession(ev.Session)
+		g.log.Debug("control connection no longer tracked", "session", ev.Session, "conn", ev.Conn.String())
+	}
+}
+
+// Expire ends idle and closed connections; call it about once a second.
+func (g *Gateway) Expire(now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, ev := range g.engine.Expire(now) {
+		g.act(&ev)
+	}
+}
+
+// DataConnection is told of each new TCP connection conntrack sees; the
+// pinhole it came through, if any, is closed.
+func (g *Gateway) DataConnection(f ctnetlink.NewFlow) {
+	g.pins.Used(f.Orig.Src.Addr(), f.Orig.Dst)
+}
+
+// Stats returns the engine's counters.
+func (g *Gateway) Stats() conntrack.Stats {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.engine.Stats()
+}

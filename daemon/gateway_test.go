@@ -1,0 +1,68 @@
+package daemon
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/ftpalg/ftpalg/conntrack"
+	"github.com/ftpalg/ftpalg/ctnetlink"
+)
+
+type fakeLiberal struct{ calls []ctnetlink.Tuple }
+
+func (f *fakeLiberal) SetLiberal(t ctnetlink.Tuple) error { f.calls = append(f.calls, t); return nil }
+
+func tcpPacket(t *testing.T, src, dst netip.AddrPort, seq, ack uint32, syn bool, payload string) []byte {
+	t.Helper()
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.IP(src.Addr().AsSlice()), DstIP: net.IP(dst.Addr().AsSlice())}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(src.Port()), DstPort: layers.TCPPort(dst.Port()), Seq: seq, Ack: ack, SYN: syn, ACK: !syn, Window: 65535}
+	tcp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, tcp, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestGatewayOpensBeforeVerdict drives a client behind NAT sending PORT: by
+// the time Handle returns the rewritten packet, the pinhole is in the
+// firewall and the connection is liberal; ending the connection closes it.
+func TestGatewayOpensBeforeVerdict(t *testing.T) {
+	fw, ports := newFakeFirewall(), newPorts(t)
+	pins := NewPinholes(fw, ports, time.Minute, quiet)
+	defer pins.Stop()
+	nat := &natResolver{mapper: fakeMapper{pub: netip.MustParseAddr("198.51.100.1")}, ports: ports}
+	lib := &fakeLiberal{}
+	gw := NewGateway(conntrack.New(conntrack.Config{VerifyChecksum: true}, nat), pins, lib, quiet)
+
+	cli, srv := netip.MustParseAddrPort("192.0.2.10:40000"), netip.MustParseAddrPort("198.51.100.20:21")
+	now := time.Now()
+	if v, _ := gw.Handle(tcpPacket(t, cli, srv, 100, 0, true, ""), now); v != conntrack.Accept {
+		t.Fatalf("SYN: %v", v)
+	}
+	v, out := gw.Handle(tcpPacket(t, cli, srv, 101, 1, false, "PORT 192,0,2,10,156,64\r\n"), now)
+	if v != conntrack.AcceptModified {
+		t.Fatalf("PORT: %v", v)
+	}
+	pkt := gopacket.NewPacket(out, layers.LayerTypeIPv4, gopacket.Default)
+	if app := pkt.ApplicationLayer(); app == nil || string(app.Payload()) != "PORT 198,51,100,1,156,64\r\n" {
+		t.Fatalf("rewritten packet %v", pkt)
+	}
+	if fw.open() != 1 {
+		t.Fatalf("%d pinholes open when the verdict is given, want 1", fw.open())
+	}
+	if len(lib.calls) != 1 || lib.calls[0] != (ctnetlink.Tuple{Src: cli, Dst: srv}) {
+		t.Fatalf("SetLiberal calls %v", lib.calls)
+	}
+	gw.Handle(tcpPacket(t, cli, srv, 125, 1, false, ""), now) // nothing new
+	gw.Expire(now.Add(48 * time.Hour))                        // idle: the control connection is gone
+	fw.waitClosed(t)
+	if fw.open() != 0 || ports.Reserved(netip.MustParseAddr("198.51.100.1"), 40000) {
+		t.Fatal("pinhole or port of an ended session left behind")
+	}
+}

@@ -1,0 +1,232 @@
+package daemon
+
+import (
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/ftpalg/ftpalg/rules"
+)
+
+// Firewall opens and closes pinholes. rules.Table implements it.
+type Firewall interface {
+	Open(p rules.Pinhole) error
+	Close(p rules.Pinhole) error
+}
+
+// dataKey names the data connection a pinhole admits: its source address
+// and its destination before any DNAT, as a conntrack NEW event's original
+// tuple shows it.
+type dataKey struct {
+	peer   netip.Addr
+	public netip.AddrPort
+}
+
+func keyOf(p rules.Pinhole) dataKey { return dataKey{p.Peer, p.Public} }
+
+// pinhole is one open pinhole and what it is for.
+type pinhole struct {
+	p       rules.Pinhole
+	session uint64
+	opened  time.Time
+	timer   *time.Timer
+	nat     bool // a public port was reserved for it
+}
+
+// Pinholes keeps the open pinholes: opened synchronously before the packet
+// that announced them is released, closed when their data connection
+// starts, when their control connection ends, or at the timeout. Closing
+// runs on a worker goroutine because an iptables delete takes tens of
+// milliseconds and must not delay packets.
+type Pinholes struct {
+	fw      Firewall
+	ports   PortReserver
+	timeout time.Duration
+	log     *slog.Logger
+	clock   func() time.Time
+
+	mu        sync.Mutex
+	open      map[dataKey]*pinhole
+	bySession map[uint64][]rules.Pinhole
+	closing   chan closeReq
+	wg        sync.WaitGroup
+	stats     PinholeStats
+}
+
+// PinholeStats counts pinholes by outcome.
+type PinholeStats struct {
+	Opened, Used, Expired, Ended, Failed uint64
+	OpenNanos                            []int64 // latest open latencies, newest last (bounded)
+}
+
+type closeReq struct {
+	ph  *pinhole
+	why string
+}
+
+// NewPinholes returns a pinhole keeper; Stop it to close everything.
+func NewPinholes(fw Firewall, ports PortReserver, timeout time.Duration, log *slog.Logger) *Pinholes {
+	k := &Pinholes{
+		fw: fw, ports: ports, timeout: timeout, log: log, clock: time.Now,
+		open:      make(map[dataKey]*pinhole),
+		bySession: make(map[uint64][]rules.Pinhole),
+		closing:   make(chan closeReq, 4096),
+	}
+	k.wg.Add(1)
+	go k.closer()
+	return k
+}
+
+// Open installs a pinhole for session. It returns once the rules are in the
+// kernel. nat says the public port was reserved for this pinhole and must be
+// released with it.
+func (k *Pinholes) Open(session uint64, p rules.Pinhole, nat bool) error {
+	start := k.clock()
+	err := k.fw.Open(p)
+	took := k.clock().Sub(start)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err != nil {
+		k.stats.Failed++
+		if nat {
+			k.ports.Release(p.Public.Addr(), p.Public.Port())
+		}
+		return err
+	}
+	k.stats.Opened++
+	k.stats.OpenNanos = append(k.stats.OpenNanos, took.Nanoseconds())
+	if n := len(k.stats.OpenNanos); n > 4096 {
+		k.stats.OpenNanos = append(k.stats.OpenNanos[:0], k.stats.OpenNanos[n-2048:]...)
+	}
+	if old := k.open[keyOf(p)]; old != nil && old.p == p {
+		// The same endpoint announced again (a client repeating PORT):
+		// the firewall counts references, keep one record and restart
+		// its clock.
+		old.timer.Reset(k.timeout)
+		k.queueClose(&pinhole{p: p}, "") // drop the extra reference
+		return nil
+	}
+	ph := &pinhole{p: p, session: session, opened: start, nat: nat}
+	ph.timer = time.AfterFunc(k.timeout, func() { k.expire(ph) })
+	if old := k.open[keyOf(p)]; old != nil {
+		k.removeLocked(old, "replaced") // same public endpoint, new target
+	}
+	k.open[keyOf(p)] = ph
+	k.bySession[session] = append(k.bySession[session], p)
+	k.log.Info("pinhole opened", "session", session, "pinhole", p.String(), "took", took.Round(time.Microsecond))
+	return nil
+}
+
+// Used closes the pinhole that a new data connection from peer to public
+// (its destination before DNAT) came through: the connection's conntrack
+// entry now carries it, so the rules are no longer needed and must not
+// admit a second connection. It reports whether a pinhole matched.
+func (k *Pinholes) Used(peer netip.Addr, public netip.AddrPort) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	ph := k.open[dataKey{peer.Unmap(), netip.AddrPortFrom(public.Addr().Unmap(), public.Port())}]
+	if ph == nil {
+		return false
+	}
+	k.stats.Used++
+	k.removeLocked(ph, "used")
+	return true
+}
+
+func (k *Pinholes) expire(ph *pinhole) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.open[keyOf(ph.p)] == ph {
+		k.stats.Expired++
+		k.removeLocked(ph, "expired")
+	}
+}
+
+// EndSession closes every pinhole of a control connection that ended.
+func (k *Pinholes) EndSession(session uint64) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, p := range k.bySession[session] {
+		if ph := k.open[keyOf(p)]; ph != nil && ph.session == session {
+			k.stats.Ended++
+			k.removeLocked(ph, "control connection ended")
+		}
+	}
+	delete(k.bySession, session)
+}
+
+func (k *Pinholes) removeLocked(ph *pinhole, why string) {
+	ph.timer.Stop()
+	delete(k.open, keyOf(ph.p))
+	list := k.bySession[ph.session]
+	for i, p := range list {
+		if p == ph.p {
+			list = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(k.bySession, ph.session)
+	} else {
+		k.bySession[ph.session] = list
+	}
+	k.queueClose(ph, why)
+}
+
+func (k *Pinholes) queueClose(ph *pinhole, why string) {
+	select {
+	case k.closing <- closeReq{ph, why}:
+	default:
+		// The worker is far behind: close inline rather than leak.
+		k.closeNow(closeReq{ph, why})
+	}
+}
+
+func (k *Pinholes) closer() {
+	defer k.wg.Done()
+	for req := range k.closing {
+		k.closeNow(req)
+	}
+}
+
+func (k *Pinholes) closeNow(req closeReq) {
+	if err := k.fw.Close(req.ph.p); err != nil {
+		k.log.Error("closing pinhole", "session", req.ph.session, "pinhole", req.ph.p.String(), "err", err)
+		return
+	}
+	if req.ph.nat {
+		k.ports.Release(req.ph.p.Public.Addr(), req.ph.p.Public.Port())
+	}
+	if req.why != "" {
+		k.log.Info("pinhole closed", "session", req.ph.session, "pinhole", req.ph.p.String(), "why", req.why,
+			"age", k.clock().Sub(req.ph.opened).Round(time.Millisecond))
+	}
+}
+
+// Len returns the number of open pinholes.
+func (k *Pinholes) Len() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.open)
+}
+
+// Stats returns a copy of the counters.
+func (k *Pinholes) Stats() PinholeStats {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	s := k.stats
+	s.OpenNanos = append([]int64(nil), k.stats.OpenNanos...)
+	return s
+}
+
+// Stop closes every open pinhole and waits for the closes to finish.
+func (k *Pinholes) Stop() {
+	k.mu.Lock()
+	for _, ph := range k.open {
+		k.removeLocked(ph, "shutdown")
+	}
+	k.mu.Unlock()
+	close(k.closing)
+	k.wg.Wait()
+}

@@ -1,0 +1,210 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/florianl/go-nfqueue/v2"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/ftpalg/ftpalg/conntrack"
+	"github.com/ftpalg/ftpalg/ctnetlink"
+	"github.com/ftpalg/ftpalg/rules"
+)
+
+// ErrEnvironment reports something missing on the machine; its message is
+// the one line an admin needs.
+var ErrEnvironment = errors.New("environment")
+
+// capNetAdmin is CAP_NET_ADMIN's bit in the capability sets.
+const capNetAdmin = 12
+
+// checkCapability fails unless the process may change netfilter state.
+func checkCapability() error {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return fmt.Errorf("%w: reading capabilities: %w", ErrEnvironment, err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		hex, ok := strings.CutPrefix(sc.Text(), "CapEff:")
+		if !ok {
+			continue
+		}
+		caps, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+		if err != nil {
+			return fmt.Errorf("%w: parsing CapEff %q: %w", ErrEnvironment, hex, err)
+		}
+		if caps&(1<<capNetAdmin) == 0 {
+			return fmt.Errorf("%w: ftpalg needs root or CAP_NET_ADMIN (effective capabilities %#x)", ErrEnvironment, caps)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: no CapEff in /proc/self/status", ErrEnvironment)
+}
+
+func (c *Config) rulesConfig() rules.Config {
+	return rules.Config{ControlPorts: c.ControlPorts, QueueNum: c.QueueNum, Bypass: true, IPv4: c.IPv4, IPv6: c.IPv6}
+}
+
+// Run checks the environment, installs ftpalg's chains (unless the admin
+// keeps them in a firewall script), serves the queue until ctx is done, and
+// then removes everything it installed.
+func Run(ctx context.Context, cfg Config) (err error) {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := cfg.Log
+	if err := checkCapability(); err != nil {
+		return err
+	}
+	if cfg.OutsideIf != "" {
+		if _, err := net.InterfaceByName(cfg.OutsideIf); err != nil {
+			return fmt.Errorf("%w: --outside-if %q: %w", ErrEnvironment, cfg.OutsideIf, err)
+		}
+	}
+	rcfg := cfg.rulesConfig()
+	chains, err := rules.NewChains(rcfg, log)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrEnvironment, err)
+	}
+	table, err := rules.NewTable(rcfg, log)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrEnvironment, err)
+	}
+	ports, err := rules.NewPorts(cfg.DataPortLo, cfg.DataPortHi)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	ct, err := ctnetlink.Open(log)
+	if err != nil {
+		return fmt.Errorf("%w: opening ctnetlink: %w", ErrEnvironment, err)
+	}
+	defer ct.Close()
+
+	flags := uint32(0)
+	if cfg.FailOpen {
+		flags |= nfqueue.NfQaCfgFlagFailOpen
+	}
+	nf, err := nfqueue.Open(&nfqueue.Config{
+		NfQueue:      cfg.QueueNum,
+		MaxPacketLen: 0xffff,
+		MaxQueueLen:  1024,
+		Copymode:     nfqueue.NfQnlCopyPacket,
+		AfFamily:     unix.AF_INET,
+		Flags:        flags,
+		WriteTimeout: time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("%w: opening NFQUEUE %d: %w", ErrEnvironment, cfg.QueueNum, err)
+	}
+	closeQueue := sync.OnceValue(nf.Close)
+	defer closeQueue()
+
+	// Our own chains from a crashed run go first; then the fresh ones.
+	if cfg.InstallRules {
+		if err := chains.Sweep(); err != nil {
+			return fmt.Errorf("sweeping leftover chains: %w", err)
+		}
+		if err := chains.Install(); err != nil {
+			return fmt.Errorf("installing chains: %w", err)
+		}
+		defer func() {
+			if rerr := chains.Remove(); rerr != nil {
+				log.Error("removing chains", "err", rerr)
+				err = errors.Join(err, rerr)
+			}
+		}()
+	} else if err := table.CloseAll(); err != nil {
+		return fmt.Errorf("emptying pinhole chains (are they in your firewall script? see `ftpalg rules`): %w", err)
+	}
+
+	pins := NewPinholes(table, ports, cfg.PinholeTimeout, log)
+	defer pins.Stop()
+	engine := conntrack.New(conntrack.Config{ControlPorts: cfg.ControlPorts, VerifyChecksum: true},
+		&natResolver{mapper: ct, ports: ports, override: cfg.overrides()})
+	gw := NewGateway(engine, pins, ct, log)
+
+	qctx, stopQueue := context.WithCancel(ctx)
+	defer stopQueue()
+	var overruns uint64
+	hook := func(a nfqueue.Attribute) int {
+		if a.PacketID == nil || a.Payload == nil {
+			return 0
+		}
+		v, out := gw.Handle(*a.Payload, time.Now())
+		var verr error
+		switch v {
+		case conntrack.Accept:
+			verr = nf.SetVerdict(*a.PacketID, nfqueue.NfAccept)
+		case conntrack.AcceptModified:
+			verr = nf.SetVerdictWithOption(*a.PacketID, nfqueue.NfAccept, nfqueue.WithAlteredPacket(out))
+		default:
+			verr = nf.SetVerdict(*a.PacketID, nfqueue.NfDrop)
+		}
+		if verr != nil && qctx.Err() == nil {
+			log.Error("setting verdict", "packet", *a.PacketID, "err", verr)
+		}
+		return 0
+	}
+	onErr := func(e error) int {
+		if qctx.Err() != nil {
+			return 1
+		}
+		var op *netlink.OpError
+		if errors.As(e, &op) && errors.Is(op.Err, unix.ENOBUFS) {
+			overruns++
+			log.Warn("queue socket overrun: the kernel dropped queued packets", "overruns", overruns)
+			return 0
+		}
+		log.Error("receiving from NFQUEUE", "queue", cfg.QueueNum, "err", e)
+		return 0
+	}
+	if err := nf.RegisterWithErrorFunc(qctx, hook, onErr); err != nil {
+		return fmt.Errorf("%w: binding NFQUEUE %d (is another program bound to it?): %w", ErrEnvironment, cfg.QueueNum, err)
+	}
+
+	watchDone := make(chan error, 1)
+	go func() {
+		watchDone <- ct.Watch(qctx, ctnetlink.WatchHandler{NewFlow: gw.DataConnection})
+	}()
+	log.Info("ftpalg running", "queue", cfg.QueueNum, "control_ports", fmt.Sprint(cfg.ControlPorts),
+		"install_rules", cfg.InstallRules, "pinhole_timeout", cfg.PinholeTimeout.String(),
+		"data_ports", fmt.Sprintf("%d-%d", cfg.DataPortLo, cfg.DataPortHi), "fail_open", cfg.FailOpen)
+
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case now := <-tick.C:
+			gw.Expire(now)
+		case werr := <-watchDone:
+			if qctx.Err() == nil {
+				return fmt.Errorf("watching conntrack events: %w", werr)
+			}
+		case <-ctx.Done():
+			// Stop taking packets first: once unbound, --queue-bypass
+			// lets control traffic pass while the rules are removed.
+			stopQueue()
+			if cerr := closeQueue(); cerr != nil {
+				log.Warn("closing NFQUEUE", "err", cerr)
+			}
+			s := gw.Stats()
+			ps := pins.Stats()
+			log.Info("ftpalg stopping", "packets", s.Packets, "modified", s.Modified, "dropped", s.Dropped,
+				"rewrites", s.Rewrites, "refusals", s.Refusals, "pinholes_opened", ps.Opened, "pinholes_used", ps.Used,
+				"pinholes_expired", ps.Expired)
+			return nil
+		}
+	}
+}

@@ -1,0 +1,182 @@
+//go:build linux
+
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ftpalg/ftpalg/test/rig"
+)
+
+// ftpalgBin is the binary under test: $FTPALG_BIN, or one built by
+// TestMain.
+var ftpalgBin string
+
+func TestMain(m *testing.M) {
+	ftpalgBin = os.Getenv("FTPALG_BIN")
+	if ftpalgBin == "" && os.Geteuid() == 0 {
+		dir, err := os.MkdirTemp("", "ftpalg-e2e")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		ftpalgBin = filepath.Join(dir, "ftpalg")
+		out, err := exec.Command("go", "build", "-o", ftpalgBin, "github.com/ftpalg/ftpalg/cmd/ftpalg").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "building ftpalg: %v\n%s", err, out)
+			os.Exit(1)
+		}
+		code := m.Run()
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// gateway is ftpalg running in a rig's router namespace.
+type gateway struct {
+	t *testing.T
+	r *rig.Rig
+	p *rig.Proc
+}
+
+// startFtpalg runs ftpalg in the router and waits until it serves.
+func startFtpalg(t *testing.T, r *rig.Rig, args ...string) *gateway {
+	t.Helper()
+	args = append([]string{"run", "--log-format", "json", "--log-level", "debug", "--pinhole-timeout", "5s"}, args...)
+	p, err := r.Start(rig.Router, ftpalgBin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gateway{t: t, r: r, p: p}
+	t.Cleanup(func() {
+		p.Stop()
+		if t.Failed() || os.Getenv("FTPALG_E2E_LOG") != "" {
+			t.Logf("ftpalg output:\n%s", p.Output())
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(p.Output(), `"msg":"ftpalg running"`) {
+		select {
+		case <-p.Done():
+			t.Fatalf("ftpalg exited at start: %v\n%s", p.Err(), p.Output())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ftpalg did not start:\n%s", p.Output())
+		}
+	}
+	return g
+}
+
+// stop sends SIGTERM and requires a clean exit that leaves no rule or
+// chain of ftpalg's behind.
+func (g *gateway) stop() {
+	g.t.Helper()
+	if err := syscall.Kill(g.p.Pid(), syscall.SIGTERM); err != nil {
+		g.t.Fatal(err)
+	}
+	select {
+	case <-g.p.Done():
+	case <-time.After(10 * time.Second):
+		g.t.Fatalf("ftpalg did not exit within 10s of SIGTERM:\n%s", g.p.Output())
+	}
+	if err := g.p.Err(); err != nil {
+		g.t.Fatalf("ftpalg exited with %v after SIGTERM:\n%s", err, g.p.Output())
+	}
+	for _, save := range []string{"iptables-save", "ip6tables-save"} {
+		out, err := g.r.Run(g.t.Context(), rig.Router, save)
+		if err != nil {
+			g.t.Fatal(err)
+		}
+		if strings.Contains(out, "FTPALG") {
+			g.t.Errorf("%s after exit still shows ftpalg rules:\n%s", save, out)
+		}
+	}
+}
+
+// events returns ftpalg's JSON log records with the given message.
+func (g *gateway) events(msg string) []map[string]any {
+	var out []map[string]any
+	for _, line := range strings.Split(g.p.Output(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+// TestFtpalg runs 5 MB downloads through ftpalg on a router with a strict
+// firewall (INVALID dropped, FORWARD policy DROP, be_liberal=0): active
+// mode behind MASQUERADE, passive mode to a server behind a port forward
+// that has no passive address configured, and firewall-only routing over
+// IPv4 and IPv6. Each must deliver the file intact with no INVALID drop;
+// NAT cases must show ftpalg's rewrite; every case must show the pinhole,
+// and ftpalg must leave nothing behind when it exits. The same cases fail
+// without an ALG (TestBaseline).
+func TestFtpalg(t *testing.T) {
+	tests := []struct {
+		name    string
+		topo    rig.Topology
+		mode    rig.Mode
+		rewrite string // the announced address the server or client must see
+	}{
+		{"ClientNAT/PORT", rig.ClientNAT, rig.PORT, "PORT 198,51,100,1,"},
+		{"ClientNAT/EPRT", rig.ClientNAT, rig.EPRT, "EPRT |1|198.51.100.1|"},
+		{"ServerForward/PASV", rig.ServerForward, rig.PASV, "(198,51,100,1,"},
+		{"ServerForward/EPSV", rig.ServerForward, rig.EPSV, ""},
+		{"Routed/PORT", rig.Routed, rig.PORT, ""},
+		{"Routed/PASV", rig.Routed, rig.PASV, ""},
+		{"Routed6/EPRT", rig.Routed6, rig.EPRT, ""},
+		{"Routed6/EPSV", rig.Routed6, rig.EPSV, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := rig.New(t, tc.topo, rig.WithPrefix(nsPrefix))
+			s, err := r.StartVsftpd(rig.VsftpdOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := startFtpalg(t, r)
+			want, err := s.CreateFile("5m.bin", fileSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(t.TempDir(), "5m.bin")
+			res, err := r.CurlGet(tc.mode, r.URL("5m.bin"), out)
+			t.Logf("%v %v through ftpalg: %v, %d bytes, err %v", tc.topo, tc.mode, res.Duration.Round(time.Millisecond), res.Bytes, err)
+			if err != nil {
+				t.Fatalf("transfer failed: %v", err)
+			}
+			if got, err := rig.FileSHA256(out); err != nil || got != want || res.Bytes != fileSize {
+				t.Fatalf("got %d bytes with SHA-256 %s (%v), want %d bytes with %s", res.Bytes, got, err, fileSize, want)
+			}
+			if n, err := r.InvalidDrops(); err != nil || n != 0 {
+				t.Errorf("router dropped %d INVALID packets (%v), want 0", n, err)
+			}
+			switch {
+			case tc.mode.Active() && tc.rewrite != "":
+				wantLog(t, s, tc.rewrite)
+			case tc.rewrite != "":
+				wantReply(t, res, tc.rewrite)
+			}
+			if tc.rewrite != "" && len(g.events("rewrite")) == 0 {
+				t.Error("ftpalg logged no rewrite")
+			}
+			if len(g.events("pinhole opened")) == 0 {
+				t.Error("ftpalg logged no pinhole")
+			}
+			g.stop()
+		})
+	}
+}
