@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what ftpalg's tests, benchmarks and demo need on Debian, and
+# nothing that is already there. Idempotent; needs root for apt-get.
+set -euo pipefail
+
+# command -> Debian package
+declare -A want=(
+	[iptables]=iptables [ip6tables]=iptables [ip]=iproute2 [conntrack]=conntrack
+	[vsftpd]=vsftpd [curl]=curl [lftp]=lftp [tnftp]=tnftp [python3]=python3
+	[sysctl]=procps [ss]=iproute2 [tcpdump]=tcpdump
+)
+missing=()
+for cmd in "${!want[@]}"; do
+	command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${want[$cmd]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+	echo "deps: installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# vsftpd's package starts a system-wide instance on port 21; the tests run
+# their own in network namespaces and do not need it.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet vsftpd 2>/dev/null; then
+	systemctl stop vsftpd || true
+fi
+if ! command -v go >/dev/null 2>&1; then
+	echo "deps: Go is not on PATH; install Go 1.25 or later (https://go.dev/dl/) and retry" >&2
+	exit 1
+fi
