@@ -77,6 +77,10 @@ func lookupVerb(v []byte) (Kind, cmd) {
 		return KindNone, cmdLPSV
 	case "AUTH":
 		return KindNone, cmdAUTH
+	case "USER":
+		return KindNone, cmdUSER
+	case "PASS":
+		return KindNone, cmdPASS
 	}
 	return KindNone, cmdOther
 }

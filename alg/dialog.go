@@ -86,12 +86,45 @@ const (
 	cmdEPSV
 	cmdLPSV
 	cmdAUTH
+	cmdUSER
+	cmdPASS
 )
 
+// Verb names a client command as far as ftpalg's policy cares. Found
+// reports it for client lines (Verb) and, for the terminating line of a
+// server reply, the command that reply answers (Answers).
+type Verb uint8
+
 const (
-	flagGreeted = 1 << iota // the first final reply has been seen
-	flagOpaque              // AUTH was accepted with 234: TLS follows
-	flagDesync              // the lost counter overflowed; never trust a passive reply again
+	VerbNone  Verb = iota // not a command, or not a terminating reply
+	VerbOther             // any other command
+	VerbAUTH              // AUTH (RFC 2228): TLS or another protection may follow
+	VerbUSER
+	VerbPASS
+	VerbPASV // PASV, EPSV or LPSV
+)
+
+func (c cmd) verb() Verb {
+	switch c {
+	case cmdNone:
+		return VerbNone
+	case cmdAUTH:
+		return VerbAUTH
+	case cmdUSER:
+		return VerbUSER
+	case cmdPASS:
+		return VerbPASS
+	case cmdPASV, cmdEPSV, cmdLPSV:
+		return VerbPASV
+	}
+	return VerbOther
+}
+
+const (
+	flagGreeted  = 1 << iota // the first final reply has been seen
+	flagOpaque               // AUTH was accepted with 234: TLS follows
+	flagDesync               // the lost counter overflowed; never trust a passive reply again
+	flagLoggedIn             // a 230 or 232 answered USER or PASS
 )
 
 // Dialog is the FTP state of one control connection: which commands still
@@ -151,6 +184,13 @@ func (d *Dialog) limit() int {
 // server accepted AUTH (RFC 2228/4217) with a 234 reply, so TLS follows.
 // From then on every method returns the zero Found or false.
 func (d *Dialog) Opaque() bool { return d.flags&flagOpaque != 0 }
+
+// LoggedIn reports that the server accepted a login: a 230 or 232 reply
+// answered USER or PASS. Until then nothing a client announces should open
+// the firewall: a request smuggled into port 21 by a browser (NAT
+// slipstreaming) or any other non-FTP client never gets that far, because
+// the reply can only come after the lines that were sent with it.
+func (d *Dialog) LoggedIn() bool { return d.flags&flagLoggedIn != 0 }
 
 func (d *Dialog) push(c cmd) {
 	if d.flags&flagDesync != 0 {
@@ -212,6 +252,7 @@ func (d *Dialog) ClientLine(line []byte) Found {
 	}
 	c, f := parseCommand(line)
 	d.push(c)
+	f.Verb = c.verb()
 	return f
 }
 
@@ -259,9 +300,10 @@ func (d *Dialog) ServerLine(line []byte) Found {
 	}
 	kind, answered := d.final(code)
 	if kind == KindNone {
-		return Found{}
+		return Found{Answers: answered.verb()}
 	}
 	f := parseReply(kind, line)
+	f.Answers = answered.verb()
 	if answered != wantCmd(kind) {
 		f.Err = newLineError(kind, rUnsolicited)
 	}
@@ -335,6 +377,9 @@ func (d *Dialog) final(code [3]byte) (Kind, cmd) {
 	if code == [3]byte{'2', '3', '4'} && c == cmdAUTH {
 		d.flags |= flagOpaque
 		return KindNone, c
+	}
+	if (code == [3]byte{'2', '3', '0'} || code == [3]byte{'2', '3', '2'}) && (c == cmdUSER || c == cmdPASS) {
+		d.flags |= flagLoggedIn
 	}
 	return replyKind(code), c
 }
@@ -492,6 +537,11 @@ type Found struct {
 	// Err is non-nil when the line is of this Kind but must not be used:
 	// it wraps ErrMalformed, ErrUnsolicited or ErrLineTooLong.
 	Err error
+	// Verb is, for a client line, the command it is.
+	Verb Verb
+	// Answers is, for the terminating line of a final server reply, the
+	// command the reply answers (VerbNone for every other server line).
+	Answers Verb
 
 	start, end int  // span of the address text in the line
 	delim      byte // EPRT/229 delimiter

@@ -28,7 +28,7 @@ func setSeq(b []byte, tcpOff int, seq seqnum.Value) {
 }
 
 func benchEngine(b *testing.B) (*Engine, seqnum.Value, seqnum.Value) {
-	e := New(Config{VerifyChecksum: true}, benchNAT{})
+	e := New(Config{VerifyChecksum: true, AllowBeforeLogin: true}, benchNAT{})
 	cisn, sisn := seqnum.Value(1000), seqnum.Value(5000)
 	for _, p := range []pkt{
 		{src: simClient, dst: simServer, seq: cisn, flags: flagSYN},

@@ -39,6 +39,34 @@ var (
 	ErrGap          = errors.New("segment starts beyond a hole in the stream")
 	ErrTableFull    = errors.New("connection table full; evicted the least recently used")
 	ErrMapping      = errors.New("no public mapping for the sender")
+	ErrNotLoggedIn  = errors.New("announcement before the server accepted a login")
+	ErrTLS          = errors.New("control channel switched to TLS after AUTH; its data connections cannot be seen")
+	ErrTLSRefused   = errors.New("AUTH refused by policy (--tls=refuse); the client is told with a 534 reply")
+	ErrLimit        = errors.New("pinhole limit reached")
+)
+
+// TLSPolicy says what to do when a client asks to protect the control
+// channel (AUTH TLS, AUTH SSL or any other AUTH mechanism).
+type TLSPolicy uint8
+
+const (
+	// TLSPass lets AUTH through. After the server's 234 the channel is
+	// opaque: nothing more is rewritten and no pinhole is opened, so data
+	// connections work only where the firewall already allows them.
+	TLSPass TLSPolicy = iota
+	// TLSRefuse rewrites the AUTH command so the server cannot accept it,
+	// and its reply into a 534 that tells the client why, so that clients
+	// fall back to plain FTP or fail at once with a clear message instead
+	// of hanging at their first transfer.
+	TLSRefuse
+)
+
+// Lines ftpalg puts on the wire for TLSRefuse. The mechanism name is one no
+// server implements, so the server answers 504 (or 500/502) and stays in
+// plain text; the answer's text is replaced by refusedReply.
+const (
+	refusedAuth  = "AUTH X-FTPALG-REFUSED"
+	refusedReply = "534 TLS on the control connection is refused by the firewall's FTP gateway (ftpalg --tls=refuse)"
 )
 
 // NAT is what the engine needs to know about address translation. The
@@ -64,6 +92,14 @@ type Config struct {
 	MinDataPort    uint16        // lowest acceptable data port; default 1024
 	StallTimeout   time.Duration // hold a partial address line at most this long against a retransmitting sender; default 150ms
 	VerifyChecksum bool          // drop segments with a bad TCP checksum
+	TLS            TLSPolicy     // what to do with AUTH; default TLSPass
+	// AllowBeforeLogin lets announcements open pinholes before the server
+	// accepted a login. Off by default: see alg.Dialog.LoggedIn.
+	AllowBeforeLogin bool
+	// Admit, if set, is asked before a pinhole is planned for session; an
+	// error refuses the announcement (its line passes unchanged). The
+	// daemon enforces its per-client and total pinhole limits here.
+	Admit func(session uint64, c Conn) error
 }
 
 func (c *Config) fill() {
@@ -200,7 +236,7 @@ type Result struct {
 type Stats struct {
 	Packets, Modified, Dropped, Untracked uint64
 	Rewrites, Refusals, Flows, Evicted    uint64
-	Stalled                               uint64
+	Stalled, TLS                          uint64
 }
 
 // Engine processes the packets of FTP control connections.
@@ -323,7 +359,7 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 		}
 		e.ids++
 		e.stats.Flows++
-		f = &flow{conn: conn, id: e.ids, dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine})}
+		f = &flow{conn: conn, id: e.ids, dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: !newSYN}
 		e.tab.m[conn] = f
 	}
 	f.last = now

@@ -35,8 +35,11 @@ func newConn(t *testing.T, cfg Config, nat *fakeNAT, cli, srv string, cisn, sisn
 	return c
 }
 
+// natConn is a connection through a NAT on both sides. Its tests are about
+// stream mechanics, so announcements count without a login (login gating
+// has tests of its own, and the random sessions log in).
 func natConn(t *testing.T) *conn {
-	return newConn(t, Config{VerifyChecksum: true}, &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic},
+	return newConn(t, Config{VerifyChecksum: true, AllowBeforeLogin: true}, &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic},
 		"192.0.2.10:40001", "192.0.2.20:21", 1000, 5000)
 }
 
@@ -273,7 +276,7 @@ func TestPassiveAnswersOnly(t *testing.T) {
 
 // Without NAT nothing is rewritten, and a pinhole is still opened.
 func TestRoutedIPv6EPSV(t *testing.T) {
-	c := newConn(t, Config{VerifyChecksum: true}, &fakeNAT{}, "[2001:db8:1::10]:40001", "[2001:db8:2::20]:21", 7, 9)
+	c := newConn(t, Config{VerifyChecksum: true, AllowBeforeLogin: true}, &fakeNAT{}, "[2001:db8:1::10]:40001", "[2001:db8:2::20]:21", 7, 9)
 	c.client("EPSV\r\n")
 	out := c.server("229 Entering Extended Passive Mode (|||50000|)\r\n")
 	if string(out.payload) != "229 Entering Extended Passive Mode (|||50000|)\r\n" {
@@ -376,5 +379,98 @@ func TestUntrackedPassUntouched(t *testing.T) {
 		if res := e.Process(raw, testNow); res.Verdict != Accept {
 			t.Fatalf("verdict %v for %x", res.Verdict, raw)
 		}
+	}
+}
+
+func loginConn(t *testing.T, cfg Config) *conn {
+	c := newConn(t, cfg, &fakeNAT{clientPublic: simClientPublic}, "192.0.2.10:40001", "198.51.100.20:21", 1000, 5000)
+	c.server("220 ready\r\n")
+	return c
+}
+
+func (c *conn) login() {
+	c.client("USER anonymous\r\n")
+	c.server("331 Please specify the password.\r\n")
+	c.client("PASS guest\r\n")
+	c.server("230 Login successful.\r\n")
+}
+
+// Nothing opens before the server accepted a login: lines smuggled into
+// port 21 (NAT slipstreaming) arrive before any reply could.
+func TestLoginRequired(t *testing.T) {
+	c := loginConn(t, Config{})
+	if out := c.client("USER x\r\nPASS y\r\nPORT 192,0,2,10,200,10\r\n"); !bytes.Contains(out.payload, []byte("PORT 192,0,2,10,200,10")) {
+		t.Fatalf("PORT before login changed: %q", out.payload)
+	}
+	if c.count(EventPinhole) != 0 || !errors.Is(c.events[len(c.events)-1].Reason, ErrNotLoggedIn) {
+		t.Fatalf("events %+v", c.events)
+	}
+	c.server("331 pw\r\n230 ok\r\n")
+	c.client("PORT 192,0,2,10,200,10\r\n")
+	c.server("200 ok\r\n")
+	c.events = nil
+	c.client("PORT 192,0,2,10,200,11\r\n")
+	if c.count(EventPinhole) != 1 {
+		t.Fatalf("after login: events %+v", c.events)
+	}
+
+	// A connection first seen after its SYN (a restart) has an unknown
+	// login state and is not held to it.
+	e := New(Config{}, &fakeNAT{clientPublic: simClientPublic})
+	res := e.Process(pkt{src: simClient, dst: simServer, seq: 77, ack: 1, flags: flagACK, payload: []byte("NOOP\r\nPORT 192,0,2,10,200,10\r\n")}.build(t), testNow)
+	if len(res.Events) != 2 || res.Events[0].Kind != EventPinhole {
+		t.Fatalf("picked-up connection: %+v", res.Events)
+	}
+}
+
+func TestTLSPolicy(t *testing.T) {
+	t.Run("refuse", func(t *testing.T) {
+		c := loginConn(t, Config{TLS: TLSRefuse})
+		// A split AUTH is held and rewritten whole.
+		if out := c.client("AU"); len(out.payload) != 0 {
+			t.Fatalf("partial AUTH released: %q", out.payload)
+		}
+		if out := c.client("TH TLS\r\n"); string(out.payload) != refusedAuth+"\r\n" {
+			t.Fatalf("AUTH sent to the server as %q", out.payload)
+		}
+		if out := c.server("504 Unknown AUTH type.\r\n"); string(out.payload) != refusedReply+"\r\n" {
+			t.Fatalf("client told %q", out.payload)
+		}
+		if !errors.Is(c.events[0].Reason, ErrTLSRefused) {
+			t.Fatalf("events %+v", c.events)
+		}
+		// The session goes on in plain text, addresses still rewritten.
+		c.login()
+		c.events = nil
+		if out := c.client("PORT 192,0,2,10,200,11\r\n"); string(out.payload) != "PORT 198,51,100,1,4,211\r\n" {
+			t.Fatalf("after refused AUTH: %q", out.payload)
+		}
+	})
+	t.Run("pass", func(t *testing.T) {
+		c := loginConn(t, Config{})
+		if out := c.client("AUTH TLS\r\n"); string(out.payload) != "AUTH TLS\r\n" {
+			t.Fatalf("AUTH changed: %q", out.payload)
+		}
+		c.server("234 Proceed with negotiation.\r\n")
+		if c.count(EventRefusal) != 1 || !errors.Is(c.events[0].Reason, ErrTLS) || c.e.Stats().TLS != 1 {
+			t.Fatalf("events %+v", c.events)
+		}
+		// TLS records are opaque: nothing is parsed, nothing opens.
+		c.client("\x16\x03\x01\x00\x05PORT 192,0,2,10,200,10\r\n")
+		if c.count(EventPinhole) != 0 {
+			t.Fatal("a PORT inside TLS bytes opened a pinhole")
+		}
+	})
+}
+
+func TestAdmitLimit(t *testing.T) {
+	limit := errors.New("3 pending for 192.0.2.10")
+	cfg := Config{AllowBeforeLogin: true, Admit: func(uint64, Conn) error { return limit }}
+	c := newConn(t, cfg, &fakeNAT{clientPublic: simClientPublic}, "192.0.2.10:40001", "198.51.100.20:21", 1000, 5000)
+	if out := c.client("PORT 192,0,2,10,200,11\r\n"); string(out.payload) != "PORT 192,0,2,10,200,11\r\n" {
+		t.Fatalf("refused PORT changed: %q", out.payload)
+	}
+	if c.count(EventPinhole) != 0 || !errors.Is(c.events[0].Reason, ErrLimit) || !errors.Is(c.events[0].Reason, limit) {
+		t.Fatalf("events %+v", c.events)
 	}
 }

@@ -24,6 +24,8 @@ type flow struct {
 	c, s     half          // the client's and the server's byte streams
 	public   [2]netip.Addr // per alg.Side: the sender's address as the peer sees it, once looked up
 	liberal  bool          // a length-changing rewrite was made
+	pickedUp bool          // first seen after its SYN: login state unknown
+	refused  uint8         // AUTH commands refused by policy, awaiting their reply
 	rewrites uint32
 	last     time.Time
 	closeAt  time.Time // zero while open

@@ -44,7 +44,7 @@ func FuzzSegments(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		e := New(Config{MaxLine: 128}, &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic})
+		e := New(Config{MaxLine: 128, AllowBeforeLogin: true, TLS: TLSPolicy(len(in) % 2)}, &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic})
 		next := [2]seqnum.Value{1000, 5000}
 		for _, p := range []pkt{
 			{src: simClient, dst: simServer, seq: next[0] - 1, flags: flagSYN},

@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -137,7 +138,24 @@ func (e *Engine) rebuild(pkt []byte, seg *segment, seq, ack seqnum.Value, sacks 
 
 // The engine is the line handler of the flow being processed.
 
-func (e *Engine) mayRewrite(partial []byte) bool { return e.cur.dialog.MayRewrite(e.side, partial) }
+func (e *Engine) mayRewrite(partial []byte) bool {
+	f := e.cur
+	if e.cfg.TLS == TLSRefuse && !f.dialog.Opaque() {
+		// Lines the TLS policy may replace are held like address lines.
+		if e.side == alg.Server && f.refused > 0 || e.side == alg.Client && mayBeAuth(partial) {
+			return true
+		}
+	}
+	return f.dialog.MayRewrite(e.side, partial)
+}
+
+// mayBeAuth reports whether a partial client line could still be an AUTH
+// command (leading spaces allowed, case-insensitive).
+func mayBeAuth(p []byte) bool {
+	p = bytes.TrimLeft(p, " ")
+	n := min(len(p), 4)
+	return bytes.EqualFold(p[:n], []byte("AUTH")[:n]) && (len(p) <= 4 || p[4] == ' ')
+}
 
 func (e *Engine) stalled(partial []byte) { e.stats.Stalled++ }
 
@@ -159,7 +177,17 @@ func (e *Engine) line(content []byte, whole, overlong bool) []byte {
 	case e.side == alg.Client:
 		found = f.dialog.ClientLine(content)
 	default:
+		opaque := f.dialog.Opaque()
 		found = f.dialog.ServerLine(content)
+		if !opaque && f.dialog.Opaque() {
+			e.stats.TLS++
+			e.refuse(f, alg.KindNone, netip.AddrPort{}, ErrTLS)
+		}
+	}
+	if e.cfg.TLS == TLSRefuse {
+		if repl := e.refuseTLS(f, found, whole); repl != nil {
+			return repl
+		}
 	}
 	switch {
 	case found.Kind == alg.KindNone:
@@ -175,6 +203,16 @@ func (e *Engine) line(content []byte, whole, overlong bool) []byte {
 	if len(snd.m.edits) >= e.cfg.MaxEdits {
 		e.refuse(f, found.Kind, found.Addr, ErrTooManyEdits)
 		return nil
+	}
+	if !f.dialog.LoggedIn() && !f.pickedUp && !e.cfg.AllowBeforeLogin {
+		e.refuse(f, found.Kind, found.Addr, ErrNotLoggedIn)
+		return nil
+	}
+	if e.cfg.Admit != nil {
+		if err := e.cfg.Admit(f.id, f.conn); err != nil {
+			e.refuse(f, found.Kind, found.Addr, fmt.Errorf("%w: %w", ErrLimit, err))
+			return nil
+		}
 	}
 	ph, announced, err := e.plan(f, found)
 	if err != nil {
@@ -207,6 +245,25 @@ func (e *Engine) line(content []byte, whole, overlong bool) []byte {
 	e.stats.Rewrites++
 	e.emit(ev)
 	return repl
+}
+
+// refuseTLS carries out TLSRefuse: a whole AUTH command is replaced by one
+// the server cannot accept, and the reply that answers it by a 534 that says
+// why. It returns the replacement line, or nil.
+func (e *Engine) refuseTLS(f *flow, found alg.Found, whole bool) []byte {
+	snd, _ := f.halves(e.side)
+	switch {
+	case !whole || len(snd.m.edits) >= e.cfg.MaxEdits:
+		return nil
+	case e.side == alg.Client && found.Verb == alg.VerbAUTH:
+		f.refused++
+		e.refuse(f, alg.KindNone, netip.AddrPort{}, ErrTLSRefused)
+		return append(e.lineBuf[:0], refusedAuth...)
+	case e.side == alg.Server && found.Answers == alg.VerbAUTH && f.refused > 0:
+		f.refused--
+		return append(e.lineBuf[:0], refusedReply...)
+	}
+	return nil
 }
 
 // plan decides where the peer must connect for an announced data endpoint,

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"time"
+
+	"github.com/ftpalg/ftpalg/conntrack"
 )
 
 // ErrConfig reports an unusable configuration.
@@ -23,6 +25,9 @@ type Config struct {
 	InstallRules   bool // install and remove our chains and jumps
 	FailOpen       bool // accept packets when the queue is full instead of dropping them
 	IPv4, IPv6     bool
+	TLS            conntrack.TLSPolicy // what to do with AUTH TLS/SSL
+	Limits         Limits              // pending pinholes
+	MaxConnections int                 // tracked control connections; 0 means the engine's default
 	Log            *slog.Logger
 }
 

@@ -58,7 +58,7 @@ func (g *Gateway) act(ev *conntrack.Event) {
 	switch ev.Kind {
 	case conntrack.EventPinhole:
 		p := rules.Pinhole{Peer: ev.Pinhole.Peer, Public: ev.Pinhole.Public, Target: ev.Pinhole.Target}
-		if err := g.pins.Open(ev.Session, p, p.Public != p.Target); err != nil {
+		if err := g.pins.Open(ev.Session, ev.Conn.Client.Addr(), p, p.Public != p.Target); err != nil {
 			g.errors++
 			g.log.Error("opening pinhole", "session", ev.Session, "pinhole", p.String(), "err", err)
 		}

@@ -34,11 +34,11 @@ func tcpPacket(t *testing.T, src, dst netip.AddrPort, seq, ack uint32, syn bool,
 // firewall and the connection is liberal; ending the connection closes it.
 func TestGatewayOpensBeforeVerdict(t *testing.T) {
 	fw, ports := newFakeFirewall(), newPorts(t)
-	pins := NewPinholes(fw, ports, time.Minute, quiet)
+	pins := NewPinholes(fw, ports, time.Minute, Limits{}, quiet)
 	defer pins.Stop()
 	nat := &natResolver{mapper: fakeMapper{pub: netip.MustParseAddr("198.51.100.1")}, ports: ports}
 	lib := &fakeLiberal{}
-	gw := NewGateway(conntrack.New(conntrack.Config{VerifyChecksum: true}, nat), pins, lib, quiet)
+	gw := NewGateway(conntrack.New(conntrack.Config{VerifyChecksum: true, AllowBeforeLogin: true}, nat), pins, lib, quiet)
 
 	cli, srv := netip.MustParseAddrPort("192.0.2.10:40000"), netip.MustParseAddrPort("198.51.100.20:21")
 	now := time.Now()

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -29,6 +31,7 @@ func keyOf(p rules.Pinhole) dataKey { return dataKey{p.Peer, p.Public} }
 type pinhole struct {
 	p       rules.Pinhole
 	session uint64
+	client  netip.Addr // the control connection's client
 	opened  time.Time
 	timer   *time.Timer
 	nat     bool // a public port was reserved for it
@@ -43,21 +46,53 @@ type Pinholes struct {
 	fw      Firewall
 	ports   PortReserver
 	timeout time.Duration
+	limits  Limits
 	log     *slog.Logger
 	clock   func() time.Time
 
 	mu        sync.Mutex
 	open      map[dataKey]*pinhole
 	bySession map[uint64][]rules.Pinhole
+	byClient  map[netip.Addr]int
 	closing   chan closeReq
 	wg        sync.WaitGroup
 	stats     PinholeStats
 }
 
+// Limits bound the pinholes waiting for their data connection. A new
+// announcement on a control connection that is at PerConnection replaces
+// its oldest pending pinhole (the kernel helper's max_expected behaviour,
+// which keeps a client's EPSV-then-PASV fallback working); one that would
+// exceed PerClient or Total is refused, so a flood from one client cannot
+// crowd out the others.
+type Limits struct {
+	PerConnection int // default 1
+	PerClient     int // pending pinholes for one client address; default 16
+	Total         int // default 1024
+}
+
+func (l *Limits) fill() {
+	if l.PerConnection <= 0 {
+		l.PerConnection = 1
+	}
+	if l.PerClient <= 0 {
+		l.PerClient = 16
+	}
+	if l.Total <= 0 {
+		l.Total = 1024
+	}
+}
+
+// Errors of Admit.
+var (
+	ErrClientLimit = errors.New("too many pending pinholes for this client")
+	ErrTotalLimit  = errors.New("too many pending pinholes in total")
+)
+
 // PinholeStats counts pinholes by outcome.
 type PinholeStats struct {
-	Opened, Used, Expired, Ended, Failed uint64
-	OpenNanos                            []int64 // latest open latencies, newest last (bounded)
+	Opened, Used, Expired, Ended, Failed, Replaced uint64
+	OpenNanos                                      []int64 // latest open latencies, newest last (bounded)
 }
 
 type closeReq struct {
@@ -66,11 +101,13 @@ type closeReq struct {
 }
 
 // NewPinholes returns a pinhole keeper; Stop it to close everything.
-func NewPinholes(fw Firewall, ports PortReserver, timeout time.Duration, log *slog.Logger) *Pinholes {
+func NewPinholes(fw Firewall, ports PortReserver, timeout time.Duration, limits Limits, log *slog.Logger) *Pinholes {
+	limits.fill()
 	k := &Pinholes{
-		fw: fw, ports: ports, timeout: timeout, log: log, clock: time.Now,
+		fw: fw, ports: ports, timeout: timeout, limits: limits, log: log, clock: time.Now,
 		open:      make(map[dataKey]*pinhole),
 		bySession: make(map[uint64][]rules.Pinhole),
+		byClient:  make(map[netip.Addr]int),
 		closing:   make(chan closeReq, 4096),
 	}
 	k.wg.Add(1)
@@ -78,10 +115,37 @@ func NewPinholes(fw Firewall, ports PortReserver, timeout time.Duration, log *sl
 	return k
 }
 
-// Open installs a pinhole for session. It returns once the rules are in the
-// kernel. nat says the public port was reserved for this pinhole and must be
-// released with it.
-func (k *Pinholes) Open(session uint64, p rules.Pinhole, nat bool) error {
+// Admit says whether session, a control connection of client, may have one
+// more pinhole. Its own pending pinholes beyond PerConnection-1 do not
+// count: Open replaces them.
+func (k *Pinholes) Admit(session uint64, client netip.Addr) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	replaced := max(0, len(k.bySession[session])-k.limits.PerConnection+1)
+	switch {
+	case k.byClient[client.Unmap()]-replaced >= k.limits.PerClient:
+		return fmt.Errorf("%w: %d pending for %s", ErrClientLimit, k.byClient[client.Unmap()], client)
+	case len(k.open)-replaced >= k.limits.Total:
+		return fmt.Errorf("%w: %d pending", ErrTotalLimit, len(k.open))
+	}
+	return nil
+}
+
+// Open installs a pinhole for session, a control connection of client. It
+// returns once the rules are in the kernel. nat says the public port was
+// reserved for this pinhole and must be released with it.
+func (k *Pinholes) Open(session uint64, client netip.Addr, p rules.Pinhole, nat bool) error {
+	k.mu.Lock()
+	for list := k.bySession[session]; len(list) >= k.limits.PerConnection; list = k.bySession[session] {
+		old := k.open[keyOf(list[0])]
+		if old == nil || old.session != session {
+			k.bySession[session] = list[1:] // stale index entry
+			continue
+		}
+		k.stats.Replaced++
+		k.removeLocked(old, "replaced by a newer announcement")
+	}
+	k.mu.Unlock()
 	start := k.clock()
 	err := k.fw.Open(p)
 	took := k.clock().Sub(start)
@@ -107,13 +171,14 @@ func (k *Pinholes) Open(session uint64, p rules.Pinhole, nat bool) error {
 		k.queueClose(&pinhole{p: p}, "") // drop the extra reference
 		return nil
 	}
-	ph := &pinhole{p: p, session: session, opened: start, nat: nat}
+	ph := &pinhole{p: p, session: session, client: client.Unmap(), opened: start, nat: nat}
 	ph.timer = time.AfterFunc(k.timeout, func() { k.expire(ph) })
 	if old := k.open[keyOf(p)]; old != nil {
 		k.removeLocked(old, "replaced") // same public endpoint, new target
 	}
 	k.open[keyOf(p)] = ph
 	k.bySession[session] = append(k.bySession[session], p)
+	k.byClient[ph.client]++
 	k.log.Info("pinhole opened", "session", session, "pinhole", p.String(), "took", took.Round(time.Microsecond))
 	return nil
 }
@@ -159,6 +224,9 @@ func (k *Pinholes) EndSession(session uint64) {
 func (k *Pinholes) removeLocked(ph *pinhole, why string) {
 	ph.timer.Stop()
 	delete(k.open, keyOf(ph.p))
+	if k.byClient[ph.client]--; k.byClient[ph.client] <= 0 {
+		delete(k.byClient, ph.client)
+	}
 	list := k.bySession[ph.session]
 	for i, p := range list {
 		if p == ph.p {

@@ -129,10 +129,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("emptying pinhole chains (are they in your firewall script? see `ftpalg rules`): %w", err)
 	}
 
-	pins := NewPinholes(table, ports, cfg.PinholeTimeout, log)
+	pins := NewPinholes(table, ports, cfg.PinholeTimeout, cfg.Limits, log)
 	defer pins.Stop()
-	engine := conntrack.New(conntrack.Config{ControlPorts: cfg.ControlPorts, VerifyChecksum: true},
-		&natResolver{mapper: ct, ports: ports, override: cfg.overrides()})
+	engine := conntrack.New(conntrack.Config{
+		ControlPorts:   cfg.ControlPorts,
+		VerifyChecksum: true,
+		TLS:            cfg.TLS,
+		MaxFlows:       cfg.MaxConnections,
+		Admit:          func(session uint64, c conntrack.Conn) error { return pins.Admit(session, c.Client.Addr()) },
+	}, &natResolver{mapper: ct, ports: ports, override: cfg.overrides()})
 	gw := NewGateway(engine, pins, ct, log)
 
 	qctx, stopQueue := context.WithCancel(ctx)

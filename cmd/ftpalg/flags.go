@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/daemon"
 	"github.com/ftpalg/ftpalg/rules"
 )
@@ -31,6 +32,10 @@ type options struct {
 	logFormat      string
 	logLevel       string
 	ipv4, ipv6     bool
+	tls            string
+	maxPerClient   int
+	maxPinholes    int
+	maxConns       int
 }
 
 // define registers the flags. The help texts are the reference documentation
@@ -49,6 +54,10 @@ func (o *options) define(fs *flag.FlagSet, run bool) {
 	fs.StringVar(&o.dataPorts, "data-ports", "1024-65535", "`range` of public ports for NAT'd data connections when the announced port is taken")
 	fs.BoolVar(&o.installRules, "install-rules", true, "install ftpalg's chains and jumps at start and remove them at exit;\nset false when your firewall script includes the output of 'ftpalg rules'")
 	fs.BoolVar(&o.failOpen, "fail-open", false, "accept control packets unexamined when the queue is full, instead of dropping them")
+	fs.StringVar(&o.tls, "tls", "pass", "`policy` for AUTH TLS/SSL on the control connection: pass (untouched; its data connections\nare invisible to ftpalg) or refuse (the client gets a 534 reply and may continue in plain FTP)")
+	fs.IntVar(&o.maxPerClient, "max-pinholes-per-client", 16, "pending pinholes for one client address; newer requests are refused (`n`)")
+	fs.IntVar(&o.maxPinholes, "max-pinholes", 1024, "pending pinholes in total; newer requests are refused (`n`)")
+	fs.IntVar(&o.maxConns, "max-connections", 65536, "tracked control connections; the least recently active is evicted beyond (`n`)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 }
@@ -110,8 +119,23 @@ func (o *options) daemonConfig(log *slog.Logger) (daemon.Config, error) {
 			pubs = append(pubs, a)
 		}
 	}
+	var tls conntrack.TLSPolicy
+	switch o.tls {
+	case "pass":
+		tls = conntrack.TLSPass
+	case "refuse":
+		tls = conntrack.TLSRefuse
+	default:
+		return daemon.Config{}, fmt.Errorf("%w: --tls %q: want pass or refuse", errUsage, o.tls)
+	}
+	if o.maxPerClient < 1 || o.maxPinholes < 1 || o.maxConns < 1 {
+		return daemon.Config{}, fmt.Errorf("%w: --max-pinholes-per-client, --max-pinholes and --max-connections must be at least 1", errUsage)
+	}
 	cfg := daemon.Config{
-		OutsideIf: o.outsideIf, PublicIPs: pubs, ControlPorts: rc.ControlPorts, QueueNum: rc.QueueNum,
+		TLS:            tls,
+		Limits:         daemon.Limits{PerConnection: 1, PerClient: o.maxPerClient, Total: o.maxPinholes},
+		MaxConnections: o.maxConns,
+		OutsideIf:      o.outsideIf, PublicIPs: pubs, ControlPorts: rc.ControlPorts, QueueNum: rc.QueueNum,
 		PinholeTimeout: o.pinholeTimeout, DataPortLo: lo, DataPortHi: hi, InstallRules: o.installRules,
 		FailOpen: o.failOpen, IPv4: o.ipv4, IPv6: o.ipv6, Log: log,
 	}

@@ -31,6 +31,8 @@ func TestUsage(t *testing.T) {
 		{[]string{"run", "--pinhole-timeout", "0s"}, 2, "pinhole timeout"},
 		{[]string{"run", "--queue-num", "70000"}, 2, "--queue-num"},
 		{[]string{"run", "-help"}, 0, "--install-rules"},
+		{[]string{"run", "--tls", "maybe"}, 2, "--tls"},
+		{[]string{"run", "--max-pinholes", "0"}, 2, "at least 1"},
 		{[]string{"rules", "--ipv6=false"}, 0, "-A FTPALG-QUEUE -p tcp -m multiport --dports 21 -j NFQUEUE --queue-num 21 --queue-bypass"},
 	}
 	for _, tt := range tests {
