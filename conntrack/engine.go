@@ -158,6 +158,10 @@ const (
 	EventPinhole                      // a data connection must be let through before the packet is released
 	EventRefusal                      // an announcement was found and not acted on, or a packet refused
 	EventFlowEnd                      // a connection is no longer tracked: close its pinholes
+	// EventLiberal: the first length-changing edit of a connection was
+	// made. The kernel's window tracking must be made liberal on it before
+	// the packet is released (see DESIGN.md).
+	EventLiberal
 )
 
 func (k EventKind) String() string {
@@ -170,6 +174,8 @@ func (k EventKind) String() string {
 		return "refusal"
 	case EventFlowEnd:
 		return "flow-end"
+	case EventLiberal:
+		return "liberal"
 	}
 	return fmt.Sprintf("event(%d)", k)
 }
@@ -198,10 +204,6 @@ type Event struct {
 	To      netip.AddrPort // rewrite: what the peer is told
 	Pinhole Pinhole        // pinhole
 	Reason  error          // refusal
-	// NeedLiberal is set on the first rewrite that changes the payload
-	// length of a connection: the kernel's window tracking must be told to
-	// be liberal on it before the packet is released (see DESIGN.md).
-	NeedLiberal bool
 }
 
 // LogAttrs renders the event as slog attributes.

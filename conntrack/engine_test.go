@@ -295,14 +295,8 @@ func TestNeedLiberalOnce(t *testing.T) {
 	c := natConn(t)
 	c.client("PORT 192,0,2,10,200,11\r\n")
 	c.client("PORT 192,0,2,10,200,14\r\n")
-	n := 0
-	for _, ev := range c.events {
-		if ev.NeedLiberal {
-			n++
-		}
-	}
-	if n != 1 {
-		t.Fatalf("NeedLiberal set %d times, want once", n)
+	if n := c.count(EventLiberal); n != 1 {
+		t.Fatalf("%d liberal events, want one", n)
 	}
 }
 
@@ -370,6 +364,25 @@ func TestBadChecksumDropped(t *testing.T) {
 	}
 }
 
+// A line that grows past the limit is reported once, when it does, even if
+// its end never comes; its bytes pass untouched.
+func TestLongLineReportedOnce(t *testing.T) {
+	c := newConn(t, Config{MaxLine: 64, AllowBeforeLogin: true}, &fakeNAT{clientPublic: simClientPublic}, "192.0.2.10:40001", "198.51.100.20:21", 1, 1)
+	chunk := strings.Repeat("A", 40)
+	for range 5 {
+		if out := c.client(chunk); string(out.payload) != chunk {
+			t.Fatalf("long line bytes changed: %q", out.payload)
+		}
+	}
+	if c.count(EventRefusal) != 1 || !errors.Is(c.events[0].Reason, alg.ErrLineTooLong) {
+		t.Fatalf("events %+v, want one ErrLineTooLong", c.events)
+	}
+	c.client("\r\nPORT 192,0,2,10,200,11\r\n" + strings.Repeat("B", 100) + "\r\n")
+	if c.count(EventRefusal) != 2 || c.count(EventPinhole) != 1 {
+		t.Fatalf("after the long line: %+v", c.events)
+	}
+}
+
 func TestUntrackedPassUntouched(t *testing.T) {
 	e := New(Config{}, &fakeNAT{})
 	for _, raw := range [][]byte{
@@ -418,7 +431,7 @@ func TestLoginRequired(t *testing.T) {
 	// login state and is not held to it.
 	e := New(Config{}, &fakeNAT{clientPublic: simClientPublic})
 	res := e.Process(pkt{src: simClient, dst: simServer, seq: 77, ack: 1, flags: flagACK, payload: []byte("NOOP\r\nPORT 192,0,2,10,200,10\r\n")}.build(t), testNow)
-	if len(res.Events) != 2 || res.Events[0].Kind != EventPinhole {
+	if len(res.Events) != 3 || res.Events[0].Kind != EventPinhole || res.Events[2].Kind != EventLiberal {
 		t.Fatalf("picked-up connection: %+v", res.Events)
 	}
 }
@@ -436,8 +449,8 @@ func TestTLSPolicy(t *testing.T) {
 		if out := c.server("504 Unknown AUTH type.\r\n"); string(out.payload) != refusedReply+"\r\n" {
 			t.Fatalf("client told %q", out.payload)
 		}
-		if !errors.Is(c.events[0].Reason, ErrTLSRefused) {
-			t.Fatalf("events %+v", c.events)
+		if !errors.Is(c.events[0].Reason, ErrTLSRefused) || c.count(EventLiberal) != 1 {
+			t.Fatalf("events %+v: want the refusal and one liberal event (the AUTH line grew)", c.events)
 		}
 		// The session goes on in plain text, addresses still rewritten.
 		c.login()

@@ -32,6 +32,7 @@ type half struct {
 	heldAt   time.Time    // when held last grew
 	line     []byte       // released bytes of the current, unterminated line
 	lineLen  int          // full length of that line so far (line is capped)
+	long     bool         // the current line was reported as too long
 	sent     seqnum.Value // end of everything released, FIN included
 	acked    seqnum.Value // highest acknowledgement from the receiver, in sender space
 	ackValid bool
@@ -51,6 +52,9 @@ type lineHandler interface {
 	mayRewrite(partial []byte) bool
 	// stalled reports a held line released unchanged.
 	stalled(partial []byte)
+	// tooLong reports, once per line, a line that grew past the limit, as
+	// soon as it does (the rest of it may never come). head is its start.
+	tooLong(head []byte)
 }
 
 // start sets the release point from the first segment seen. A connection
@@ -170,12 +174,18 @@ func (h *half) consume(chunk, out []byte, now time.Time, maxLine int, fin, noHol
 				h.line = append(h.line, chunk[pos:lf]...)
 				fn.line(bytes.TrimSuffix(h.line, []byte{'\r'}), false, false)
 			} else {
+				if !h.long {
+					fn.tooLong(h.line)
+				}
 				fn.line(h.line, false, true)
 			}
+		case len(content) > maxLine:
+			fn.tooLong(content[:maxLine])
+			fn.line(content, true, true)
 		default:
-			repl = fn.line(content, true, len(content) > maxLine)
+			repl = fn.line(content, true, false)
 		}
-		h.line, h.lineLen = h.line[:0], 0
+		h.line, h.lineLen, h.long = h.line[:0], 0, false
 		start := h.next.Add(seqnum.Size(pos))
 		if repl != nil {
 			h.m.add(start, len(content), repl)
@@ -199,6 +209,10 @@ func (h *half) consume(chunk, out []byte, now time.Time, maxLine int, fin, noHol
 			h.line = append(h.line, tail[:min(room, len(tail))]...)
 		}
 		h.lineLen += len(tail)
+		if h.lineLen > maxLine && !h.long && h.sync {
+			h.long = true
+			fn.tooLong(h.line)
+		}
 	}
 	h.sent = seqnum.Max(h.sent, h.next)
 	if len(h.line) == 0 && cap(h.line) > 256 {

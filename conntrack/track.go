@@ -159,20 +159,23 @@ func mayBeAuth(p []byte) bool {
 
 func (e *Engine) stalled(partial []byte) { e.stats.Stalled++ }
 
+func (e *Engine) tooLong(head []byte) {
+	e.refuse(e.cur, alg.KindNone, netip.AddrPort{}, fmt.Errorf("%w: %d bytes and counting, passed unparsed", alg.ErrLineTooLong, e.cfg.MaxLine))
+}
+
 func (e *Engine) line(content []byte, whole, overlong bool) []byte {
 	f := e.cur
 	var found alg.Found
 	switch {
 	case overlong:
-		// Only the head is known: the dialog still counts the line, and
-		// the line is reported whatever it was.
+		// Only the head is known: the dialog still counts the line (it
+		// was reported when it grew too long).
 		head := content[:min(len(content), e.cfg.MaxLine)]
 		if e.side == alg.Client {
-			found = f.dialog.ClientOverlong(head)
+			f.dialog.ClientOverlong(head)
 		} else {
-			found = f.dialog.ServerOverlong(head)
+			f.dialog.ServerOverlong(head)
 		}
-		e.refuse(f, found.Kind, netip.AddrPort{}, alg.ErrLineTooLong)
 		return nil
 	case e.side == alg.Client:
 		found = f.dialog.ClientLine(content)
@@ -186,7 +189,7 @@ func (e *Engine) line(content []byte, whole, overlong bool) []byte {
 	}
 	if e.cfg.TLS == TLSRefuse {
 		if repl := e.refuseTLS(f, found, whole); repl != nil {
-			return repl
+			return e.edited(f, content, repl)
 		}
 	}
 	switch {
@@ -237,13 +240,20 @@ func (e *Engine) line(content []byte, whole, overlong bool) []byte {
 	if repl == nil {
 		return nil
 	}
-	ev := Event{Kind: EventRewrite, Session: f.id, Conn: f.conn, Msg: found.Kind, From: announced, To: ph.Public}
-	if len(repl) != len(content) && !f.liberal {
-		f.liberal, ev.NeedLiberal = true, true
-	}
 	f.rewrites++
 	e.stats.Rewrites++
-	e.emit(ev)
+	e.emit(Event{Kind: EventRewrite, Session: f.id, Conn: f.conn, Msg: found.Kind, From: announced, To: ph.Public})
+	return e.edited(f, content, repl)
+}
+
+// edited is called with every replacement line before it is recorded: the
+// first one that changes a connection's length asks for liberal window
+// tracking.
+func (e *Engine) edited(f *flow, content, repl []byte) []byte {
+	if len(repl) != len(content) && !f.liberal {
+		f.liberal = true
+		e.emit(Event{Kind: EventLiberal, Session: f.id, Conn: f.conn})
+	}
 	return repl
 }
 

@@ -78,7 +78,7 @@ var (
 	public = netip.MustParseAddrPort("198.51.100.1:50001")
 	target = netip.MustParseAddrPort("192.0.2.10:40000")
 	hole   = rules.Pinhole{Peer: peer, Public: public, Target: target}
-	cli0   = netip.MustParseAddr("192.0.2.10")
+	cli0   = conntrack.Conn{Client: netip.MustParseAddrPort("192.0.2.10:40000"), Server: netip.MustParseAddrPort("198.51.100.20:21")}
 )
 
 func holeOn(port uint16) rules.Pinhole {
@@ -91,11 +91,11 @@ func TestPinholeLimits(t *testing.T) {
 	fw := newFakeFirewall()
 	k := NewPinholes(fw, newPorts(t), time.Minute, Limits{PerClient: 2, Total: 3}, quiet)
 	defer k.Stop()
-	cli1 := netip.MustParseAddr("192.0.2.11")
+	cli1 := conntrack.Conn{Client: netip.MustParseAddrPort("192.0.2.11:40000"), Server: cli0.Server}
 	if err := k.Open(1, cli0, holeOn(50001), false); err != nil {
 		t.Fatal(err)
 	}
-	if err := k.Admit(1, cli0); err != nil {
+	if err := k.Admit(1, cli0.Client.Addr()); err != nil {
 		t.Fatalf("a replacement must be admitted: %v", err)
 	}
 	k.Open(1, cli0, holeOn(50002), false)
@@ -103,14 +103,14 @@ func TestPinholeLimits(t *testing.T) {
 		t.Fatalf("closed %v, %d open, stats %+v", got, k.Len(), k.Stats())
 	}
 	k.Open(2, cli0, holeOn(50003), false)
-	if err := k.Admit(3, cli0); !errors.Is(err, ErrClientLimit) {
+	if err := k.Admit(3, cli0.Client.Addr()); !errors.Is(err, ErrClientLimit) {
 		t.Fatalf("third pending pinhole of one client: %v", err)
 	}
 	k.Open(4, cli1, holeOn(50004), false)
 	if err := k.Admit(5, netip.MustParseAddr("192.0.2.12")); !errors.Is(err, ErrTotalLimit) {
 		t.Fatalf("fourth pending pinhole: %v", err)
 	}
-	if err := k.Admit(4, cli1); err != nil {
+	if err := k.Admit(4, cli1.Client.Addr()); err != nil {
 		t.Fatalf("replacing within the total: %v", err)
 	}
 }

@@ -58,19 +58,18 @@ func (g *Gateway) act(ev *conntrack.Event) {
 	switch ev.Kind {
 	case conntrack.EventPinhole:
 		p := rules.Pinhole{Peer: ev.Pinhole.Peer, Public: ev.Pinhole.Public, Target: ev.Pinhole.Target}
-		if err := g.pins.Open(ev.Session, ev.Conn.Client.Addr(), p, p.Public != p.Target); err != nil {
+		if err := g.pins.Open(ev.Session, ev.Conn, p, p.Public != p.Target); err != nil {
 			g.errors++
 			g.log.Error("opening pinhole", "session", ev.Session, "pinhole", p.String(), "err", err)
 		}
-	case conntrack.EventRewrite:
-		if ev.NeedLiberal {
-			seen := ctnetlink.Tuple{Src: ev.Conn.Client, Dst: ev.Conn.Server}
-			if err := g.liberal.SetLiberal(seen); err != nil {
-				g.errors++
-				g.log.Error("relaxing window tracking; the connection's ACKs may be dropped as INVALID",
-					"session", ev.Session, "conn", ev.Conn.String(), "err", err)
-			}
+	case conntrack.EventLiberal:
+		seen := ctnetlink.Tuple{Src: ev.Conn.Client, Dst: ev.Conn.Server}
+		if err := g.liberal.SetLiberal(seen); err != nil {
+			g.errors++
+			g.log.Error("relaxing window tracking; the connection's ACKs may be dropped as INVALID",
+				"session", ev.Session, "conn", ev.Conn.String(), "err", err)
 		}
+	case conntrack.EventRewrite:
 		g.log.LogAttrs(context.Background(), slog.LevelInfo, "rewrite", ev.LogAttrs()...)
 	case conntrack.EventRefusal:
 		g.log.LogAttrs(context.Background(), slog.LevelWarn, "refused", ev.LogAttrs()...)

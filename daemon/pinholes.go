@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/rules"
 )
 
@@ -131,10 +132,11 @@ func (k *Pinholes) Admit(session uint64, client netip.Addr) error {
 	return nil
 }
 
-// Open installs a pinhole for session, a control connection of client. It
+// Open installs a pinhole for session, the control connection conn. It
 // returns once the rules are in the kernel. nat says the public port was
 // reserved for this pinhole and must be released with it.
-func (k *Pinholes) Open(session uint64, client netip.Addr, p rules.Pinhole, nat bool) error {
+func (k *Pinholes) Open(session uint64, conn conntrack.Conn, p rules.Pinhole, nat bool) error {
+	client := conn.Client.Addr()
 	k.mu.Lock()
 	for list := k.bySession[session]; len(list) >= k.limits.PerConnection; list = k.bySession[session] {
 		old := k.open[keyOf(list[0])]
@@ -179,7 +181,7 @@ func (k *Pinholes) Open(session uint64, client netip.Addr, p rules.Pinhole, nat 
 	k.open[keyOf(p)] = ph
 	k.bySession[session] = append(k.bySession[session], p)
 	k.byClient[ph.client]++
-	k.log.Info("pinhole opened", "session", session, "pinhole", p.String(), "took", took.Round(time.Microsecond))
+	k.log.Info("pinhole opened", "session", session, "conn", conn.String(), "pinhole", p.String(), "took", took.Round(time.Microsecond))
 	return nil
 }
 
