@@ -96,6 +96,10 @@ type Config struct {
 	// AllowBeforeLogin lets announcements open pinholes before the server
 	// accepted a login. Off by default: see alg.Dialog.LoggedIn.
 	AllowBeforeLogin bool
+	// SaveDialogs makes Changed report every connection whose FTP dialog
+	// moved on, not only those whose sequence mapping changed, so that a
+	// restarted process also knows which commands await their replies.
+	SaveDialogs bool
 	// Admit, if set, is asked before a pinhole is planned for session; an
 	// error refuses the announcement (its line passes unchanged). The
 	// daemon enforces its per-client and total pinhole limits here.
@@ -259,6 +263,8 @@ type Engine struct {
 	num     []byte // number-only edits
 	opts    [40]layers.TCPOption
 	sack    [maxSACKs * 8]byte
+
+	changed []*flow // flows whose mapping changed, for Changed
 
 	cur  *flow // the flow being processed, for the line handler
 	side alg.Side

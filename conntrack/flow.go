@@ -26,11 +26,15 @@ type flow struct {
 	liberal  bool          // a length-changing rewrite was made
 	pickedUp bool          // first seen after its SYN: login state unknown
 	refused  uint8         // AUTH commands refused by policy, awaiting their reply
-	rewrites uint32
-	last     time.Time
-	closeAt  time.Time // zero while open
-	older    *flow     // LRU neighbours: older is closer to eviction
-	newer    *flow
+	changed  bool          // queued for Engine.Changed
+	// saved: the daemon keeps this connection's state, so dialog changes
+	// are reported too; mappingChanged: an edit since the last Changed.
+	saved, mappingChanged bool
+	rewrites              uint32
+	last                  time.Time
+	closeAt               time.Time // zero while open
+	older                 *flow     // LRU neighbours: older is closer to eviction
+	newer                 *flow
 }
 
 // sender and receiver return the halves for a packet sent by side.

@@ -24,6 +24,7 @@ type seqMap struct {
 	base   seqnum.Delta // shift at floor
 	edits  []edit       // sorted, disjoint, all at or after floor
 	folded uint64       // edits folded into base (for status and tests)
+	added  bool         // an edit was added since the engine last looked
 }
 
 // toReceiver maps a sender position that is not inside an edit. A position
@@ -87,6 +88,7 @@ func (m *seqMap) toSender(a seqnum.Value, s snap) seqnum.Value {
 // add records a new edit. It must start after every recorded edit.
 func (m *seqMap) add(start seqnum.Value, oldLen int, repl []byte) {
 	m.edits = append(m.edits, edit{start: start, oldLen: seqnum.Size(oldLen), repl: append([]byte(nil), repl...)})
+	m.added = true
 }
 
 // forget folds the edits that end at or before acked, which the receiver has

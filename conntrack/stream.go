@@ -37,7 +37,11 @@ type half struct {
 	acked    seqnum.Value // highest acknowledgement from the receiver, in sender space
 	ackValid bool
 	fin      bool // the sender's FIN was released
-	m        seqMap
+	restored bool // restored from a saved state: next may lag behind the stream
+	// restoredHeld: the saved state had bytes held from next on, so the
+	// receiver never got them and the sender will send them again.
+	restoredHeld bool
+	m            seqMap
 }
 
 // lineHandler is what a half calls for the FTP meaning of its bytes.
@@ -69,6 +73,14 @@ func (h *half) start(seg *segment) {
 	}
 	h.sent = h.next
 	h.m.floor = h.next
+}
+
+// resync moves a restored stream's release point to p, which the receiver
+// is known to have (its ACK says so): the bytes before it carried no edits.
+func (h *half) resync(p seqnum.Value) {
+	h.next, h.sent, h.sync = p, seqnum.Max(h.sent, p), false
+	h.held = h.held[:0]
+	h.restored, h.restoredHeld = false, false
 }
 
 // heldEnd is the sender position after the held bytes.
@@ -104,10 +116,17 @@ func (h *half) push(seg *segment, out, scratch []byte, now time.Time, cfg *Confi
 			h.sent = seqnum.Max(h.sent, s.Add(1))
 		}
 		return r, scratch
+	case h.restored && !h.restoredHeld && he.LessThan(s):
+		// Saved by a previous process before more bytes without edits
+		// were released: the mapping beyond is the total shift, so the
+		// stream simply continues here, at an unknown line position.
+		h.next, h.sent, h.sync = s, seqnum.Max(h.sent, s), false
+		he = s
 	case he.LessThan(s):
 		r.gap = true
 		return r, scratch
 	}
+	h.restored = false
 	// Bytes before next were released before: replay them.
 	r.start = h.next
 	if s.LessThan(h.next) {

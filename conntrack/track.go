@@ -26,7 +26,10 @@ func (e *Engine) track(f *flow, pkt []byte, seg *segment, now time.Time) Result 
 	ack := seg.ack
 	if seg.has(flagACK) && rcv.init {
 		ack = rcv.m.toSender(seg.ack, snapStart)
-		if rcv.sent.LessThan(ack) {
+		if rcv.restored && rcv.next.LessThan(ack) {
+			rcv.resync(ack) // released by the previous process without edits
+		}
+		if rcv.sent.LessThan(ack) && !rcv.restored {
 			e.refuse(f, alg.KindNone, netip.AddrPort{}, fmt.Errorf("%w: ack %d, sent up to %d", ErrInvalidAck, ack, rcv.sent))
 			return Result{Verdict: Drop}
 		}
@@ -45,9 +48,21 @@ func (e *Engine) track(f *flow, pkt []byte, seg *segment, now time.Time) Result 
 		}
 	}
 
+	dialog, held, partial := f.dialog, len(snd.held) > 0, snd.lineLen > 0
 	pr, scratch := snd.push(seg, e.payload[:0], e.scratch, now, &e.cfg, e)
 	e.scratch = scratch
 	e.payload = pr.out[:0]
+	switch {
+	case snd.m.added || held || len(snd.held) > 0 || partial || snd.lineLen > 0:
+		// A new edit, bytes held back, or a segment that ended (or
+		// began) inside a line: a successor must know exactly which bytes
+		// the receiver was given and where lines begin. (Real clients and
+		// servers send whole lines, so only edits are frequent.)
+		snd.m.added = false
+		e.markChanged(f, true)
+	case (f.saved || e.cfg.SaveDialogs) && f.dialog != dialog:
+		e.markChanged(f, false)
+	}
 	if pr.gap {
 		return Result{Verdict: Drop}
 	}
