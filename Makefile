@@ -12,7 +12,7 @@ FUZZ_TARGETS := \
 	./alg:FuzzClientLine ./alg:FuzzServerLine ./alg:FuzzDialog ./alg:FuzzParseIP \
 	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack/seqnum:FuzzShiftRoundTrip
 
-.PHONY: all build test unit fuzz bench bench-rig lint deps demo matrix clean
+.PHONY: all build test unit fuzz bench bench-pinholes lint deps demo matrix clean
 
 all: build
 
@@ -43,6 +43,10 @@ fuzz:
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./conntrack ./alg | tee bench-engine.txt
 	FTPALG_BIN=$(CURDIR)/$(BIN) $(GO) run ./test/bench
+
+# Pinhole install/remove latency, iptables vs nftables backend, same run.
+bench-pinholes:
+	FTPALG_MEASURE=1 $(GO) test -count=1 -run 'TestNFTableLatency|TestPinholeLatency' -v ./rules | grep -E 'p50|p99|^---|ms'
 
 # Real FTP transfers through ftpalg in a network-namespace rig, explained.
 demo: deps build

@@ -28,7 +28,33 @@ type Config struct {
 	TLS            conntrack.TLSPolicy // what to do with AUTH TLS/SSL
 	Limits         Limits              // pending pinholes
 	MaxConnections int                 // tracked control connections; 0 means the engine's default
+	Pinholes       Backend             // how pinholes are installed
+	AcceptMark     uint32              // packet mark bit the nftables backend uses to reach FTPALG-ACCEPT
 	Log            *slog.Logger
+}
+
+// Backend is how pinholes are put into the kernel.
+type Backend uint8
+
+const (
+	// NFTables keeps pinholes as elements of nftables sets with kernel
+	// timeouts, added and removed in one netlink message each (tens of
+	// microseconds); they expire by themselves if ftpalg dies. A packet
+	// mark bit carries the decision to the static ACCEPT rule in
+	// iptables' FORWARD, because an accept in another table's chain does
+	// not override iptables' DROP.
+	NFTables Backend = iota
+	// IPTables adds and deletes one iptables rule per pinhole (visible in
+	// iptables -S; milliseconds per rule, and a crash leaves them until the
+	// next start sweeps them).
+	IPTables
+)
+
+func (b Backend) String() string {
+	if b == IPTables {
+		return "iptables"
+	}
+	return "nftables"
 }
 
 // Validate checks the configuration.
@@ -44,6 +70,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: neither IPv4 nor IPv6", ErrConfig)
 	case c.Log == nil:
 		return fmt.Errorf("%w: no logger", ErrConfig)
+	case c.Pinholes == NFTables && (c.AcceptMark == 0 || c.AcceptMark&(c.AcceptMark-1) != 0):
+		return fmt.Errorf("%w: --accept-mark %#x must be a single bit", ErrConfig, c.AcceptMark)
 	}
 	var seen [2]bool
 	for _, a := range c.PublicIPs {

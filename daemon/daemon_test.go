@@ -227,7 +227,7 @@ func TestNATResolverOverride(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	ok := Config{ControlPorts: []uint16{21}, PinholeTimeout: time.Second, DataPortLo: 1024, DataPortHi: 2048, IPv4: true, Log: quiet}
+	ok := Config{ControlPorts: []uint16{21}, PinholeTimeout: time.Second, DataPortLo: 1024, DataPortHi: 2048, IPv4: true, AcceptMark: 1 << 29, Log: quiet}
 	if err := ok.Validate(); err != nil {
 		t.Fatal(err)
 	}

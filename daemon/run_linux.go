@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -54,7 +55,18 @@ func checkCapability() error {
 }
 
 func (c *Config) rulesConfig() rules.Config {
-	return rules.Config{ControlPorts: c.ControlPorts, QueueNum: c.QueueNum, Bypass: true, IPv4: c.IPv4, IPv6: c.IPv6}
+	rc := rules.Config{ControlPorts: c.ControlPorts, QueueNum: c.QueueNum, Bypass: true, IPv4: c.IPv4, IPv6: c.IPv6}
+	if c.Pinholes == NFTables {
+		rc.AcceptMark = c.AcceptMark
+	}
+	return rc
+}
+
+// kernelRules is a set of rules ftpalg keeps in the kernel and repairs when
+// an admin's firewall reload removed them.
+type kernelRules interface {
+	Check() (bool, error)
+	Install() error
 }
 
 // Run checks the environment, installs ftpalg's chains (unless the admin
@@ -78,9 +90,21 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrEnvironment, err)
 	}
-	table, err := rules.NewTable(rcfg, log)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrEnvironment, err)
+	var (
+		fw     Firewall
+		nft    *rules.NFTable
+		iptTab *rules.Table
+	)
+	if cfg.Pinholes == NFTables {
+		if nft, err = rules.NewNFTable(rcfg, cfg.PinholeTimeout, log); err != nil {
+			return fmt.Errorf("%w: %w (try --pinholes=iptables)", ErrEnvironment, err)
+		}
+		fw = nft
+	} else {
+		if iptTab, err = rules.NewTable(rcfg, log); err != nil {
+			return fmt.Errorf("%w: %w", ErrEnvironment, err)
+		}
+		fw = iptTab
 	}
 	ports, err := rules.NewPorts(cfg.DataPortLo, cfg.DataPortHi)
 	if err != nil {
@@ -112,6 +136,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer closeQueue()
 
 	// Our own chains from a crashed run go first; then the fresh ones.
+	var repair []kernelRules
 	if cfg.InstallRules {
 		if err := chains.Sweep(); err != nil {
 			return fmt.Errorf("sweeping leftover chains: %w", err)
@@ -125,11 +150,30 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				err = errors.Join(err, rerr)
 			}
 		}()
-	} else if err := table.CloseAll(); err != nil {
-		return fmt.Errorf("emptying pinhole chains (are they in your firewall script? see `ftpalg rules`): %w", err)
+		repair = append(repair, chains)
+	} else if iptTab != nil {
+		if err := iptTab.CloseAll(); err != nil {
+			return fmt.Errorf("emptying pinhole chains (are they in your firewall script? see `ftpalg rules`): %w", err)
+		}
+	}
+	if nft != nil {
+		// ftpalg's own nftables tables, whatever --install-rules says.
+		if err := nft.Sweep(); err != nil {
+			return fmt.Errorf("sweeping leftover nftables tables: %w", err)
+		}
+		if err := nft.Install(); err != nil {
+			return fmt.Errorf("installing nftables pinhole tables: %w", err)
+		}
+		defer func() {
+			if rerr := nft.Remove(); rerr != nil {
+				log.Error("removing nftables tables", "err", rerr)
+				err = errors.Join(err, rerr)
+			}
+		}()
+		repair = append(repair, nft)
 	}
 
-	pins := NewPinholes(table, ports, cfg.PinholeTimeout, cfg.Limits, log)
+	pins := NewPinholes(fw, ports, cfg.PinholeTimeout, cfg.Limits, log)
 	defer pins.Stop()
 	engine := conntrack.New(conntrack.Config{
 		ControlPorts:   cfg.ControlPorts,
@@ -183,7 +227,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	go func() {
 		watchDone <- ct.Watch(qctx, ctnetlink.WatchHandler{NewFlow: gw.DataConnection})
 	}()
-	log.Info("ftpalg running", "queue", cfg.QueueNum, "control_ports", fmt.Sprint(cfg.ControlPorts),
+	log.Info("ftpalg running", "queue", cfg.QueueNum, "pinholes", cfg.Pinholes.String(), "control_ports", fmt.Sprint(cfg.ControlPorts),
 		"install_rules", cfg.InstallRules, "pinhole_timeout", cfg.PinholeTimeout.String(),
 		"data_ports", fmt.Sprintf("%d-%d", cfg.DataPortLo, cfg.DataPortHi), "fail_open", cfg.FailOpen)
 
@@ -193,6 +237,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		select {
 		case now := <-tick.C:
 			gw.Expire(now)
+			repairRules(repair, log)
 		case werr := <-watchDone:
 			if qctx.Err() == nil {
 				return fmt.Errorf("watching conntrack events: %w", werr)
@@ -211,5 +256,26 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				"pinholes_expired", ps.Expired)
 			return nil
 		}
+	}
+}
+
+// repairRules re-installs rules an admin's firewall reload removed (an
+// iptables-restore or nft flush of the tables): checked every second, so
+// new transfers work again within about a second.
+func repairRules(sets []kernelRules, log *slog.Logger) {
+	for _, r := range sets {
+		ok, err := r.Check()
+		if err != nil {
+			log.Warn("checking installed rules", "err", err)
+			continue
+		}
+		if ok {
+			continue
+		}
+		if err := r.Install(); err != nil {
+			log.Error("re-installing rules after a firewall reload", "err", err)
+			continue
+		}
+		log.Warn("rules were removed from the kernel (firewall reload?); re-installed them")
 	}
 }

@@ -16,7 +16,9 @@ import (
 // the head of the built-in chains, ahead of a FORWARD policy DROP. Applying it
 // twice inserts the jumps twice; a script that loads the full ruleset with a
 // flush does not have that problem. The pinhole chains start empty; the
-// daemon fills them at run time.
+// daemon fills them at run time, except that with cfg.AcceptMark set
+// (nftables pinholes, see NFTable) FTPALG-ACCEPT holds its one static rule
+// matching the mark and stays that way.
 func Fragment(cfg Config, family Family) (string, error) {
 	if err := cfg.Validate(); err != nil {
 		return "", fmt.Errorf("rendering %s fragment: %w", family, err)
@@ -35,6 +37,9 @@ func Fragment(cfg Config, family Family) (string, error) {
 			for _, spec := range queueSpecs(cfg) {
 				fmt.Fprintf(&b, "-A %s %s\n", h.chain, formatRule(spec))
 			}
+		}
+		if h.chain == ChainAccept && cfg.AcceptMark != 0 {
+			fmt.Fprintf(&b, "-A %s %s\n", h.chain, formatRule(acceptMarkSpec(cfg.AcceptMark)))
 		}
 		fmt.Fprintf(&b, "-I %s 1 %s\n", h.parent, formatRule(jumpSpec(h.chain)))
 		b.WriteString("COMMIT\n")

@@ -118,6 +118,12 @@ type Config struct {
 	Bypass bool
 	// IPv4 and IPv6 enable the rules for each family.
 	IPv4, IPv6 bool
+	// AcceptMark, when non-zero, is the single packet mark bit with which
+	// NFTable's nftables chain flags pinhole packets; FTPALG-ACCEPT then
+	// holds one static rule accepting NEW TCP packets with that bit set
+	// (see NFTable). Zero, for Table's per-pinhole iptables rules, adds
+	// nothing.
+	AcceptMark uint32
 }
 
 // DefaultConfig returns the configuration used when the operator sets
@@ -141,6 +147,9 @@ func (c Config) Validate() error {
 	}
 	if !c.IPv4 && !c.IPv6 {
 		return fmt.Errorf("%w: neither IPv4 nor IPv6 enabled", ErrInvalidConfig)
+	}
+	if c.AcceptMark&(c.AcceptMark-1) != 0 {
+		return fmt.Errorf("%w: accept mark %#x is not a single bit", ErrInvalidConfig, c.AcceptMark)
 	}
 	return nil
 }

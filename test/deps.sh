@@ -7,7 +7,7 @@ set -euo pipefail
 declare -A want=(
 	[iptables]=iptables [ip6tables]=iptables [ip]=iproute2 [conntrack]=conntrack
 	[vsftpd]=vsftpd [curl]=curl [lftp]=lftp [tnftp]=tnftp [python3]=python3
-	[sysctl]=procps [ss]=iproute2 [tcpdump]=tcpdump
+	[sysctl]=procps [ss]=iproute2 [tcpdump]=tcpdump [nft]=nftables
 )
 missing=()
 for cmd in "${!want[@]}"; do

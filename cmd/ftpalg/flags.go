@@ -36,6 +36,8 @@ type options struct {
 	maxPerClient   int
 	maxPinholes    int
 	maxConns       int
+	pinholes       string
+	acceptMark     string
 }
 
 // define registers the flags. The help texts are the reference documentation
@@ -45,6 +47,8 @@ func (o *options) define(fs *flag.FlagSet, run bool) {
 	fs.UintVar(&o.queueNum, "queue-num", 21, "NFQUEUE `number` the control-channel packets are sent to")
 	fs.BoolVar(&o.ipv4, "ipv4", true, "handle IPv4 (iptables)")
 	fs.BoolVar(&o.ipv6, "ipv6", true, "handle IPv6 (ip6tables)")
+	fs.StringVar(&o.pinholes, "pinholes", "nftables", "pinhole `backend`: nftables (set elements with kernel timeouts, ~50µs each; a mark bit\nreaches iptables' FORWARD) or iptables (one rule per pinhole, visible in iptables -S, milliseconds each)")
+	fs.StringVar(&o.acceptMark, "accept-mark", "0x20000000", "packet mark `bit` the nftables backend sets on pinholed connections' first packet")
 	if !run {
 		return
 	}
@@ -82,7 +86,29 @@ func (o *options) rulesConfig() (rules.Config, error) {
 	if o.queueNum > 65535 {
 		return rules.Config{}, fmt.Errorf("%w: --queue-num %d out of range", errUsage, o.queueNum)
 	}
-	return rules.Config{ControlPorts: ports, QueueNum: uint16(o.queueNum), Bypass: true, IPv4: o.ipv4, IPv6: o.ipv6}, nil
+	rc := rules.Config{ControlPorts: ports, QueueNum: uint16(o.queueNum), Bypass: true, IPv4: o.ipv4, IPv6: o.ipv6}
+	backend, mark, err := o.backend()
+	if err != nil {
+		return rules.Config{}, err
+	}
+	if backend == daemon.NFTables {
+		rc.AcceptMark = mark
+	}
+	return rc, nil
+}
+
+func (o *options) backend() (daemon.Backend, uint32, error) {
+	mark, err := strconv.ParseUint(o.acceptMark, 0, 32)
+	if err != nil || mark == 0 || mark&(mark-1) != 0 {
+		return 0, 0, fmt.Errorf("%w: --accept-mark %q: want a single bit, like 0x20000000", errUsage, o.acceptMark)
+	}
+	switch o.pinholes {
+	case "nftables":
+		return daemon.NFTables, uint32(mark), nil
+	case "iptables":
+		return daemon.IPTables, uint32(mark), nil
+	}
+	return 0, 0, fmt.Errorf("%w: --pinholes %q: want nftables or iptables", errUsage, o.pinholes)
 }
 
 func (o *options) logger(w io.Writer) (*slog.Logger, error) {
@@ -131,7 +157,10 @@ func (o *options) daemonConfig(log *slog.Logger) (daemon.Config, error) {
 	if o.maxPerClient < 1 || o.maxPinholes < 1 || o.maxConns < 1 {
 		return daemon.Config{}, fmt.Errorf("%w: --max-pinholes-per-client, --max-pinholes and --max-connections must be at least 1", errUsage)
 	}
+	backend, mark, _ := o.backend() // checked by rulesConfig
 	cfg := daemon.Config{
+		Pinholes:       backend,
+		AcceptMark:     mark,
 		TLS:            tls,
 		Limits:         daemon.Limits{PerConnection: 1, PerClient: o.maxPerClient, Total: o.maxPinholes},
 		MaxConnections: o.maxConns,

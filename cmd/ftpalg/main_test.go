@@ -32,6 +32,10 @@ func TestUsage(t *testing.T) {
 		{[]string{"run", "--queue-num", "70000"}, 2, "--queue-num"},
 		{[]string{"run", "-help"}, 0, "--install-rules"},
 		{[]string{"run", "--tls", "maybe"}, 2, "--tls"},
+		{[]string{"run", "--pinholes", "ipset"}, 2, "--pinholes"},
+		{[]string{"run", "--accept-mark", "0x3"}, 2, "single bit"},
+		{[]string{"rules", "--ipv6=false"}, 0, "-A FTPALG-ACCEPT -p tcp -m mark --mark 0x20000000/0x20000000"},
+		{[]string{"rules", "--ipv6=false", "--pinholes", "iptables"}, 0, ":FTPALG-ACCEPT - [0:0]"},
 		{[]string{"run", "--max-pinholes", "0"}, 2, "at least 1"},
 		{[]string{"rules", "--ipv6=false"}, 0, "-A FTPALG-QUEUE -p tcp -m multiport --dports 21 -j NFQUEUE --queue-num 21 --queue-bypass"},
 	}
@@ -158,10 +162,13 @@ func (d *daemonProc) exit(t *testing.T) int {
 func saved(t *testing.T, ns string) string {
 	t.Helper()
 	var all string
-	for _, save := range []string{"iptables-save", "ip6tables-save"} {
-		out, err := exec.Command("ip", "netns", "exec", ns, save).CombinedOutput()
+	for _, save := range []string{"iptables-save", "ip6tables-save", "nft list tables"} {
+		out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, strings.Fields(save)...)...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("%s: %v %s", save, err, out)
+		}
+		if strings.HasPrefix(save, "nft") {
+			out = []byte(strings.ToUpper(string(out))) // "table ip6 ftpalg" counts as ours too
 		}
 		all += string(out)
 	}

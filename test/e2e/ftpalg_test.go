@@ -92,12 +92,12 @@ func (g *gateway) stop() {
 	if err := g.p.Err(); err != nil {
 		g.t.Fatalf("ftpalg exited with %v after SIGTERM:\n%s", err, g.p.Output())
 	}
-	for _, save := range []string{"iptables-save", "ip6tables-save"} {
-		out, err := g.r.Run(g.t.Context(), rig.Router, save)
+	for _, save := range [][]string{{"iptables-save"}, {"ip6tables-save"}, {"nft", "list", "tables"}} {
+		out, err := g.r.Run(g.t.Context(), rig.Router, save[0], save[1:]...)
 		if err != nil {
 			g.t.Fatal(err)
 		}
-		if strings.Contains(out, "FTPALG") {
+		if strings.Contains(strings.ToUpper(out), "FTPALG") {
 			g.t.Errorf("%s after exit still shows ftpalg rules:\n%s", save, out)
 		}
 	}

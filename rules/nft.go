@@ -1,0 +1,429 @@
+package rules
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// NFTable is the netlink pinhole backend: each pinhole is an element in an
+// nftables set (and, for NAT, a map) that static rules consult, so opening
+// or closing one is a single netlink transaction of microseconds instead of
+// an exec of iptables, and every element carries a kernel timeout, so
+// pinholes of a crashed daemon expire by themselves.
+//
+// ftpalg owns the tables "ip ftpalg" and "ip6 ftpalg" ([NFTTableName]):
+//
+//	set routed_pinholes  peer . target addr . target port
+//	set nat_pinholes     peer . target addr . target port . public port
+//	map nat_targets      peer . public addr . public port : target addr . target port
+//	chain pinhole_mark   filter hook forward priority filter - 5
+//	    ct state new  meta mark set meta mark & ~AcceptMark
+//	    ct state new  ct status dnat unset  saddr . daddr . tcp dport @routed_pinholes
+//	                  meta mark set meta mark | AcceptMark
+//	    ct state new  ct status dnat set  saddr . daddr . tcp dport . ct original proto-dst @nat_pinholes
+//	                  meta mark set meta mark | AcceptMark
+//	chain pinhole_dnat   nat hook prerouting priority dstnat - 1
+//	    dnat to saddr . daddr . tcp dport map @nat_targets
+//
+// The allow decision cannot be an nftables accept: every base chain on a
+// hook decides on its own, and the administrator's iptables FORWARD policy
+// DROP still drops what an nftables chain accepted. So the forward chain
+// only marks the packet, and the one static iptables rule in FTPALG-ACCEPT
+// that [Chains] installs (or [Fragment] renders) when Config.AcceptMark is
+// set accepts NEW TCP packets carrying the mark. The mark bit is cleared on
+// every NEW packet first, so no other rule's mark can open a pinhole. The
+// forward chain sees every NEW packet, retransmitted SYNs included.
+//
+// DNAT needs no help from iptables: NAT is done by the first nat chain on
+// the hook that binds a mapping, and pinhole_dnat runs just before
+// iptables' nat PREROUTING (priority dstnat). A routed pinhole only admits
+// connections nothing DNATed, so it never opens a path that a port forward
+// would have rewritten. A NAT'd pinhole admits connections that a DNAT
+// rewrote from the public port to the target; the public address is not
+// part of the forward match, because the netlink library (google/nftables
+// v0.3.0) cannot express `ct original ip daddr` (NFT_CT_DST_IP needs a
+// direction it does not send), and the generic ct daddr it can express
+// makes nft 1.0.6 abort when it lists the rule. Only the administrator's
+// own port forward to the same target and port, from the same peer, while
+// the pinhole is open, could borrow it.
+//
+// Like [Table], NFTable counts references per pinhole and is safe for
+// concurrent use. Install must run (after [Chains.Install], which creates
+// the iptables rule) before Open.
+type NFTable struct {
+	cfg     Config
+	log     *slog.Logger
+	timeout time.Duration // the daemon's pinhole timeout
+	k       nftKernel
+
+	mu   sync.Mutex
+	open map[Pinhole]*nftOpen // by normalized pinhole
+	// update says the kernel restarts an element's timeout when the
+	// element is added again with a different timeout (Linux 6.10 and
+	// later; Install probes for it). Close and refresh are then additions,
+	// which commit in microseconds, rather than deletions, which wait for
+	// an RCU grace period (~10-30 ms) inside the transaction and so hold
+	// up every Open behind them.
+	update bool
+}
+
+// nftOpen is one open pinhole.
+type nftOpen struct {
+	refs int
+	// short says the elements carry the shorter of the two kernel
+	// timeouts; each refresh switches, so the kernel sees a new timeout.
+	short bool
+}
+
+// NFTTableName is the name of ftpalg's nftables tables, one in family ip
+// and one in ip6.
+const NFTTableName = "ftpalg"
+
+// DefaultAcceptMark is the packet mark bit ftpalg uses by default to carry
+// the nftables pinhole decision to iptables. It avoids the bits well-known
+// software claims: kube-proxy (0x4000, 0x8000), Cilium (0x0f00), Tailscale
+// (0xff0000) and WireGuard tools' usual fwmarks. Calico's default mask
+// (0xffff0000) includes it; set Config.AcceptMark to a free bit there.
+const DefaultAcceptMark uint32 = 0x20000000
+
+// NFTTimeoutMargin is added to the pinhole timeout to get the kernel timeout
+// of an element, so the kernel never expires a pinhole before the daemon's
+// own timer closes it, and a crashed daemon's pinholes outlive their timeout
+// by at most this much. Refreshing a pinhole alternates its kernel timeout
+// between the pinhole timeout plus NFTTimeoutMargin and one second less, so
+// that the kernel sees a changed timeout and restarts it.
+const NFTTimeoutMargin = 2 * time.Second
+
+// nftRefreshStep is the difference between the two kernel timeouts a
+// refreshed pinhole alternates between. It is less than NFTTimeoutMargin.
+const nftRefreshStep = time.Second
+
+// nftExpireNow is the timeout Close gives the elements of a pinhole when the
+// kernel can update timeouts: they stop matching within a jiffy (at most
+// 4 ms at HZ=250) and the set's garbage collector removes them later.
+const nftExpireNow = time.Millisecond
+
+// ErrNFTables reports a failed nftables (netlink) operation.
+var ErrNFTables = errors.New("nftables")
+
+// NewNFTable returns the netlink pinhole backend for the families cfg
+// enables. cfg.AcceptMark must be set, and the same Config must be given to
+// Chains (or Fragment) so that FTPALG-ACCEPT accepts the mark. timeout is
+// the daemon's pinhole timeout; elements live NFTTimeoutMargin longer.
+func NewNFTable(cfg Config, timeout time.Duration, log *slog.Logger) (*NFTable, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.AcceptMark == 0 {
+		return nil, fmt.Errorf("%w: nftables pinholes need an accept mark", ErrInvalidConfig)
+	}
+	if timeout <= 0 {
+		return nil, fmt.Errorf("%w: pinhole timeout %v", ErrInvalidConfig, timeout)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	k, err := newNFTKernel(cfg.AcceptMark)
+	if err != nil {
+		return nil, err
+	}
+	return &NFTable{
+		cfg:     cfg,
+		log:     log,
+		timeout: timeout,
+		k:       k,
+		open:    make(map[Pinhole]*nftOpen),
+	}, nil
+}
+
+// ttl is the kernel timeout of a pinhole's elements.
+func (t *NFTable) ttl(o *nftOpen) time.Duration {
+	if o.short {
+		return t.timeout + NFTTimeoutMargin - nftRefreshStep
+	}
+	return t.timeout + NFTTimeoutMargin
+}
+
+// Install creates ftpalg's nftables tables for the enabled families, or
+// repairs them: sets and maps keep their elements, chains are rebuilt, and
+// every pinhole this NFTable holds open is added again with a fresh timeout,
+// so a table deleted by `nft flush ruleset` comes back whole. Each family is
+// one transaction. Install also probes whether the kernel can restart an
+// element's timeout, which makes Close fast.
+func (t *NFTable) Install() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	update := true
+	for _, f := range t.cfg.Families() {
+		var elems []nftTimed
+		for p, o := range t.open {
+			if p.Family() == f {
+				elems = append(elems, nftTimed{p.nftElems(), t.ttl(o)})
+			}
+		}
+		if err := t.k.install(f, elems); err != nil {
+			return fmt.Errorf("installing %s nftables table %s: %w", f, NFTTableName, err)
+		}
+		ok, err := t.k.probeUpdate(f)
+		if err != nil {
+			return fmt.Errorf("probing %s nftables timeout updates: %w", f, err)
+		}
+		update = update && ok
+		t.log.Info("installed nftables table", "family", f, "table", NFTTableName,
+			"accept_mark", fmt.Sprintf("%#x", t.cfg.AcceptMark), "reopened", len(elems), "timeout_updates", ok)
+	}
+	if !update {
+		t.log.Warn("kernel cannot restart nftables element timeouts (needs Linux 6.10): closing pinholes deletes elements, which takes milliseconds and delays concurrent opens")
+	}
+	t.update = update
+	return nil
+}
+
+// Check reports whether the tables of all enabled families exist. When it
+// returns false, Install restores them.
+func (t *NFTable) Check() (bool, error) {
+	for _, f := range t.cfg.Families() {
+		ok, err := t.k.exists(f)
+		if err != nil {
+			return false, fmt.Errorf("looking up %s nftables table %s: %w", f, NFTTableName, err)
+		}
+		if !ok {
+			t.log.Debug("nftables table missing", "family", f, "table", NFTTableName)
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// Remove deletes the tables of the enabled families, with every pinhole in
+// them, and forgets all open pinholes. Missing tables are not an error.
+func (t *NFTable) Remove() error {
+	return t.remove(t.cfg.Families())
+}
+
+// Sweep deletes what an earlier run left behind: the tables of both
+// families whatever the current configuration enables. Its elements would
+// expire by themselves; the tables would not.
+func (t *NFTable) Sweep() error {
+	return t.remove([]Family{IPv4, IPv6})
+}
+
+func (t *NFTable) remove(fs []Family) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var errs []error
+	for _, f := range fs {
+		removed, err := t.k.remove(f)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("removing %s nftables table %s: %w", f, NFTTableName, err))
+			continue
+		}
+		if removed {
+			t.log.Info("removed nftables table", "family", f, "table", NFTTableName)
+		}
+	}
+	if len(errs) == 0 {
+		clear(t.open)
+	}
+	return errors.Join(errs...)
+}
+
+// Open adds p's elements in one transaction and returns once the kernel has
+// them, so the caller can release the packet that announces the data
+// connection. Opening a pinhole that is already open adds a reference and
+// restarts its kernel timeout.
+func (t *NFTable) Open(p Pinhole) error {
+	n, err := p.normalize()
+	if err != nil {
+		return fmt.Errorf("opening pinhole: %w", err)
+	}
+	if !t.cfg.enabled(n.Family()) {
+		return fmt.Errorf("opening pinhole %s: %w: %s", n, ErrFamilyDisabled, n.Family())
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	start := time.Now()
+	if o := t.open[n]; o != nil {
+		// A repeated announcement restarts the kernel timeout. If that
+		// fails the pinhole is still open, with its old timeout, so the
+		// reference is taken all the same, as Table does.
+		if err := t.refresh(n, o); err != nil {
+			t.log.Warn("restarting pinhole timeout", "pinhole", n, "err", err)
+		}
+		o.refs++
+		t.log.Debug("pinhole already open", "pinhole", n, "refs", o.refs)
+		return nil
+	}
+	o := &nftOpen{refs: 1}
+	if err := t.k.add(n.nftElems(), t.ttl(o)); err != nil {
+		return fmt.Errorf("opening pinhole %s: %w", n, err)
+	}
+	t.open[n] = o
+	t.log.Debug("opened pinhole", "pinhole", n, "took", time.Since(start))
+	return nil
+}
+
+// refresh restarts the kernel timeout of an open pinhole.
+func (t *NFTable) refresh(n Pinhole, o *nftOpen) error {
+	if !t.update {
+		return t.k.replace(n.nftElems(), t.ttl(o))
+	}
+	next := &nftOpen{short: !o.short}
+	if err := t.k.add(n.nftElems(), t.ttl(next)); err != nil {
+		return err
+	}
+	o.short = next.short
+	return nil
+}
+
+// Close drops one reference to p and ends its elements with the last one:
+// they stop matching before Close returns, or within a jiffy after it when
+// the kernel can restart timeouts (see nftExpireNow). Closing a pinhole that
+// is not open, or whose elements already expired or were flushed, succeeds.
+// If it fails, p stays open and Close can be retried.
+func (t *NFTable) Close(p Pinhole) error {
+	n, err := p.normalize()
+	if err != nil {
+		return fmt.Errorf("closing pinhole: %w", err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	o := t.open[n]
+	switch {
+	case o == nil:
+		return nil
+	case o.refs > 1:
+		o.refs--
+		return nil
+	}
+	start := time.Now()
+	end := t.k.del
+	if t.update {
+		end = t.k.expire
+	}
+	if err := end(n.nftElems()); err != nil {
+		return fmt.Errorf("closing pinhole %s: %w", n, err)
+	}
+	delete(t.open, n)
+	t.log.Debug("closed pinhole", "pinhole", n, "took", time.Since(start))
+	return nil
+}
+
+// CloseAll empties the pinhole sets of the enabled families and forgets all
+// open pinholes. Missing tables stay missing.
+func (t *NFTable) CloseAll() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var errs []error
+	for _, f := range t.cfg.Families() {
+		if err := t.k.flush(f); err != nil {
+			errs = append(errs, fmt.Errorf("flushing %s nftables pinholes: %w", f, err))
+		}
+	}
+	if len(errs) == 0 {
+		clear(t.open)
+	}
+	return errors.Join(errs...)
+}
+
+// Len returns the number of distinct open pinholes.
+func (t *NFTable) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.open)
+}
+
+// nftKernel is the kernel side of NFTable: one nftables table per family.
+// The Linux implementation talks netlink through google/nftables.
+type nftKernel interface {
+	// install creates or repairs f's table and adds elems in one
+	// transaction.
+	install(f Family, elems []nftTimed) error
+	// probeUpdate reports whether adding an existing element with a new
+	// timeout restarts its timeout.
+	probeUpdate(f Family) (bool, error)
+	// exists reports whether f's table exists.
+	exists(f Family) (bool, error)
+	// remove deletes f's table, reporting whether there was one.
+	remove(f Family) (bool, error)
+	// add adds one pinhole's elements in one transaction.
+	add(e nftElems, ttl time.Duration) error
+	// replace deletes and adds one pinhole's elements in one transaction,
+	// restarting their timeout on any kernel; it adds them if they are
+	// gone.
+	replace(e nftElems, ttl time.Duration) error
+	// expire sets the timeout of one pinhole's elements to nftExpireNow
+	// (adding them with it if they are gone).
+	expire(e nftElems) error
+	// del deletes one pinhole's elements; elements already gone are not
+	// an error.
+	del(e nftElems) error
+	// flush empties f's set and map; a missing table is not an error.
+	flush(f Family) error
+}
+
+// nftTimed is a pinhole's elements with their timeout.
+type nftTimed struct {
+	e   nftElems
+	ttl time.Duration
+}
+
+// nftElems are one pinhole's set and map elements in the kernel's byte
+// layout: concatenated fields, each padded to a 4-byte register.
+type nftElems struct {
+	family Family
+	// accept is the key of routed_pinholes (peer, target address and
+	// port) or, with NAT, of nat_pinholes (the same and the public port).
+	accept []byte
+	// natKey (peer, public address and port) maps to natVal (target
+	// address and port) in nat_targets. Both are nil without NAT.
+	natKey, natVal []byte
+}
+
+// nftElems renders a normalized pinhole as set elements.
+func (p Pinhole) nftElems() nftElems {
+	e := nftElems{family: p.Family()}
+	e.accept = appendAddrPort(appendAddr(nil, p.Peer), p.Target)
+	if p.NAT() {
+		e.accept = appendPort(e.accept, p.Public.Port())
+		e.natKey = appendAddrPort(appendAddr(nil, p.Peer), p.Public)
+		e.natVal = appendAddrPort(nil, p.Target)
+	}
+	return e
+}
+
+// appendAddr appends a as 4 or 16 bytes in network order.
+func appendAddr(b []byte, a netip.Addr) []byte {
+	return append(b, a.AsSlice()...)
+}
+
+// appendAddrPort appends the address and then the port.
+func appendAddrPort(b []byte, ap netip.AddrPort) []byte {
+	return appendPort(appendAddr(b, ap.Addr()), ap.Port())
+}
+
+// appendPort appends a port in network order, padded with two zero bytes
+// as the kernel's registers hold it.
+func appendPort(b []byte, port uint16) []byte {
+	b = binary.BigEndian.AppendUint16(b, port)
+	return append(b, 0, 0)
+}
+
+// acceptMarkSpec is the static FTPALG-ACCEPT rule that accepts the NEW TCP
+// packets the nftables chain marked as belonging to a pinhole, in the form
+// `iptables -S` prints.
+func acceptMarkSpec(mark uint32) []string {
+	m := "0x" + strconv.FormatUint(uint64(mark), 16)
+	return []string{
+		"-p", "tcp", "-m", "mark", "--mark", m + "/" + m,
+		"-m", "conntrack", "--ctstate", "NEW",
+		"-m", "comment", "--comment", "ftpalg nftables pinholes",
+		"-j", "ACCEPT",
+	}
+}

@@ -1,0 +1,10 @@
+//go:build !linux
+
+package rules
+
+import "fmt"
+
+// newNFTKernel reports that nftables is only available on Linux.
+func newNFTKernel(uint32) (nftKernel, error) {
+	return nil, fmt.Errorf("setting up nftables: %w", ErrUnsupported)
+}
