@@ -1,7 +1,6 @@
 package rig
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -62,6 +61,15 @@ func (r *Rig) CurlPut(m Mode, inPath, url string) (Result, error) {
 }
 
 func (r *Rig) curl(m Mode, writeOut string, args ...string) (Result, error) {
+	// The context is a backstop only; --max-time ends curl first.
+	ctx, cancel := context.WithTimeout(context.Background(), CurlMaxTime+10*time.Second)
+	defer cancel()
+	return r.curlCtx(ctx, m, writeOut, args...)
+}
+
+// curlCtx runs curl with args in the client namespace until ctx ends.
+// --max-time bounds each transfer of the invocation.
+func (r *Rig) curlCtx(ctx context.Context, m Mode, writeOut string, args ...string) (Result, error) {
 	modeArgs, err := curlArgs(m)
 	if err != nil {
 		return Result{}, err
@@ -73,9 +81,6 @@ func (r *Rig) curl(m Mode, writeOut string, args ...string) (Result, error) {
 		"-w", writeOut,
 	}, modeArgs...)
 	full = append(full, args...)
-	// The context is a backstop only; --max-time ends curl first.
-	ctx, cancel := context.WithTimeout(context.Background(), CurlMaxTime+10*time.Second)
-	defer cancel()
 	cmd := r.ExecContext(ctx, Client, "curl", full...)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -118,20 +123,8 @@ func (r *Rig) curl(m Mode, writeOut string, args ...string) (Result, error) {
 // output, where sent lines start with "> " and received ones with "< ",
 // after the "15:04:05.000000 " stamp --trace-time adds.
 func parseCurlTranscript(stderr string) (commands, replies []string) {
-	sc := bufio.NewScanner(strings.NewReader(stderr))
-	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		if stamp, rest, ok := strings.Cut(line, " "); ok && isTraceTime(stamp) {
-			line = rest
-		}
-		switch {
-		case strings.HasPrefix(line, "> "):
-			commands = append(commands, line[2:])
-		case strings.HasPrefix(line, "< "):
-			replies = append(replies, line[2:])
-		}
-	}
-	return commands, replies
+	t := parseCurl(stderr)
+	return t.commands(), t.replies()
 }
 
 // curlError returns curl's own error lines ("curl: (28) ...") from its

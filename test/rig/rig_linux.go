@@ -540,7 +540,7 @@ func (r *Rig) Dump() string {
 	procs := append([]*Proc(nil), r.procs...)
 	r.mu.Unlock()
 	for _, s := range servers {
-		fmt.Fprintf(&b, "==== vsftpd log %s\n%s\n", s.LogPath, s.Log())
+		fmt.Fprintf(&b, "==== %v log %s\n%s\n", s.Kind, s.LogPath, s.Log())
 	}
 	for _, p := range procs {
 		fmt.Fprintf(&b, "==== output of %s (pid %d)\n%s\n", p.name, p.Pid(), p.Output())

@@ -17,7 +17,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 )
 
-const testPrefix = "fc"
+const testPrefix = "fm"
 
 func requireRoot(t *testing.T) {
 	t.Helper()

@@ -34,6 +34,12 @@ type VsftpdOptions struct {
 
 // FTPServer is an FTP server process the rig runs in the server namespace.
 type FTPServer struct {
+	// Kind says which server program runs.
+	Kind ServerKind
+	// User and Password log in: anonymous for vsftpd and proftpd, a
+	// virtual user for pure-ftpd (whose anonymous root is fixed to the ftp
+	// user's home directory).
+	User, Password string
 	// Root is the FTP root on the host file system: a file Root/x is
 	// served as /x.
 	Root string
@@ -77,6 +83,9 @@ func (r *Rig) StartVsftpd(opts VsftpdOptions) (*FTPServer, error) {
 		return nil, fmt.Errorf("creating vsftpd directory: %w", err)
 	}
 	s := &FTPServer{
+		Kind:     Vsftpd,
+		User:     anonUser,
+		Password: anonPassword,
 		Root:     filepath.Join(dir, "root"),
 		ConfPath: filepath.Join(dir, "vsftpd.conf"),
 		LogPath:  filepath.Join(dir, "vsftpd.log"),
