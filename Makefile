@@ -1,6 +1,12 @@
 # ftpalg — see README.md. Every target works on a fresh Debian machine as root.
 
 GO          ?= go
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+SBINDIR     ?= $(PREFIX)/sbin
+UNITDIR     ?= /etc/systemd/system
+SYSCONFDIR  ?= /etc
+INSTALL     ?= install
 BIN         := bin/ftpalg
 TOOLS       := $(CURDIR)/bin/tools
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -12,7 +18,7 @@ FUZZ_TARGETS := \
 	./alg:FuzzClientLine ./alg:FuzzServerLine ./alg:FuzzDialog ./alg:FuzzParseIP \
 	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack/seqnum:FuzzShiftRoundTrip
 
-.PHONY: all build test unit fuzz bench bench-pinholes lint deps demo matrix clean
+.PHONY: all build test unit fuzz bench bench-pinholes lint deps demo matrix install clean
 
 all: build
 
@@ -61,6 +67,23 @@ lint:
 	$(GO) vet ./...
 	GOBIN=$(TOOLS) $(GO) install $(STATICCHECK)
 	$(TOOLS)/staticcheck ./...
+
+# Binary, systemd unit, /etc/default/ftpalg, /etc/ftpalg/ftpalg.toml and the
+# example firewall scripts. An admin's existing settings are never
+# overwritten: a changed example goes next to them as .dist.
+# DESTDIR=/tmp/pkg PREFIX=/usr stages a package.
+install: build
+	$(INSTALL) -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/ftpalg
+	$(INSTALL) -d $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/local/sbin/ftpalg|$(SBINDIR)/ftpalg|' deploy/ftpalg.service > $(DESTDIR)$(UNITDIR)/ftpalg.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/ftpalg.service
+	@set -e; for f in "deploy/ftpalg.default:$(SYSCONFDIR)/default/ftpalg" "deploy/ftpalg.toml:$(SYSCONFDIR)/ftpalg/ftpalg.toml"; do \
+		src=$${f%%:*}; dst=$(DESTDIR)$${f#*:}; \
+		if [ -e "$$dst" ]; then $(INSTALL) -D -m 0644 $$src $$dst.dist; echo "kept $$dst (new version: $$dst.dist)"; \
+		else $(INSTALL) -D -m 0644 $$src $$dst; fi; done
+	$(INSTALL) -d $(DESTDIR)$(PREFIX)/share/doc/ftpalg/examples
+	$(INSTALL) -m 0644 deploy/firewall.rules deploy/firewall6.rules deploy/README.md $(DESTDIR)$(PREFIX)/share/doc/ftpalg/examples/
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 clean:
 	rm -rf bin bench-engine.txt

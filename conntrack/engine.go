@@ -370,6 +370,9 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 		f = &flow{conn: conn, id: e.ids, dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: !newSYN}
 		e.tab.m[conn] = f
 	}
+	if f.started.IsZero() {
+		f.started = now
+	}
 	f.last = now
 	e.tab.touch(f)
 	return f

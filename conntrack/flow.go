@@ -31,6 +31,7 @@ type flow struct {
 	// are reported too; mappingChanged: an edit since the last Changed.
 	saved, mappingChanged bool
 	rewrites              uint32
+	started               time.Time
 	last                  time.Time
 	closeAt               time.Time // zero while open
 	older                 *flow     // LRU neighbours: older is closer to eviction

@@ -27,6 +27,15 @@ type seqMap struct {
 	added  bool         // an edit was added since the engine last looked
 }
 
+// total is the shift after every recorded edit.
+func (m *seqMap) total() seqnum.Delta {
+	d := m.base
+	for i := range m.edits {
+		d += m.edits[i].delta()
+	}
+	return d
+}
+
 // toReceiver maps a sender position that is not inside an edit. A position
 // inside an edit maps to the receiver position of the edit's start; one
 // before floor (a stale duplicate) maps to floor's.

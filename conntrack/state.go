@@ -133,8 +133,29 @@ func (e *Engine) Restore(s FlowState, now time.Time) error {
 		return fmt.Errorf("restoring %s: %w", s.Conn, ErrTableFull)
 	}
 	e.tab.m[s.Conn] = f
-	f.last = now
+	f.started, f.last = now, now
 	e.tab.touch(f)
 	e.ids = max(e.ids, s.Session)
 	return nil
+}
+
+// FlowInfo describes a tracked connection for status displays.
+type FlowInfo struct {
+	Session  uint64
+	Conn     Conn
+	Started  time.Time // first packet seen by this process
+	Last     time.Time // last packet
+	Rewrites uint32
+	// ShiftC2S and ShiftS2C are the current sequence offsets of each
+	// direction: what the receiver's numbers are ahead of the sender's.
+	ShiftC2S, ShiftS2C int32
+	Liberal            bool
+}
+
+// Flows calls fn for every tracked connection, most recently active first.
+func (e *Engine) Flows(fn func(FlowInfo)) {
+	for f := e.tab.newest; f != nil; f = f.older {
+		fn(FlowInfo{Session: f.id, Conn: f.conn, Started: f.started, Last: f.last, Rewrites: f.rewrites,
+			ShiftC2S: int32(f.c.m.total()), ShiftS2C: int32(f.s.m.total()), Liberal: f.liberal})
+	}
 }

@@ -30,6 +30,10 @@ type Config struct {
 	MaxConnections int                 // tracked control connections; 0 means the engine's default
 	Pinholes       Backend             // how pinholes are installed
 	AcceptMark     uint32              // packet mark bit the nftables backend uses to reach FTPALG-ACCEPT
+	StateDir       string              // where rewritten connections' state survives a restart; "" disables
+	StatusSocket   string              // unix socket for `ftpalg status`; "" disables
+	MetricsAddr    string              // Prometheus listen address; "" disables
+	Version        string
 	Log            *slog.Logger
 }
 

@@ -16,7 +16,9 @@ import (
 
 	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/ctnetlink"
+	"github.com/ftpalg/ftpalg/metrics"
 	"github.com/ftpalg/ftpalg/rules"
+	"github.com/ftpalg/ftpalg/status"
 )
 
 // Liberaler relaxes conntrack's TCP window tracking on one connection. The
@@ -31,13 +33,29 @@ type Gateway struct {
 	engine  *conntrack.Engine
 	pins    *Pinholes
 	liberal Liberaler
+	metrics *metrics.Metrics // nil-safe
 	log     *slog.Logger
 	errors  uint64
+	started time.Time
+	version string
+	state   stateSaver // nil: no persistence
+}
+
+// stateSaver persists connection state for a successor process.
+type stateSaver interface {
+	save(conntrack.FlowState)
+	remove(session uint64)
+	flush()
 }
 
 // NewGateway assembles a gateway.
 func NewGateway(engine *conntrack.Engine, pins *Pinholes, liberal Liberaler, log *slog.Logger) *Gateway {
-	return &Gateway{engine: engine, pins: pins, liberal: liberal, log: log}
+	return &Gateway{engine: engine, pins: pins, liberal: liberal, log: log, started: time.Now()}
+}
+
+// Observe makes the gateway and its pinholes record Prometheus metrics.
+func (g *Gateway) Observe(m *metrics.Metrics, version string) {
+	g.metrics, g.pins.metrics, g.version = m, m, version
 }
 
 // Handle processes one queued packet and returns the verdict and, for
@@ -51,6 +69,12 @@ func (g *Gateway) Handle(pkt []byte, now time.Time) (conntrack.Verdict, []byte) 
 	for i := range res.Events {
 		g.act(&res.Events[i])
 	}
+	if g.state != nil {
+		for _, st := range g.engine.Changed() {
+			g.state.save(st) // mapping changes are durable before the verdict
+		}
+	}
+	g.metrics.Packet(res.Verdict.String())
 	return res.Verdict, res.Packet
 }
 
@@ -70,11 +94,16 @@ func (g *Gateway) act(ev *conntrack.Event) {
 				"session", ev.Session, "conn", ev.Conn.String(), "err", err)
 		}
 	case conntrack.EventRewrite:
+		g.metrics.Rewrite(ev.Msg.String())
 		g.log.LogAttrs(context.Background(), slog.LevelInfo, "rewrite", ev.LogAttrs()...)
 	case conntrack.EventRefusal:
+		g.metrics.Refusal(metrics.ReasonOf(ev.Reason))
 		g.log.LogAttrs(context.Background(), slog.LevelWarn, "refused", ev.LogAttrs()...)
 	case conntrack.EventFlowEnd:
 		g.pins.EndSession(ev.Session)
+		if g.state != nil {
+			g.state.remove(ev.Session)
+		}
 		g.log.Debug("control connection no longer tracked", "session", ev.Session, "conn", ev.Conn.String())
 	}
 }
@@ -86,6 +115,46 @@ func (g *Gateway) Expire(now time.Time) {
 	for _, ev := range g.engine.Expire(now) {
 		g.act(&ev)
 	}
+	g.metrics.SetTracked(g.engine.Len())
+	g.metrics.SetOpenPinholes(g.pins.Len())
+}
+
+// FlushState writes the connection states whose writing was deferred.
+func (g *Gateway) FlushState() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.state != nil {
+		g.state.flush()
+	}
+}
+
+// Snapshot is the live view `ftpalg status` shows.
+func (g *Gateway) Snapshot() status.Snapshot {
+	now := time.Now()
+	s := status.Snapshot{Version: g.version, Started: g.started, Taken: now, Counters: map[string]uint64{}}
+	g.mu.Lock()
+	g.engine.Flows(func(f conntrack.FlowInfo) {
+		s.Conns = append(s.Conns, status.Conn{Session: f.Session, Client: f.Conn.Client, Server: f.Conn.Server,
+			Age: now.Sub(f.Started), Rewrites: f.Rewrites, OffsetC2S: f.ShiftC2S, OffsetS2C: f.ShiftS2C})
+	})
+	es := g.engine.Stats()
+	errs := g.errors
+	g.mu.Unlock()
+	for _, p := range g.pins.List() {
+		s.Pinholes = append(s.Pinholes, status.Pinhole{Session: p.Session, Peer: p.Pinhole.Peer, Public: p.Pinhole.Public,
+			Target: p.Pinhole.Target, Opened: p.Opened, Expires: p.Expires})
+	}
+	ps := g.pins.Stats()
+	for k, v := range map[string]uint64{
+		"packets": es.Packets, "packets_modified": es.Modified, "packets_dropped": es.Dropped, "packets_untracked": es.Untracked,
+		"rewrites": es.Rewrites, "refusals": es.Refusals, "connections_seen": es.Flows, "connections_evicted": es.Evicted,
+		"tls_sessions": es.TLS, "stalled_lines": es.Stalled, "pinholes_opened": ps.Opened, "pinholes_used": ps.Used,
+		"pinholes_expired": ps.Expired, "pinholes_ended": ps.Ended, "pinholes_failed": ps.Failed, "pinholes_replaced": ps.Replaced,
+		"errors": errs,
+	} {
+		s.Counters[k] = v
+	}
+	return s
 }
 
 // DataConnection is told of each new TCP connection conntrack sees; the

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/conntrack"
+	"github.com/ftpalg/ftpalg/metrics"
 	"github.com/ftpalg/ftpalg/rules"
 )
 
@@ -34,6 +35,7 @@ type pinhole struct {
 	session uint64
 	client  netip.Addr // the control connection's client
 	opened  time.Time
+	expires time.Time
 	timer   *time.Timer
 	nat     bool // a public port was reserved for it
 }
@@ -48,6 +50,7 @@ type Pinholes struct {
 	ports   PortReserver
 	timeout time.Duration
 	limits  Limits
+	metrics *metrics.Metrics // nil-safe
 	log     *slog.Logger
 	clock   func() time.Time
 
@@ -155,12 +158,15 @@ func (k *Pinholes) Open(session uint64, conn conntrack.Conn, p rules.Pinhole, na
 	defer k.mu.Unlock()
 	if err != nil {
 		k.stats.Failed++
+		k.metrics.Pinhole(metrics.PinholeFailed)
 		if nat {
 			k.ports.Release(p.Public.Addr(), p.Public.Port())
 		}
 		return err
 	}
 	k.stats.Opened++
+	k.metrics.Pinhole(metrics.PinholeOpened)
+	k.metrics.ObservePinholeInstall(took)
 	k.stats.OpenNanos = append(k.stats.OpenNanos, took.Nanoseconds())
 	if n := len(k.stats.OpenNanos); n > 4096 {
 		k.stats.OpenNanos = append(k.stats.OpenNanos[:0], k.stats.OpenNanos[n-2048:]...)
@@ -170,10 +176,11 @@ func (k *Pinholes) Open(session uint64, conn conntrack.Conn, p rules.Pinhole, na
 		// the firewall counts references, keep one record and restart
 		// its clock.
 		old.timer.Reset(k.timeout)
+		old.expires = k.clock().Add(k.timeout)
 		k.queueClose(&pinhole{p: p}, "") // drop the extra reference
 		return nil
 	}
-	ph := &pinhole{p: p, session: session, client: client.Unmap(), opened: start, nat: nat}
+	ph := &pinhole{p: p, session: session, client: client.Unmap(), opened: start, expires: start.Add(k.timeout), nat: nat}
 	ph.timer = time.AfterFunc(k.timeout, func() { k.expire(ph) })
 	if old := k.open[keyOf(p)]; old != nil {
 		k.removeLocked(old, "replaced") // same public endpoint, new target
@@ -197,6 +204,7 @@ func (k *Pinholes) Used(peer netip.Addr, public netip.AddrPort) bool {
 		return false
 	}
 	k.stats.Used++
+	k.metrics.Pinhole(metrics.PinholeUsed)
 	k.removeLocked(ph, "used")
 	return true
 }
@@ -206,6 +214,7 @@ func (k *Pinholes) expire(ph *pinhole) {
 	defer k.mu.Unlock()
 	if k.open[keyOf(ph.p)] == ph {
 		k.stats.Expired++
+		k.metrics.Pinhole(metrics.PinholeExpired)
 		k.removeLocked(ph, "expired")
 	}
 }
@@ -217,6 +226,7 @@ func (k *Pinholes) EndSession(session uint64) {
 	for _, p := range k.bySession[session] {
 		if ph := k.open[keyOf(p)]; ph != nil && ph.session == session {
 			k.stats.Ended++
+			k.metrics.Pinhole(metrics.PinholeEnded)
 			k.removeLocked(ph, "control connection ended")
 		}
 	}
@@ -272,6 +282,24 @@ func (k *Pinholes) closeNow(req closeReq) {
 		k.log.Info("pinhole closed", "session", req.ph.session, "pinhole", req.ph.p.String(), "why", req.why,
 			"age", k.clock().Sub(req.ph.opened).Round(time.Millisecond))
 	}
+}
+
+// PinholeInfo describes an open pinhole for status displays.
+type PinholeInfo struct {
+	Session         uint64
+	Pinhole         rules.Pinhole
+	Opened, Expires time.Time
+}
+
+// List returns the open pinholes.
+func (k *Pinholes) List() []PinholeInfo {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := make([]PinholeInfo, 0, len(k.open))
+	for _, ph := range k.open {
+		out = append(out, PinholeInfo{Session: ph.session, Pinhole: ph.p, Opened: ph.opened, Expires: ph.expires})
+	}
+	return out
 }
 
 // Len returns the number of open pinholes.

@@ -19,7 +19,9 @@ import (
 
 	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/ctnetlink"
+	"github.com/ftpalg/ftpalg/metrics"
 	"github.com/ftpalg/ftpalg/rules"
+	"github.com/ftpalg/ftpalg/status"
 )
 
 // ErrEnvironment reports something missing on the machine; its message is
@@ -135,55 +137,40 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	closeQueue := sync.OnceValue(nf.Close)
 	defer closeQueue()
 
-	// Our own chains from a crashed run go first; then the fresh ones.
-	var repair []kernelRules
-	if cfg.InstallRules {
-		if err := chains.Sweep(); err != nil {
-			return fmt.Errorf("sweeping leftover chains: %w", err)
-		}
-		if err := chains.Install(); err != nil {
-			return fmt.Errorf("installing chains: %w", err)
-		}
-		defer func() {
-			if rerr := chains.Remove(); rerr != nil {
-				log.Error("removing chains", "err", rerr)
-				err = errors.Join(err, rerr)
-			}
-		}()
-		repair = append(repair, chains)
-	} else if iptTab != nil {
-		if err := iptTab.CloseAll(); err != nil {
-			return fmt.Errorf("emptying pinhole chains (are they in your firewall script? see `ftpalg rules`): %w", err)
-		}
-	}
-	if nft != nil {
-		// ftpalg's own nftables tables, whatever --install-rules says.
-		if err := nft.Sweep(); err != nil {
-			return fmt.Errorf("sweeping leftover nftables tables: %w", err)
-		}
-		if err := nft.Install(); err != nil {
-			return fmt.Errorf("installing nftables pinhole tables: %w", err)
-		}
-		defer func() {
-			if rerr := nft.Remove(); rerr != nil {
-				log.Error("removing nftables tables", "err", rerr)
-				err = errors.Join(err, rerr)
-			}
-		}()
-		repair = append(repair, nft)
-	}
-
 	pins := NewPinholes(fw, ports, cfg.PinholeTimeout, cfg.Limits, log)
-	defer pins.Stop()
 	engine := conntrack.New(conntrack.Config{
 		ControlPorts:   cfg.ControlPorts,
 		VerifyChecksum: true,
 		TLS:            cfg.TLS,
 		MaxFlows:       cfg.MaxConnections,
+		SaveDialogs:    cfg.StateDir != "",
 		Admit:          func(session uint64, c conntrack.Conn) error { return pins.Admit(session, c.Client.Addr()) },
 	}, &natResolver{mapper: ct, ports: ports, override: cfg.overrides()})
 	gw := NewGateway(engine, pins, ct, log)
-
+	var m *metrics.Metrics // nil-safe: metrics off
+	if cfg.MetricsAddr != "" {
+		m = metrics.New(cfg.Version)
+	}
+	gw.Observe(m, cfg.Version)
+	if cfg.StateDir != "" {
+		store, err := openStateStore(cfg.StateDir, log)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrEnvironment, err)
+		}
+		restored := 0
+		for _, st := range store.load(24 * time.Hour) {
+			if err := engine.Restore(st, time.Now()); err != nil {
+				log.Warn("not restoring saved connection", "session", st.Session, "err", err)
+				store.remove(st.Session)
+				continue
+			}
+			restored++
+		}
+		if restored > 0 {
+			log.Info("took over control connections from the previous run", "connections", restored, "state_dir", cfg.StateDir)
+		}
+		gw.state = store
+	}
 	qctx, stopQueue := context.WithCancel(ctx)
 	defer stopQueue()
 	var overruns uint64
@@ -191,7 +178,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		if a.PacketID == nil || a.Payload == nil {
 			return 0
 		}
-		v, out := gw.Handle(*a.Payload, time.Now())
+		start := time.Now()
+		v, out := gw.Handle(*a.Payload, start)
 		var verr error
 		switch v {
 		case conntrack.Accept:
@@ -204,6 +192,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		if verr != nil && qctx.Err() == nil {
 			log.Error("setting verdict", "packet", *a.PacketID, "err", verr)
 		}
+		m.ObserveVerdict(time.Since(start))
 		return 0
 	}
 	onErr := func(e error) int {
@@ -223,6 +212,82 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("%w: binding NFQUEUE %d (is another program bound to it?): %w", ErrEnvironment, cfg.QueueNum, err)
 	}
 
+	sctx, stopServing := context.WithCancel(ctx)
+	var serving sync.WaitGroup
+	defer serving.Wait() // the status socket is removed before Run returns
+	defer stopServing()  // (runs first)
+	if cfg.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("%w: --metrics-addr: %w", ErrEnvironment, err)
+		}
+		serving.Go(func() {
+			if err := m.ServeListener(sctx, ln); err != nil && sctx.Err() == nil {
+				log.Error("serving metrics", "addr", cfg.MetricsAddr, "err", err)
+			}
+		})
+	}
+	if cfg.StatusSocket != "" {
+		sl, err := status.Listen(cfg.StatusSocket)
+		if err != nil {
+			return fmt.Errorf("%w: --status-socket: %w", ErrEnvironment, err)
+		}
+		serving.Go(func() {
+			if err := sl.Serve(sctx, gw.Snapshot); err != nil && sctx.Err() == nil {
+				log.Error("serving status", "socket", cfg.StatusSocket, "err", err)
+			}
+		})
+	}
+
+	// Everything exclusive is ours now (the queue, the sockets): only
+	// now touch the kernel's rules. Chains of a crashed run go first.
+	var removals []func() error
+	defer func() {
+		pins.Stop() // pinholes close before their chains and tables go
+		for i := len(removals) - 1; i >= 0; i-- {
+			if rerr := removals[i](); rerr != nil {
+				log.Error("cleaning up", "err", rerr)
+				err = errors.Join(err, rerr)
+			}
+		}
+	}()
+	var repair []kernelRules
+	if cfg.InstallRules {
+		if err := chains.Sweep(); err != nil {
+			return fmt.Errorf("sweeping leftover chains: %w", err)
+		}
+		if err := chains.Install(); err != nil {
+			return fmt.Errorf("installing chains: %w", err)
+		}
+		removals = append(removals, func() error {
+			if rerr := chains.Remove(); rerr != nil {
+				return fmt.Errorf("removing chains: %w", rerr)
+			}
+			return nil
+		})
+		repair = append(repair, chains)
+	} else if iptTab != nil {
+		if err := iptTab.CloseAll(); err != nil {
+			return fmt.Errorf("emptying pinhole chains (are they in your firewall script? see `ftpalg rules`): %w", err)
+		}
+	}
+	if nft != nil {
+		// ftpalg's own nftables tables, whatever --install-rules says.
+		if err := nft.Sweep(); err != nil {
+			return fmt.Errorf("sweeping leftover nftables tables: %w", err)
+		}
+		if err := nft.Install(); err != nil {
+			return fmt.Errorf("installing nftables pinhole tables: %w", err)
+		}
+		removals = append(removals, func() error {
+			if rerr := nft.Remove(); rerr != nil {
+				return fmt.Errorf("removing nftables tables: %w", rerr)
+			}
+			return nil
+		})
+		repair = append(repair, nft)
+	}
+
 	watchDone := make(chan error, 1)
 	go func() {
 		watchDone <- ct.Watch(qctx, ctnetlink.WatchHandler{NewFlow: gw.DataConnection})
@@ -233,8 +298,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	flush := time.NewTicker(flushEvery)
+	defer flush.Stop()
 	for {
 		select {
+		case <-flush.C:
+			gw.FlushState()
 		case now := <-tick.C:
 			gw.Expire(now)
 			repairRules(repair, log)
@@ -249,6 +318,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			if cerr := closeQueue(); cerr != nil {
 				log.Warn("closing NFQUEUE", "err", cerr)
 			}
+			gw.FlushState() // a successor takes the connections over
 			s := gw.Stats()
 			ps := pins.Stats()
 			log.Info("ftpalg stopping", "packets", s.Packets, "modified", s.Modified, "dropped", s.Dropped,

@@ -11,10 +11,28 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ftpalg/ftpalg/config"
 	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/daemon"
 	"github.com/ftpalg/ftpalg/rules"
+	"github.com/ftpalg/ftpalg/status"
 )
+
+// applyConfig reads --config, if given, into the flags not set on the
+// command line.
+func (o *options) applyConfig(fs *flag.FlagSet) error {
+	if o.configPath == "" {
+		return nil
+	}
+	f, err := config.Load(o.configPath)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if err := f.Apply(fs); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	return nil
+}
 
 // errUsage marks command-line mistakes (exit status 2).
 var errUsage = errors.New("usage")
@@ -38,6 +56,10 @@ type options struct {
 	maxConns       int
 	pinholes       string
 	acceptMark     string
+	configPath     string
+	stateDir       string
+	statusSocket   string
+	metricsAddr    string
 }
 
 // define registers the flags. The help texts are the reference documentation
@@ -49,6 +71,7 @@ func (o *options) define(fs *flag.FlagSet, run bool) {
 	fs.BoolVar(&o.ipv6, "ipv6", true, "handle IPv6 (ip6tables)")
 	fs.StringVar(&o.pinholes, "pinholes", "nftables", "pinhole `backend`: nftables (set elements with kernel timeouts, ~50µs each; a mark bit\nreaches iptables' FORWARD) or iptables (one rule per pinhole, visible in iptables -S, milliseconds each)")
 	fs.StringVar(&o.acceptMark, "accept-mark", "0x20000000", "packet mark `bit` the nftables backend sets on pinholed connections' first packet")
+	fs.StringVar(&o.configPath, "config", "", "read settings from this TOML `file` (keys mirror the flags); flags given here override it")
 	if !run {
 		return
 	}
@@ -62,6 +85,9 @@ func (o *options) define(fs *flag.FlagSet, run bool) {
 	fs.IntVar(&o.maxPerClient, "max-pinholes-per-client", 16, "pending pinholes for one client address; newer requests are refused (`n`)")
 	fs.IntVar(&o.maxPinholes, "max-pinholes", 1024, "pending pinholes in total; newer requests are refused (`n`)")
 	fs.IntVar(&o.maxConns, "max-connections", 65536, "tracked control connections; the least recently active is evicted beyond (`n`)")
+	fs.StringVar(&o.stateDir, "state-dir", daemon.RuntimePath("/run/ftpalg/state"), "`directory` (on tmpfs) where rewritten connections' sequence offsets survive a restart; empty disables")
+	fs.StringVar(&o.statusSocket, "status-socket", daemon.RuntimePath(status.DefaultSocket), "unix `socket` that 'ftpalg status' reads; empty disables")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`addr`/metrics (off when empty)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 }
@@ -159,6 +185,10 @@ func (o *options) daemonConfig(log *slog.Logger) (daemon.Config, error) {
 	}
 	backend, mark, _ := o.backend() // checked by rulesConfig
 	cfg := daemon.Config{
+		StateDir:       o.stateDir,
+		StatusSocket:   o.statusSocket,
+		MetricsAddr:    o.metricsAddr,
+		Version:        version,
 		Pinholes:       backend,
 		AcceptMark:     mark,
 		TLS:            tls,

@@ -4,16 +4,20 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/ftpalg/ftpalg/daemon"
 	"github.com/ftpalg/ftpalg/rules"
+	"github.com/ftpalg/ftpalg/status"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -25,9 +29,11 @@ reach, keeps TCP sequence numbers right, and opens an exact, short-lived
 pinhole for each announced data connection.
 
 Usage:
-  ftpalg run [flags]      run the gateway (root or CAP_NET_ADMIN)
-  ftpalg rules [flags]    print ftpalg's chains as iptables-restore fragments
-  ftpalg version          print the version
+  ftpalg run [flags]            run the gateway (root or CAP_NET_ADMIN)
+  ftpalg rules [flags]          print ftpalg's chains as iptables-restore fragments
+  ftpalg status [--json]        show the running gateway: connections, pinholes, counters
+  ftpalg config check <file>    validate a configuration file
+  ftpalg version                print the version
 
 Run 'ftpalg <command> -help' for the flags of a command.
 `
@@ -49,6 +55,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdRun(args[1:], stderr)
 	case "rules":
 		err = cmdRules(args[1:], stdout, stderr)
+	case "status":
+		err = cmdStatus(args[1:], stdout, stderr)
+	case "config":
+		err = cmdConfig(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "ftpalg", version)
 	case "help", "-h", "-help", "--help":
@@ -87,6 +97,9 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if err := o.applyConfig(fs); err != nil {
+		return err
+	}
 	log, err := o.logger(stderr)
 	if err != nil {
 		return err
@@ -108,6 +121,9 @@ func cmdRules(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if err := o.applyConfig(fs); err != nil {
+		return err
+	}
 	rc, err := o.rulesConfig()
 	if err != nil {
 		return err
@@ -119,5 +135,45 @@ func cmdRules(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprint(stdout, frag)
 	}
+	return nil
+}
+
+func cmdStatus(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("status", "Show the running gateway: tracked control connections, open pinholes, counters.", stderr)
+	asJSON := fs.Bool("json", false, "print the snapshot as JSON, for scripts")
+	socket := fs.String("socket", daemon.RuntimePath(status.DefaultSocket), "the daemon's status `socket` (its --status-socket)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := status.Fetch(ctx, *socket)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(s)
+	}
+	return status.Render(stdout, s)
+}
+
+func cmdConfig(args []string, stdout, stderr io.Writer) error {
+	if len(args) != 2 || args[0] != "check" {
+		fmt.Fprintln(stderr, "Usage: ftpalg config check <file>")
+		return fmt.Errorf("%w: want 'config check <file>'", errUsage)
+	}
+	var o options
+	fs := newFlagSet("run", "", io.Discard)
+	o.define(fs, true)
+	o.configPath = args[1]
+	if err := o.applyConfig(fs); err != nil {
+		return err
+	}
+	if _, err := o.daemonConfig(slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		return fmt.Errorf("%s: %w", args[1], err)
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", args[1])
 	return nil
 }

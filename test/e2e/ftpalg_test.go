@@ -180,3 +180,62 @@ func TestFtpalg(t *testing.T) {
 		})
 	}
 }
+
+// TestStatusAndMetrics runs one active transfer behind NAT and reads
+// ftpalg's live view (ftpalg status --json) and its Prometheus endpoint:
+// the counters must have moved by exactly what the transfer did.
+func TestStatusAndMetrics(t *testing.T) {
+	r := rig.New(t, rig.ClientNAT, rig.WithPrefix(nsPrefix))
+	s, err := r.StartVsftpd(rig.VsftpdOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := startFtpalg(t, r, "--metrics-addr", "127.0.0.1:9121")
+	if _, err := s.CreateFile("1m.bin", 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.CurlGet(rig.PORT, r.URL("1m.bin"), filepath.Join(t.TempDir(), "1m.bin")); err != nil {
+		t.Fatal(err)
+	}
+	out, err := r.Run(t.Context(), rig.Router, ftpalgBin, "status", "--json")
+	if err != nil {
+		t.Fatalf("ftpalg status --json: %v\n%s", err, out)
+	}
+	var snap struct {
+		Counters map[string]uint64
+		Conns    []json.RawMessage
+	}
+	if err := json.Unmarshal([]byte(out), &snap); err != nil {
+		t.Fatalf("status JSON: %v\n%s", err, out)
+	}
+	for k, want := range map[string]uint64{"rewrites": 1, "pinholes_opened": 1, "refusals": 0} {
+		if got := snap.Counters[k]; got != want {
+			t.Errorf("status counter %s = %d, want %d (all: %v)", k, got, want, snap.Counters)
+		}
+	}
+	if len(snap.Conns) != 1 {
+		t.Errorf("status shows %d control connections, want 1 (curl's, until it expires)", len(snap.Conns))
+	}
+	human, err := r.Run(t.Context(), rig.Router, ftpalgBin, "status")
+	if err != nil || !strings.Contains(human, "192.0.2.10") {
+		t.Errorf("ftpalg status: %v\n%s", err, human)
+	}
+	metrics, err := r.Run(t.Context(), rig.Router, "curl", "-sS", "http://127.0.0.1:9121/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`ftpalg_rewrites_total{kind="PORT"} 1`,
+		`ftpalg_pinholes_total{event="opened"} 1`,
+		`ftpalg_pinholes_total{event="used"} 1`,
+		`ftpalg_refusals_total{reason="bounce"} 0`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if !strings.Contains(metrics, `ftpalg_pinhole_install_duration_seconds_count 1`) {
+		t.Error("no pinhole install latency observed")
+	}
+	g.stop()
+}

@@ -1,0 +1,142 @@
+package deploy
+
+import (
+	"bufio"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/ftpalg/ftpalg/rules"
+)
+
+// tableRules returns the lines of an iptables-restore file by table:
+// chain declarations (":NAME ...", reduced to ":NAME") and rules.
+func tableRules(t *testing.T, text string) map[string][]string {
+	t.Helper()
+	out := map[string][]string{}
+	table := ""
+	sc := bufio.NewScanner(strings.NewReader(text))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(line, "*"):
+			table = line[1:]
+		case line == "COMMIT":
+			table = ""
+		case table == "":
+			t.Fatalf("line outside a table: %q", line)
+		case strings.HasPrefix(line, ":"):
+			out[table] = append(out[table], strings.Fields(line)[0])
+		default:
+			out[table] = append(out[table], line)
+		}
+	}
+	return out
+}
+
+// The example firewalls contain exactly what `ftpalg rules` prints for
+// the default flags, with each "-I CHAIN 1" jump written as the "-A" the
+// file places before the rules it must precede.
+func TestFirewallIncludesFragment(t *testing.T) {
+	for _, tc := range []struct {
+		file string
+		fam  rules.Family
+	}{
+		{"firewall.rules", rules.IPv4},
+		{"firewall6.rules", rules.IPv6},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			cfg := rules.Config{ControlPorts: []uint16{21}, QueueNum: 21, Bypass: true, IPv4: true, IPv6: true, AcceptMark: rules.DefaultAcceptMark}
+			frag, err := rules.Fragment(cfg, tc.fam)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(tc.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			have := tableRules(t, string(b))
+			for table, lines := range tableRules(t, frag) {
+				for _, l := range lines {
+					if f := strings.Fields(l); len(f) > 3 && f[0] == "-I" && f[2] == "1" {
+						l = strings.Join(append([]string{"-A", f[1]}, f[3:]...), " ")
+					}
+					if !slices.Contains(have[table], l) {
+						t.Errorf("%s: table %s lacks %q (from `ftpalg rules`)", tc.file, table, l)
+					}
+				}
+			}
+			// The pinhole jump must precede every rule that accepts or
+			// drops new connections in FORWARD.
+			fwd := []string{}
+			for _, l := range have["filter"] {
+				if strings.HasPrefix(l, "-A FORWARD ") {
+					fwd = append(fwd, l)
+				}
+			}
+			jump := slices.Index(fwd, "-A FORWARD -j "+rules.ChainAccept)
+			for i, l := range fwd {
+				if i < jump && !strings.Contains(l, "INVALID") && !strings.Contains(l, "RELATED,ESTABLISHED") && !strings.Contains(l, "ipv6-icmp") {
+					t.Errorf("%s: FORWARD rule %q comes before the jump to %s", tc.file, l, rules.ChainAccept)
+				}
+			}
+			if jump < 0 || !strings.Contains(fwd[0], "INVALID") {
+				t.Errorf("%s: FORWARD must drop INVALID first and jump to %s: %q", tc.file, rules.ChainAccept, fwd)
+			}
+		})
+	}
+}
+
+// unitValues returns the values of key in the unit file, in order.
+func unitValues(t *testing.T, key string) []string {
+	t.Helper()
+	b, err := os.ReadFile("ftpalg.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vals []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, key+"="); ok {
+			vals = append(vals, v)
+		}
+	}
+	return vals
+}
+
+// unitCaps returns the unit's CapabilityBoundingSet as setpriv names
+// (net_admin).
+func unitCaps(t *testing.T) []string {
+	t.Helper()
+	vals := unitValues(t, "CapabilityBoundingSet")
+	if len(vals) != 1 {
+		t.Fatalf("want one CapabilityBoundingSet line, got %q", vals)
+	}
+	var caps []string
+	for _, c := range strings.Fields(vals[0]) {
+		caps = append(caps, strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+	}
+	return caps
+}
+
+func TestUnitFile(t *testing.T) {
+	want := map[string]string{
+		"ExecStart":               "/usr/local/sbin/ftpalg run $FTPALG_FLAGS",
+		"EnvironmentFile":         "-/etc/default/ftpalg",
+		"Restart":                 "on-failure",
+		"RuntimeDirectory":        "ftpalg",
+		"NoNewPrivileges":         "yes",
+		"ProtectSystem":           "strict",
+		"RestrictAddressFamilies": "AF_NETLINK AF_UNIX AF_INET AF_INET6",
+		"MemoryDenyWriteExecute":  "yes",
+	}
+	for k, v := range want {
+		if got := unitValues(t, k); len(got) != 1 || got[0] != v {
+			t.Errorf("%s=%q, want %q", k, got, v)
+		}
+	}
+	if caps := unitCaps(t); !slices.Equal(caps, []string{"net_admin"}) {
+		t.Errorf("capabilities %q, want exactly net_admin", caps)
+	}
+}
