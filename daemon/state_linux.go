@@ -1,0 +1,133 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ftpalg/ftpalg/conntrack"
+)
+
+// RuntimePath returns base, for the initial network namespace, or base with
+// the namespace's inode added before its extension, so that instances in
+// different namespaces (a router's VRFs, a test rig) never share a socket
+// or a state directory. `ftpalg status` finds its daemon the same way.
+func RuntimePath(base string) string {
+	self, err1 := os.Readlink("/proc/self/ns/net")
+	init, err2 := os.Readlink("/proc/1/ns/net")
+	if err1 != nil || (err2 == nil && self == init) {
+		return base
+	}
+	ino := strings.Trim(strings.TrimPrefix(self, "net:"), "[]")
+	ext := filepath.Ext(base)
+	return strings.TrimSuffix(base, ext) + "-" + ino + ext
+}
+
+// stateStore keeps each rewritten control connection's state in a file of
+// its own (session.json) under a directory on tmpfs, so that a restarted
+// ftpalg can take the connection over. A file is written before the packet
+// that changed a sequence mapping is released; dialog-only changes are
+// written within flushEvery; a file is removed when its connection ends.
+type stateStore struct {
+	dir     string
+	log     *slog.Logger
+	pending map[uint64]conntrack.FlowState // lazy writes
+	writes  uint64
+	errors  uint64
+}
+
+const flushEvery = 100 * time.Millisecond
+
+func openStateStore(dir string, log *slog.Logger) (*stateStore, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state directory %s: %w", dir, err)
+	}
+	return &stateStore{dir: dir, log: log, pending: map[uint64]conntrack.FlowState{}}, nil
+}
+
+func (s *stateStore) path(session uint64) string {
+	return filepath.Join(s.dir, strconv.FormatUint(session, 10)+".json")
+}
+
+// load reads the saved connections, skipping (and removing) files that
+// are unreadable or older than maxAge.
+func (s *stateStore) load(maxAge time.Duration) []conntrack.FlowState {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		s.log.Warn("reading saved connection state", "dir", s.dir, "err", err)
+		return nil
+	}
+	var out []conntrack.FlowState
+	for _, e := range entries {
+		p := filepath.Join(s.dir, e.Name())
+		if !strings.HasSuffix(e.Name(), ".json") {
+			os.Remove(p) // a write interrupted by a crash
+			continue
+		}
+		info, err := e.Info()
+		if err != nil || time.Since(info.ModTime()) > maxAge {
+			os.Remove(p)
+			continue
+		}
+		b, err := os.ReadFile(p)
+		var st conntrack.FlowState
+		if err == nil {
+			err = json.Unmarshal(b, &st)
+		}
+		if err != nil {
+			s.log.Warn("ignoring unreadable saved connection state", "file", p, "err", err)
+			os.Remove(p)
+			continue
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// save writes st now (mapping changes) or schedules it (dialog changes).
+func (s *stateStore) save(st conntrack.FlowState) {
+	if !st.Mapping {
+		s.pending[st.Session] = st
+		return
+	}
+	delete(s.pending, st.Session)
+	s.write(st)
+}
+
+func (s *stateStore) write(st conntrack.FlowState) {
+	b, err := json.Marshal(st)
+	if err == nil {
+		tmp := s.path(st.Session) + ".tmp"
+		if err = os.WriteFile(tmp, b, 0o600); err == nil {
+			err = os.Rename(tmp, s.path(st.Session))
+		}
+	}
+	if err != nil {
+		s.errors++
+		s.log.Error("saving connection state; a restart would lose this connection's sequence offsets",
+			"session", st.Session, "conn", st.Conn.String(), "err", err)
+		return
+	}
+	s.writes++
+}
+
+// flush writes the scheduled states.
+func (s *stateStore) flush() {
+	for id, st := range s.pending {
+		s.write(st)
+		delete(s.pending, id)
+	}
+}
+
+func (s *stateStore) remove(session uint64) {
+	delete(s.pending, session)
+	if err := os.Remove(s.path(session)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("removing saved connection state", "session", session, "err", err)
+	}
+}
