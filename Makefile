@@ -16,7 +16,7 @@ VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # Native fuzz targets: package:Target.
 FUZZ_TARGETS := \
 	./alg:FuzzClientLine ./alg:FuzzServerLine ./alg:FuzzDialog ./alg:FuzzParseIP \
-	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack/seqnum:FuzzShiftRoundTrip
+	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack/seqnum:FuzzShiftRoundTrip ./config:FuzzParse
 
 .PHONY: all build test unit fuzz bench bench-pinholes lint deps demo matrix install clean
 
