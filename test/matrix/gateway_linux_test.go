@@ -94,9 +94,19 @@ func (g *gateway) waitNoPinholes(ctx context.Context) error {
 				return fmt.Errorf("listing %s %s %s: %w", c.tool, c.table, c.chain, err)
 			}
 			for line := range strings.Lines(out) {
-				if strings.HasPrefix(line, "-A ") {
+				// The nftables backend's one static rule is not a pinhole.
+				if strings.HasPrefix(line, "-A ") && !strings.Contains(line, "ftpalg nftables pinholes") {
 					left = append(left, c.tool+" -t "+c.table+" "+strings.TrimSpace(line))
 				}
+			}
+		}
+		for _, fam := range []string{"ip", "ip6"} {
+			elems, err := nftElements(ctx, g.r, fam)
+			if err != nil {
+				return err
+			}
+			for _, e := range elems {
+				left = append(left, "nft "+fam+" ftpalg element "+e)
 			}
 		}
 		if len(left) == 0 {
@@ -124,12 +134,12 @@ func (g *gateway) stop(ctx context.Context) error {
 	if err := g.p.Err(); err != nil {
 		return fmt.Errorf("%w: ftpalg exited with %v after SIGTERM: %s", errGateway, err, tail(g.p.Output(), 400))
 	}
-	for _, save := range []string{"iptables-save", "ip6tables-save"} {
-		out, err := g.r.Run(ctx, rig.Router, save)
+	for _, save := range [][]string{{"iptables-save"}, {"ip6tables-save"}, {"nft", "list", "tables"}} {
+		out, err := g.r.Run(ctx, rig.Router, save[0], save[1:]...)
 		if err != nil {
 			return err
 		}
-		if strings.Contains(out, "FTPALG") {
+		if strings.Contains(strings.ToUpper(out), "FTPALG") {
 			return fmt.Errorf("%w: %s after exit still shows ftpalg's rules", errGateway, save)
 		}
 	}
@@ -142,4 +152,38 @@ func tail(s string, n int) string {
 		return s
 	}
 	return "..." + s[len(s)-n:]
+}
+
+// nftElements lists the elements of ftpalg's nftables sets and map in
+// family fam (none when the table does not exist), without the all-zero
+// element Install adds and closes at once to probe the kernel.
+func nftElements(ctx context.Context, r *rig.Rig, fam string) ([]string, error) {
+	out, err := r.Run(ctx, rig.Router, "nft", "-j", "list", "table", fam, "ftpalg")
+	if err != nil {
+		if strings.Contains(out, "No such file or directory") {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("listing nft table %s ftpalg: %w: %s", fam, err, out)
+	}
+	var doc struct {
+		Nftables []map[string]struct {
+			Elem []json.RawMessage `json:"elem"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		return nil, fmt.Errorf("parsing nft -j output: %w", err)
+	}
+	var elems []string
+	for _, obj := range doc.Nftables {
+		for _, kind := range []string{"set", "map"} {
+			for _, raw := range obj[kind].Elem {
+				e := string(raw)
+				if strings.Contains(e, `"0.0.0.0","0.0.0.0",0`) || strings.Contains(e, `"::","::",0`) {
+					continue
+				}
+				elems = append(elems, e)
+			}
+		}
+	}
+	return elems, nil
 }
