@@ -24,6 +24,10 @@ type Config struct {
 	DataPortHi     uint16
 	InstallRules   bool // install and remove our chains and jumps
 	FailOpen       bool // accept packets when the queue is full instead of dropping them
+	// QueueBypass lets control packets pass unexamined while no ftpalg is
+	// attached to the queue (restart, crash); without it they are dropped
+	// and TCP retransmits them once ftpalg is back.
+	QueueBypass    bool
 	IPv4, IPv6     bool
 	TLS            conntrack.TLSPolicy // what to do with AUTH TLS/SSL
 	Limits         Limits              // pending pinholes

@@ -57,7 +57,7 @@ func checkCapability() error {
 }
 
 func (c *Config) rulesConfig() rules.Config {
-	rc := rules.Config{ControlPorts: c.ControlPorts, QueueNum: c.QueueNum, Bypass: true, IPv4: c.IPv4, IPv6: c.IPv6}
+	rc := rules.Config{ControlPorts: c.ControlPorts, QueueNum: c.QueueNum, Bypass: c.QueueBypass, IPv4: c.IPv4, IPv6: c.IPv6}
 	if c.Pinholes == NFTables {
 		rc.AcceptMark = c.AcceptMark
 	}
@@ -173,7 +173,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	qctx, stopQueue := context.WithCancel(ctx)
 	defer stopQueue()
-	var overruns uint64
+	var overruns, loggedOverruns uint64
+	var lastOverrunLog time.Time
 	hook := func(a nfqueue.Attribute) int {
 		if a.PacketID == nil || a.Payload == nil {
 			return 0
@@ -201,8 +202,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 		var op *netlink.OpError
 		if errors.As(e, &op) && errors.Is(op.Err, unix.ENOBUFS) {
+			// Counted always, logged at most once per interval.
 			overruns++
-			log.Warn("queue socket overrun: the kernel dropped queued packets", "overruns", overruns)
+			if now := time.Now(); now.Sub(lastOverrunLog) >= 10*time.Second {
+				log.Warn("queue socket overruns: the kernel dropped queued packets (TCP retransmits them)",
+					"overruns_total", overruns, "since_last_report", overruns-loggedOverruns)
+				lastOverrunLog, loggedOverruns = now, overruns
+			}
 			return 0
 		}
 		log.Error("receiving from NFQUEUE", "queue", cfg.QueueNum, "err", e)
@@ -294,7 +300,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}()
 	log.Info("ftpalg running", "queue", cfg.QueueNum, "pinholes", cfg.Pinholes.String(), "control_ports", fmt.Sprint(cfg.ControlPorts),
 		"install_rules", cfg.InstallRules, "pinhole_timeout", cfg.PinholeTimeout.String(),
-		"data_ports", fmt.Sprintf("%d-%d", cfg.DataPortLo, cfg.DataPortHi), "fail_open", cfg.FailOpen)
+		"data_ports", fmt.Sprintf("%d-%d", cfg.DataPortLo, cfg.DataPortHi), "fail_open", cfg.FailOpen, "queue_bypass", cfg.QueueBypass)
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()

@@ -56,6 +56,7 @@ type options struct {
 	maxConns       int
 	pinholes       string
 	acceptMark     string
+	queueBypass    bool
 	configPath     string
 	stateDir       string
 	statusSocket   string
@@ -69,6 +70,7 @@ func (o *options) define(fs *flag.FlagSet, run bool) {
 	fs.UintVar(&o.queueNum, "queue-num", 21, "NFQUEUE `number` the control-channel packets are sent to")
 	fs.BoolVar(&o.ipv4, "ipv4", true, "handle IPv4 (iptables)")
 	fs.BoolVar(&o.ipv6, "ipv6", true, "handle IPv6 (ip6tables)")
+	fs.BoolVar(&o.queueBypass, "queue-bypass", true, "while no ftpalg is attached (restart, crash), let control packets pass unexamined;\nfalse: drop them so TCP retransmits them once ftpalg is back (rewritten sessions stay consistent, all\ncontrol traffic pauses); with --install-rules (the default) ftpalg's own queue rules are gone while it is stopped")
 	fs.StringVar(&o.pinholes, "pinholes", "nftables", "pinhole `backend`: nftables (set elements with kernel timeouts, ~50µs each; a mark bit\nreaches iptables' FORWARD) or iptables (one rule per pinhole, visible in iptables -S, milliseconds each)")
 	fs.StringVar(&o.acceptMark, "accept-mark", "0x20000000", "packet mark `bit` the nftables backend sets on pinholed connections' first packet")
 	fs.StringVar(&o.configPath, "config", "", "read settings from this TOML `file` (keys mirror the flags); flags given here override it")
@@ -112,7 +114,7 @@ func (o *options) rulesConfig() (rules.Config, error) {
 	if o.queueNum > 65535 {
 		return rules.Config{}, fmt.Errorf("%w: --queue-num %d out of range", errUsage, o.queueNum)
 	}
-	rc := rules.Config{ControlPorts: ports, QueueNum: uint16(o.queueNum), Bypass: true, IPv4: o.ipv4, IPv6: o.ipv6}
+	rc := rules.Config{ControlPorts: ports, QueueNum: uint16(o.queueNum), Bypass: o.queueBypass, IPv4: o.ipv4, IPv6: o.ipv6}
 	backend, mark, err := o.backend()
 	if err != nil {
 		return rules.Config{}, err
@@ -196,7 +198,7 @@ func (o *options) daemonConfig(log *slog.Logger) (daemon.Config, error) {
 		MaxConnections: o.maxConns,
 		OutsideIf:      o.outsideIf, PublicIPs: pubs, ControlPorts: rc.ControlPorts, QueueNum: rc.QueueNum,
 		PinholeTimeout: o.pinholeTimeout, DataPortLo: lo, DataPortHi: hi, InstallRules: o.installRules,
-		FailOpen: o.failOpen, IPv4: o.ipv4, IPv6: o.ipv6, Log: log,
+		FailOpen: o.failOpen, QueueBypass: o.queueBypass, IPv4: o.ipv4, IPv6: o.ipv6, Log: log,
 	}
 	if err := cfg.Validate(); err != nil {
 		return daemon.Config{}, fmt.Errorf("%w: %w", errUsage, err)

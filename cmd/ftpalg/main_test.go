@@ -33,6 +33,7 @@ func TestUsage(t *testing.T) {
 		{[]string{"run", "-help"}, 0, "--install-rules"},
 		{[]string{"run", "--tls", "maybe"}, 2, "--tls"},
 		{[]string{"run", "--pinholes", "ipset"}, 2, "--pinholes"},
+		{[]string{"rules", "--ipv6=false", "--queue-bypass=false"}, 0, "-j NFQUEUE --queue-num 21\n"},
 		{[]string{"run", "--accept-mark", "0x3"}, 2, "single bit"},
 		{[]string{"rules", "--ipv6=false"}, 0, "-A FTPALG-ACCEPT -p tcp -m mark --mark 0x20000000/0x20000000"},
 		{[]string{"rules", "--ipv6=false", "--pinholes", "iptables"}, 0, ":FTPALG-ACCEPT - [0:0]"},
