@@ -1,0 +1,72 @@
+//go:build linux
+
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/ftpalg/ftpalg/test/rig"
+)
+
+// TestInstalledUnit installs ftpalg with `make install` into a temporary
+// root, starts it in the rig's router with the command line the systemd
+// unit would run (ExecStart with $FTPALG_FLAGS from the installed
+// environment file, paths moved into the temporary root), carries a
+// rewritten transfer through it and reads the result from `ftpalg status`.
+func TestInstalledUnit(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("requires root: network namespaces")
+	}
+	root := t.TempDir()
+	install := exec.Command("make", "-C", "../..", "install", "DESTDIR="+root, "PREFIX=/usr")
+	if out, err := install.CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	unit, err := os.ReadFile(filepath.Join(root, "etc/systemd/system/ftpalg.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := os.ReadFile(filepath.Join(root, "etc/default/ftpalg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := regexp.MustCompile(`(?m)^ExecStart=(\S+) run \$FTPALG_FLAGS$`).FindSubmatch(unit)
+	flags := regexp.MustCompile(`(?m)^FTPALG_FLAGS="([^"]*)"`).FindSubmatch(env)
+	if exe == nil || flags == nil {
+		t.Fatalf("unexpected unit or environment file:\n%s\n%s", unit, env)
+	}
+	bin := filepath.Join(root, string(exe[1]))
+	args := strings.Fields(strings.ReplaceAll(string(flags[1]), "/etc/", root+"/etc/"))
+	if out, err := exec.Command(bin, "config", "check", filepath.Join(root, "etc/ftpalg/ftpalg.toml")).CombinedOutput(); err != nil {
+		t.Fatalf("installed config does not check: %v\n%s", err, out)
+	}
+
+	r := rig.New(t, rig.ClientNAT, rig.WithPrefix(nsPrefix))
+	s, err := r.StartVsftpd(rig.VsftpdOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := ftpalgBin
+	ftpalgBin = bin
+	defer func() { ftpalgBin = old }()
+	g := startFtpalg(t, r, args...)
+	if _, err := s.CreateFile("1m.bin", 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.CurlGet(rig.PORT, r.URL("1m.bin"), filepath.Join(t.TempDir(), "1m.bin")); err != nil {
+		t.Fatalf("transfer through the installed ftpalg: %v", err)
+	}
+	out, err := r.Run(t.Context(), rig.Router, bin, "status")
+	if err != nil || !strings.Contains(out, "192.0.2.10") {
+		t.Fatalf("ftpalg status: %v\n%s", err, out)
+	}
+	if len(g.events("rewrite")) != 1 {
+		t.Errorf("%d rewrites, want 1", len(g.events("rewrite")))
+	}
+	g.stop()
+}
