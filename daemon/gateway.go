@@ -39,6 +39,21 @@ type Gateway struct {
 	started time.Time
 	version string
 	state   stateSaver // nil: no persistence
+	queue   queueStats // the kernel's counters for our queue, polled
+}
+
+// queueStats are the kernel's counters for one NFQUEUE
+// (/proc/net/netfilter/nfnetlink_queue): packets dropped because the
+// queue was full (or accepted unexamined, with --fail-open) and because
+// delivering them to ftpalg's socket failed.
+type queueStats struct {
+	queued, dropped, userDropped uint64
+}
+
+func (g *Gateway) setQueueStats(q queueStats) {
+	g.mu.Lock()
+	g.queue = q
+	g.mu.Unlock()
 }
 
 // stateSaver persists connection state for a successor process.
@@ -138,7 +153,7 @@ func (g *Gateway) Snapshot() status.Snapshot {
 			Age: now.Sub(f.Started), Rewrites: f.Rewrites, OffsetC2S: f.ShiftC2S, OffsetS2C: f.ShiftS2C})
 	})
 	es := g.engine.Stats()
-	errs := g.errors
+	errs, q := g.errors, g.queue
 	g.mu.Unlock()
 	for _, p := range g.pins.List() {
 		s.Pinholes = append(s.Pinholes, status.Pinhole{Session: p.Session, Peer: p.Pinhole.Peer, Public: p.Pinhole.Public,
@@ -150,7 +165,7 @@ func (g *Gateway) Snapshot() status.Snapshot {
 		"rewrites": es.Rewrites, "refusals": es.Refusals, "connections_seen": es.Flows, "connections_evicted": es.Evicted,
 		"tls_sessions": es.TLS, "stalled_lines": es.Stalled, "pinholes_opened": ps.Opened, "pinholes_used": ps.Used,
 		"pinholes_expired": ps.Expired, "pinholes_ended": ps.Ended, "pinholes_failed": ps.Failed, "pinholes_replaced": ps.Replaced,
-		"errors": errs,
+		"errors": errs, "queue_full_drops": q.dropped, "queue_delivery_failures": q.userDropped,
 	} {
 		s.Counters[k] = v
 	}

@@ -143,7 +143,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		VerifyChecksum: true,
 		TLS:            cfg.TLS,
 		MaxFlows:       cfg.MaxConnections,
-		SaveDialogs:    cfg.StateDir != "",
 		Admit:          func(session uint64, c conntrack.Conn) error { return pins.Admit(session, c.Client.Addr()) },
 	}, &natResolver{mapper: ct, ports: ports, override: cfg.overrides()})
 	gw := NewGateway(engine, pins, ct, log)
@@ -304,6 +303,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	var reportedLost uint64
+	var lastLossLog time.Time
 	flush := time.NewTicker(flushEvery)
 	defer flush.Stop()
 	for {
@@ -313,6 +314,18 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		case now := <-tick.C:
 			gw.Expire(now)
 			repairRules(repair, log)
+			if qs, ok := readQueueStats(cfg.QueueNum); ok {
+				gw.setQueueStats(qs)
+				if lost := qs.dropped + qs.userDropped; lost > reportedLost && now.Sub(lastLossLog) >= 10*time.Second {
+					what := "dropped (TCP retransmits them)"
+					if cfg.FailOpen {
+						what = "accepted unexamined (--fail-open)"
+					}
+					log.Warn("queue overload: control packets "+what, "queue_full", qs.dropped, "delivery_failed", qs.userDropped,
+						"since_last_report", lost-reportedLost)
+					reportedLost, lastLossLog = lost, now
+				}
+			}
 		case werr := <-watchDone:
 			if qctx.Err() == nil {
 				return fmt.Errorf("watching conntrack events: %w", werr)
