@@ -634,41 +634,7 @@ func TestNFTableCrash(t *testing.T) {
 func newRouterRig(t *testing.T) (c, r, s string) {
 	t.Helper()
 	c, r, s = newFNNetns(t, "c"), newFNNetns(t, "r"), newFNNetns(t, "s")
-	// No duplicate address detection: a tentative address delays
-	// neighbour discovery past the dialer's one-second timeout.
-	for _, ns := range []string{c, r, s} {
-		run(t, "ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-			"net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-	}
-	for _, args := range [][]string{
-		{"-n", r, "link", "add", "r0", "type", "veth", "peer", "name", "c0", "netns", c},
-		{"-n", r, "link", "add", "r1", "type", "veth", "peer", "name", "s0", "netns", s},
-		{"-n", c, "addr", "add", "198.51.100.20/24", "dev", "c0"},
-		{"-n", c, "addr", "add", "198.51.100.21/24", "dev", "c0"},
-		{"-n", c, "addr", "add", "2001:db8:2::20/64", "dev", "c0", "nodad"},
-		{"-n", c, "addr", "add", "2001:db8:2::21/64", "dev", "c0", "nodad"},
-		{"-n", r, "addr", "add", "198.51.100.1/24", "dev", "r0"},
-		{"-n", r, "addr", "add", "2001:db8:2::1/64", "dev", "r0", "nodad"},
-		{"-n", r, "addr", "add", "192.0.2.1/24", "dev", "r1"},
-		{"-n", r, "addr", "add", "2001:db8:1::1/64", "dev", "r1", "nodad"},
-		{"-n", s, "addr", "add", "192.0.2.10/24", "dev", "s0"},
-		{"-n", s, "addr", "add", "2001:db8:1::10/64", "dev", "s0", "nodad"},
-		{"-n", c, "link", "set", "c0", "up"},
-		{"-n", c, "link", "set", "lo", "up"},
-		{"-n", r, "link", "set", "r0", "up"},
-		{"-n", r, "link", "set", "r1", "up"},
-		{"-n", r, "link", "set", "lo", "up"},
-		{"-n", s, "link", "set", "s0", "up"},
-		{"-n", s, "link", "set", "lo", "up"},
-		{"-n", c, "route", "add", "192.0.2.0/24", "via", "198.51.100.1"},
-		{"-n", c, "-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:2::1"},
-		{"-n", s, "route", "add", "default", "via", "192.0.2.1"},
-		{"-n", s, "-6", "route", "add", "default", "via", "2001:db8:1::1"},
-	} {
-		run(t, "ip", args...)
-	}
-	run(t, "ip", "netns", "exec", r, "sysctl", "-q", "-w",
-		"net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	wireRouterTopology(t, c, r, s)
 	for _, fw := range []struct {
 		f              Family
 		public, server string

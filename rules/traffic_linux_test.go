@@ -25,43 +25,7 @@ func TestPinholeTraffic(t *testing.T) {
 	}
 	requireRoot(t)
 	c, r, s := newNetns(t, "c"), newNetns(t, "r"), newNetns(t, "s")
-	// No duplicate address detection: a tentative link-local address
-	// delays neighbour discovery past the dialer's one-second timeout.
-	for _, ns := range []string{c, r, s} {
-		run(t, "ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-			"net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-	}
-	for _, args := range [][]string{
-		{"-n", r, "link", "add", "r0", "type", "veth", "peer", "name", "c0", "netns", c},
-		{"-n", r, "link", "add", "r1", "type", "veth", "peer", "name", "s0", "netns", s},
-		{"-n", c, "addr", "add", "198.51.100.20/24", "dev", "c0"},
-		{"-n", c, "addr", "add", "198.51.100.21/24", "dev", "c0"},
-		{"-n", c, "addr", "add", "2001:db8:2::20/64", "dev", "c0", "nodad"},
-		{"-n", c, "addr", "add", "2001:db8:2::21/64", "dev", "c0", "nodad"},
-		{"-n", r, "addr", "add", "198.51.100.1/24", "dev", "r0"},
-		{"-n", r, "addr", "add", "2001:db8:2::1/64", "dev", "r0", "nodad"},
-		{"-n", r, "addr", "add", "192.0.2.1/24", "dev", "r1"},
-		{"-n", r, "addr", "add", "2001:db8:1::1/64", "dev", "r1", "nodad"},
-		{"-n", s, "addr", "add", "192.0.2.10/24", "dev", "s0"},
-		{"-n", s, "addr", "add", "2001:db8:1::10/64", "dev", "s0", "nodad"},
-		{"-n", c, "link", "set", "c0", "up"},
-		{"-n", c, "link", "set", "lo", "up"},
-		{"-n", r, "link", "set", "r0", "up"},
-		{"-n", r, "link", "set", "r1", "up"},
-		{"-n", r, "link", "set", "lo", "up"},
-		{"-n", s, "link", "set", "s0", "up"},
-		{"-n", s, "link", "set", "lo", "up"},
-		// The client can route to the server's real address, so the test
-		// can show that a NAT pinhole does not open the direct path.
-		{"-n", c, "route", "add", "192.0.2.0/24", "via", "198.51.100.1"},
-		{"-n", c, "-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:2::1"},
-		{"-n", s, "route", "add", "default", "via", "192.0.2.1"},
-		{"-n", s, "-6", "route", "add", "default", "via", "2001:db8:1::1"},
-	} {
-		run(t, "ip", args...)
-	}
-	run(t, "ip", "netns", "exec", r, "sysctl", "-q", "-w",
-		"net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	wireRouterTopology(t, c, r, s)
 	// The router's firewall, as an administrator would write it.
 	for _, f := range families {
 		for _, args := range [][]string{
@@ -173,4 +137,47 @@ func pinholeTrafficBody(t *testing.T) {
 			}
 		})
 	}
+}
+
+// wireRouterTopology connects the client, router and server namespaces of
+// the traffic tests (see TestPinholeTraffic's diagram): veths, addresses,
+// routes and forwarding. The client can route to the server's real address,
+// so the tests can show that a NAT pinhole does not open the direct path.
+func wireRouterTopology(t *testing.T, c, r, s string) {
+	t.Helper()
+	// No duplicate address detection: a tentative link-local address
+	// delays neighbour discovery past the dialer's one-second timeout.
+	for _, ns := range []string{c, r, s} {
+		run(t, "ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+			"net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	}
+	for _, args := range [][]string{
+		{"-n", r, "link", "add", "r0", "type", "veth", "peer", "name", "c0", "netns", c},
+		{"-n", r, "link", "add", "r1", "type", "veth", "peer", "name", "s0", "netns", s},
+		{"-n", c, "addr", "add", "198.51.100.20/24", "dev", "c0"},
+		{"-n", c, "addr", "add", "198.51.100.21/24", "dev", "c0"},
+		{"-n", c, "addr", "add", "2001:db8:2::20/64", "dev", "c0", "nodad"},
+		{"-n", c, "addr", "add", "2001:db8:2::21/64", "dev", "c0", "nodad"},
+		{"-n", r, "addr", "add", "198.51.100.1/24", "dev", "r0"},
+		{"-n", r, "addr", "add", "2001:db8:2::1/64", "dev", "r0", "nodad"},
+		{"-n", r, "addr", "add", "192.0.2.1/24", "dev", "r1"},
+		{"-n", r, "addr", "add", "2001:db8:1::1/64", "dev", "r1", "nodad"},
+		{"-n", s, "addr", "add", "192.0.2.10/24", "dev", "s0"},
+		{"-n", s, "addr", "add", "2001:db8:1::10/64", "dev", "s0", "nodad"},
+		{"-n", c, "link", "set", "c0", "up"},
+		{"-n", c, "link", "set", "lo", "up"},
+		{"-n", r, "link", "set", "r0", "up"},
+		{"-n", r, "link", "set", "r1", "up"},
+		{"-n", r, "link", "set", "lo", "up"},
+		{"-n", s, "link", "set", "s0", "up"},
+		{"-n", s, "link", "set", "lo", "up"},
+		{"-n", c, "route", "add", "192.0.2.0/24", "via", "198.51.100.1"},
+		{"-n", c, "-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:2::1"},
+		{"-n", s, "route", "add", "default", "via", "192.0.2.1"},
+		{"-n", s, "-6", "route", "add", "default", "via", "2001:db8:1::1"},
+	} {
+		run(t, "ip", args...)
+	}
+	run(t, "ip", "netns", "exec", r, "sysctl", "-q", "-w",
+		"net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 }
