@@ -158,6 +158,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 		restored := 0
 		for _, st := range store.load(24 * time.Hour) {
+			// A connection that ended while ftpalg was down is gone from
+			// conntrack too: its state must not be taken over.
+			if _, _, err := ct.Lookup(ctnetlink.Tuple{Src: st.Conn.Client, Dst: st.Conn.Server}); errors.Is(err, ctnetlink.ErrNotFound) {
+				store.remove(st.Session)
+				continue
+			}
 			if err := engine.Restore(st, time.Now()); err != nil {
 				log.Warn("not restoring saved connection", "session", st.Session, "err", err)
 				store.remove(st.Session)

@@ -11,22 +11,45 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ftpalg/ftpalg/conntrack"
 )
 
-// RuntimePath returns base, for the initial network namespace, or base with
-// the namespace's inode added before its extension, so that instances in
+// RuntimePath returns base for the initial network namespace, or base with
+// the namespace's cookie added before its extension, so that instances in
 // different namespaces (a router's VRFs, a test rig) never share a socket
-// or a state directory. `ftpalg status` finds its daemon the same way.
+// or a state directory. The cookie (SO_NETNS_COOKIE) is unique for as long
+// as the system runs, unlike the namespace's inode, which the kernel reuses
+// after a namespace is deleted: a new namespace must never take over the
+// state of an old one. `ftpalg status` finds its daemon the same way.
 func RuntimePath(base string) string {
-	self, err1 := os.Readlink("/proc/self/ns/net")
-	init, err2 := os.Readlink("/proc/1/ns/net")
-	if err1 != nil || (err2 == nil && self == init) {
+	id, initial := netnsID()
+	if initial {
 		return base
 	}
-	ino := strings.Trim(strings.TrimPrefix(self, "net:"), "[]")
 	ext := filepath.Ext(base)
-	return strings.TrimSuffix(base, ext) + "-" + ino + ext
+	return strings.TrimSuffix(base, ext) + "-" + id + ext
+}
+
+// netnsID names the calling thread's network namespace. The kernel gives
+// the initial namespace cookie 1. Kernels without SO_NETNS_COOKIE (before
+// 5.14) fall back to the inode, compared with PID 1's where that is
+// readable.
+func netnsID() (id string, initial bool) {
+	if fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err == nil {
+		cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+		unix.Close(fd)
+		if err == nil {
+			return "c" + strconv.FormatUint(cookie, 10), cookie == 1
+		}
+	}
+	self, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		return "", true
+	}
+	init, err := os.Readlink("/proc/1/ns/net")
+	return strings.Trim(strings.TrimPrefix(self, "net:"), "[]"), err == nil && self == init
 }
 
 // stateStore keeps each rewritten control connection's state in a file of

@@ -3,7 +3,10 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -12,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/alg"
+	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/test/rig"
 )
 
@@ -95,4 +100,36 @@ func TestRestartMidSession(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStaleStateIgnored leaves the saved state of a connection that no
+// longer exists (it ended while ftpalg was down) in the state directory: a
+// new ftpalg must not take it over, and must remove the file.
+func TestStaleStateIgnored(t *testing.T) {
+	r := rig.New(t, rig.ClientNAT, rig.WithPrefix(nsPrefix))
+	state := t.TempDir()
+	d, err := alg.NewDialog(alg.Config{}).MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := conntrack.FlowState{
+		Conn:    conntrack.Conn{Client: netip.MustParseAddrPort("192.0.2.10:41000"), Server: netip.MustParseAddrPort("198.51.100.20:21")},
+		Session: 7, Dialog: d,
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(state, "7.json")
+	if err := os.WriteFile(file, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := startFtpalg(t, r, "--state-dir", state)
+	if took := g.events("took over control connections from the previous run"); len(took) != 0 {
+		t.Fatalf("took over a connection conntrack does not know: %v", took)
+	}
+	if _, err := os.Stat(file); !os.IsNotExist(err) {
+		t.Fatalf("stale state file kept (%v)", err)
+	}
+	g.stop()
 }
