@@ -71,7 +71,7 @@ type Pinholes struct {
 // crowd out the others.
 type Limits struct {
 	PerConnection int // default 1
-	PerClient     int // pending pinholes for one client address; default 16
+	PerClient     int // pending pinholes for one client address; default 64
 	Total         int // default 1024
 }
 
@@ -80,7 +80,7 @@ func (l *Limits) fill() {
 		l.PerConnection = 1
 	}
 	if l.PerClient <= 0 {
-		l.PerClient = 16
+		l.PerClient = 64
 	}
 	if l.Total <= 0 {
 		l.Total = 1024

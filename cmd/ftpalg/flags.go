@@ -84,7 +84,7 @@ func (o *options) define(fs *flag.FlagSet, run bool) {
 	fs.BoolVar(&o.installRules, "install-rules", true, "install ftpalg's chains and jumps at start and remove them at exit;\nset false when your firewall script includes the output of 'ftpalg rules'")
 	fs.BoolVar(&o.failOpen, "fail-open", false, "accept control packets unexamined when the queue is full, instead of dropping them")
 	fs.StringVar(&o.tls, "tls", "pass", "`policy` for AUTH TLS/SSL on the control connection: pass (untouched; its data connections\nare invisible to ftpalg) or refuse (the client gets a 534 reply and may continue in plain FTP)")
-	fs.IntVar(&o.maxPerClient, "max-pinholes-per-client", 16, "pending pinholes for one client address; newer requests are refused (`n`)")
+	fs.IntVar(&o.maxPerClient, "max-pinholes-per-client", 64, "pending pinholes for one client address (one per parallel session until its data connection starts);\nnewer requests are refused (`n`)")
 	fs.IntVar(&o.maxPinholes, "max-pinholes", 1024, "pending pinholes in total; newer requests are refused (`n`)")
 	fs.IntVar(&o.maxConns, "max-connections", 65536, "tracked control connections; the least recently active is evicted beyond (`n`)")
 	fs.StringVar(&o.stateDir, "state-dir", daemon.RuntimePath("/run/ftpalg/state"), "`directory` (on tmpfs) where rewritten connections' sequence offsets survive a restart; empty disables")
