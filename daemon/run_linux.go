@@ -13,13 +13,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/florianl/go-nfqueue/v2"
-	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
-
 	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/ctnetlink"
 	"github.com/ftpalg/ftpalg/metrics"
+	"github.com/ftpalg/ftpalg/nfq"
 	"github.com/ftpalg/ftpalg/rules"
 	"github.com/ftpalg/ftpalg/status"
 )
@@ -118,25 +115,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	defer ct.Close()
 
-	flags := uint32(0)
-	if cfg.FailOpen {
-		flags |= nfqueue.NfQaCfgFlagFailOpen
-	}
-	nf, err := nfqueue.Open(&nfqueue.Config{
-		NfQueue:      cfg.QueueNum,
-		MaxPacketLen: 0xffff,
-		MaxQueueLen:  1024,
-		Copymode:     nfqueue.NfQnlCopyPacket,
-		AfFamily:     unix.AF_INET,
-		Flags:        flags,
-		WriteTimeout: time.Second,
-	})
-	if err != nil {
-		return fmt.Errorf("%w: opening NFQUEUE %d: %w", ErrEnvironment, cfg.QueueNum, err)
-	}
-	closeQueue := sync.OnceValue(nf.Close)
-	defer closeQueue()
-
 	pins := NewPinholes(fw, ports, cfg.PinholeTimeout, cfg.Limits, log)
 	engine := conntrack.New(conntrack.Config{
 		ControlPorts:   cfg.ControlPorts,
@@ -180,33 +158,20 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer stopQueue()
 	var overruns, loggedOverruns uint64
 	var lastOverrunLog time.Time
-	hook := func(a nfqueue.Attribute) int {
-		if a.PacketID == nil || a.Payload == nil {
-			return 0
-		}
+	handle := func(p nfq.Packet) (nfq.Verdict, []byte) {
 		start := time.Now()
-		v, out := gw.Handle(*a.Payload, start)
-		var verr error
+		v, out := gw.Handle(p.Payload, start)
+		m.ObserveVerdict(time.Since(start))
 		switch v {
 		case conntrack.Accept:
-			verr = nf.SetVerdict(*a.PacketID, nfqueue.NfAccept)
+			return nfq.Accept, nil
 		case conntrack.AcceptModified:
-			verr = nf.SetVerdictWithOption(*a.PacketID, nfqueue.NfAccept, nfqueue.WithAlteredPacket(out))
-		default:
-			verr = nf.SetVerdict(*a.PacketID, nfqueue.NfDrop)
+			return nfq.Accept, out
 		}
-		if verr != nil && qctx.Err() == nil {
-			log.Error("setting verdict", "packet", *a.PacketID, "err", verr)
-		}
-		m.ObserveVerdict(time.Since(start))
-		return 0
+		return nfq.Drop, nil
 	}
-	onErr := func(e error) int {
-		if qctx.Err() != nil {
-			return 1
-		}
-		var op *netlink.OpError
-		if errors.As(e, &op) && errors.Is(op.Err, unix.ENOBUFS) {
+	onErr := func(e error) {
+		if errors.Is(e, nfq.ErrOverrun) {
 			// Counted always, logged at most once per interval.
 			overruns++
 			if now := time.Now(); now.Sub(lastOverrunLog) >= 10*time.Second {
@@ -214,14 +179,24 @@ func Run(ctx context.Context, cfg Config) (err error) {
 					"overruns_total", overruns, "since_last_report", overruns-loggedOverruns)
 				lastOverrunLog, loggedOverruns = now, overruns
 			}
-			return 0
+			return
 		}
-		log.Error("receiving from NFQUEUE", "queue", cfg.QueueNum, "err", e)
-		return 0
+		log.Error("serving NFQUEUE", "queue", cfg.QueueNum, "err", e)
 	}
-	if err := nf.RegisterWithErrorFunc(qctx, hook, onErr); err != nil {
-		return fmt.Errorf("%w: binding NFQUEUE %d (is another program bound to it?): %w", ErrEnvironment, cfg.QueueNum, err)
+	queue, err := openQueue(qctx, cfg, handle, onErr)
+	if err != nil {
+		if errors.Is(err, nfq.ErrBusy) {
+			return fmt.Errorf("%w: NFQUEUE %d is bound by another program (another ftpalg?): %w", ErrEnvironment, cfg.QueueNum, err)
+		}
+		return fmt.Errorf("%w: opening NFQUEUE %d: %w", ErrEnvironment, cfg.QueueNum, err)
 	}
+	closeQueue := sync.OnceValue(queue.Close)
+	defer func() {
+		stopQueue() // Close waits for Serve to see this
+		closeQueue()
+	}()
+	queueDone := make(chan error, 1)
+	go func() { queueDone <- queue.Serve(qctx) }()
 
 	sctx, stopServing := context.WithCancel(ctx)
 	var serving sync.WaitGroup
@@ -303,7 +278,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	go func() {
 		watchDone <- ct.Watch(qctx, ctnetlink.WatchHandler{NewFlow: gw.DataConnection})
 	}()
-	log.Info("ftpalg running", "queue", cfg.QueueNum, "pinholes", cfg.Pinholes.String(), "control_ports", fmt.Sprint(cfg.ControlPorts),
+	log.Info("ftpalg running", "queue", cfg.QueueNum, "queue_reader", cfg.QueueReader.String(), "pinholes", cfg.Pinholes.String(), "control_ports", fmt.Sprint(cfg.ControlPorts),
 		"install_rules", cfg.InstallRules, "pinhole_timeout", cfg.PinholeTimeout.String(),
 		"data_ports", fmt.Sprintf("%d-%d", cfg.DataPortLo, cfg.DataPortHi), "fail_open", cfg.FailOpen, "queue_bypass", cfg.QueueBypass)
 
@@ -331,6 +306,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 						"since_last_report", lost-reportedLost)
 					reportedLost, lastLossLog = lost, now
 				}
+			}
+		case qerr := <-queueDone:
+			if qctx.Err() == nil {
+				return fmt.Errorf("%w: %w", ErrEnvironment, qerr)
 			}
 		case werr := <-watchDone:
 			if qctx.Err() == nil {

@@ -55,6 +55,7 @@ type options struct {
 	maxPinholes    int
 	maxConns       int
 	pinholes       string
+	queueReader    string
 	acceptMark     string
 	queueBypass    bool
 	configPath     string
@@ -79,6 +80,7 @@ func (o *options) define(fs *flag.FlagSet, run bool) {
 	}
 	fs.StringVar(&o.outsideIf, "outside-if", "", "the router's public `interface`; checked at start (optional: addresses come from conntrack)")
 	fs.StringVar(&o.publicIPs, "public-ip", "", "override the public `address` found in the kernel's NAT mapping (one per family, comma-separated);\nused only for senders that conntrack shows as translated, or when the mapping cannot be found")
+	fs.StringVar(&o.queueReader, "queue-reader", "direct", "how packets are read from the queue: direct (a blocking socket on its own thread,\nthe fastest) or go-nfqueue (github.com/florianl/go-nfqueue, 30-60µs more per packet)")
 	fs.DurationVar(&o.pinholeTimeout, "pinhole-timeout", 30*time.Second, "close a pinhole whose data connection has not started after this `duration`")
 	fs.StringVar(&o.dataPorts, "data-ports", "1024-65535", "`range` of public ports for NAT'd data connections when the announced port is taken")
 	fs.BoolVar(&o.installRules, "install-rules", true, "install ftpalg's chains and jumps at start and remove them at exit;\nset false when your firewall script includes the output of 'ftpalg rules'")
@@ -186,12 +188,22 @@ func (o *options) daemonConfig(log *slog.Logger) (daemon.Config, error) {
 		return daemon.Config{}, fmt.Errorf("%w: --max-pinholes-per-client, --max-pinholes and --max-connections must be at least 1", errUsage)
 	}
 	backend, mark, _ := o.backend() // checked by rulesConfig
+	var reader daemon.QueueReader
+	switch o.queueReader {
+	case "direct":
+		reader = daemon.Direct
+	case "go-nfqueue":
+		reader = daemon.GoNFQueue
+	default:
+		return daemon.Config{}, fmt.Errorf("%w: --queue-reader %q: want direct or go-nfqueue", errUsage, o.queueReader)
+	}
 	cfg := daemon.Config{
 		StateDir:       o.stateDir,
 		StatusSocket:   o.statusSocket,
 		MetricsAddr:    o.metricsAddr,
 		Version:        version,
 		Pinholes:       backend,
+		QueueReader:    reader,
 		AcceptMark:     mark,
 		TLS:            tls,
 		Limits:         daemon.Limits{PerConnection: 1, PerClient: o.maxPerClient, Total: o.maxPinholes},

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -128,16 +129,20 @@ func TestFtpalg(t *testing.T) {
 		name    string
 		topo    rig.Topology
 		mode    rig.Mode
-		rewrite string // the announced address the server or client must see
+		rewrite string   // the announced address the server or client must see
+		args    []string // extra ftpalg flags
 	}{
-		{"ClientNAT/PORT", rig.ClientNAT, rig.PORT, "PORT 198,51,100,1,"},
-		{"ClientNAT/EPRT", rig.ClientNAT, rig.EPRT, "EPRT |1|198.51.100.1|"},
-		{"ServerForward/PASV", rig.ServerForward, rig.PASV, "(198,51,100,1,"},
-		{"ServerForward/EPSV", rig.ServerForward, rig.EPSV, ""},
-		{"Routed/PORT", rig.Routed, rig.PORT, ""},
-		{"Routed/PASV", rig.Routed, rig.PASV, ""},
-		{"Routed6/EPRT", rig.Routed6, rig.EPRT, ""},
-		{"Routed6/EPSV", rig.Routed6, rig.EPSV, ""},
+		{"ClientNAT/PORT", rig.ClientNAT, rig.PORT, "PORT 198,51,100,1,", nil},
+		{"ClientNAT/EPRT", rig.ClientNAT, rig.EPRT, "EPRT |1|198.51.100.1|", nil},
+		{"ServerForward/PASV", rig.ServerForward, rig.PASV, "(198,51,100,1,", nil},
+		{"ServerForward/EPSV", rig.ServerForward, rig.EPSV, "", nil},
+		{"Routed/PORT", rig.Routed, rig.PORT, "", nil},
+		{"Routed/PASV", rig.Routed, rig.PASV, "", nil},
+		{"Routed6/EPRT", rig.Routed6, rig.EPRT, "", nil},
+		{"Routed6/EPSV", rig.Routed6, rig.EPSV, "", nil},
+		// The alternative queue reader carries a length-changing rewrite.
+		{"ClientNAT/PORT/go-nfqueue", rig.ClientNAT, rig.PORT, "PORT 198,51,100,1,", []string{"--queue-reader=go-nfqueue"}},
+		{"ServerForward/PASV/go-nfqueue", rig.ServerForward, rig.PASV, "(198,51,100,1,", []string{"--queue-reader=go-nfqueue"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -147,7 +152,14 @@ func TestFtpalg(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			g := startFtpalg(t, r)
+			g := startFtpalg(t, r, tc.args...)
+			reader := "direct"
+			if slices.Contains(tc.args, "--queue-reader=go-nfqueue") {
+				reader = "go-nfqueue"
+			}
+			if !strings.Contains(g.p.Output(), `"queue_reader":"`+reader+`"`) {
+				t.Errorf("ftpalg does not say it reads the queue with %s", reader)
+			}
 			want, err := s.CreateFile("5m.bin", fileSize)
 			if err != nil {
 				t.Fatal(err)
