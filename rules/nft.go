@@ -66,10 +66,11 @@ type NFTable struct {
 	open map[Pinhole]*nftOpen // by normalized pinhole
 	// update says the kernel restarts an element's timeout when the
 	// element is added again with a different timeout (Linux 6.10 and
-	// later; Install probes for it). Close and refresh are then additions,
-	// which commit in microseconds, rather than deletions, which wait for
-	// an RCU grace period (~10-30 ms) inside the transaction and so hold
-	// up every Open behind them.
+	// later; Install probes for it). Close and refresh are then additions
+	// of the same elements. Without it, Close deletes them and refresh
+	// deletes and adds them in one transaction. Either commits in
+	// microseconds on nftConn's persistent socket; what is slow after a
+	// deletion is closing a netlink socket (see nftSock).
 	update bool
 }
 
@@ -179,7 +180,7 @@ func (t *NFTable) Install() error {
 			"accept_mark", fmt.Sprintf("%#x", t.cfg.AcceptMark), "reopened", len(elems), "timeout_updates", ok)
 	}
 	if !update {
-		t.log.Warn("kernel cannot restart nftables element timeouts (needs Linux 6.10): closing pinholes deletes elements, which takes milliseconds and delays concurrent opens")
+		t.log.Info("kernel cannot restart nftables element timeouts (needs Linux 6.10): closing a pinhole deletes its elements, refreshing one deletes and adds them")
 	}
 	t.update = update
 	return nil
@@ -340,7 +341,9 @@ func (t *NFTable) Len() int {
 }
 
 // nftKernel is the kernel side of NFTable: one nftables table per family.
-// The Linux implementation talks netlink through google/nftables.
+// The Linux implementation talks netlink through google/nftables, except
+// for the per-pinhole operations, which encode their own messages (see
+// nftSock).
 type nftKernel interface {
 	// install creates or repairs f's table and adds elems in one
 	// transaction.

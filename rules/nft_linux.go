@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/google/nftables"
@@ -97,20 +99,50 @@ func (nf nftFamily) sets() []*nftables.Set {
 // reg returns the 32-bit register word w words after regBase.
 func reg(w uint32) uint32 { return regBase + w }
 
-// nftConn implements nftKernel with google/nftables. Every operation opens
-// its own netlink socket: it costs a few microseconds, and a failed or
-// interrupted transaction can never leave unread replies that a later one
-// would misread.
+// nftConn implements nftKernel. Installing, listing and removing tables go
+// through google/nftables, which opens a netlink socket for every
+// operation: it costs a few microseconds, and a failed or interrupted
+// transaction can never leave unread replies that a later one would
+// misread. Adding, refreshing, expiring and deleting a pinhole's elements
+// are on the packet path and go through fast, which encodes the same
+// messages itself and keeps its socket (see nftSock for how it keeps the
+// same guarantee).
 type nftConn struct {
 	mark uint32
 	fams map[Family]nftFamily
+	fast *nftSock
+	look *nftLookup
+}
+
+// nftLookup is a lasting google/nftables connection for exists, which the
+// repair loop calls every second: closing a netlink socket can hold
+// nf_tables' commit lock for an RCU grace period (see nftSock), which would
+// stall a concurrent Open. It is dropped after an error.
+type nftLookup struct {
+	mu sync.Mutex
+	cc *nftables.Conn
+}
+
+func (l *nftLookup) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cc != nil {
+		l.cc.CloseLasting()
+		l.cc = nil
+	}
 }
 
 func newNFTKernel(mark uint32) (nftKernel, error) {
-	return &nftConn{
+	c := &nftConn{
 		mark: mark,
 		fams: map[Family]nftFamily{IPv4: newNFTFamily(IPv4), IPv6: newNFTFamily(IPv6)},
-	}, nil
+		fast: newNFTSock(),
+		look: &nftLookup{},
+	}
+	// NFTable has no Close; the sockets go with the last reference.
+	runtime.AddCleanup(c, (*nftSock).close, c.fast)
+	runtime.AddCleanup(c, (*nftLookup).close, c.look)
+	return c, nil
 }
 
 // batch runs fill on a fresh connection and commits what it queued as one
@@ -136,7 +168,7 @@ func missing(err error) bool {
 
 func (c *nftConn) install(f Family, elems []nftTimed) error {
 	nf := c.fams[f]
-	return c.batch(func(cc *nftables.Conn) error {
+	err := c.batch(func(cc *nftables.Conn) error {
 		// Without NLM_F_EXCL, adding a table, set or chain that exists
 		// keeps it (and the set's elements); only the rules are rebuilt.
 		cc.AddTable(nf.table)
@@ -167,6 +199,12 @@ func (c *nftConn) install(f Family, elems []nftTimed) error {
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	// The first Open after Install should not pay for the socket.
+	c.fast.warm()
+	return nil
 }
 
 // probeUpdate adds an element to routed_pinholes with a long timeout, adds
@@ -211,15 +249,24 @@ func (c *nftConn) probeUpdate(f Family) (bool, error) {
 }
 
 func (c *nftConn) exists(f Family) (bool, error) {
-	cc, err := nftables.New()
-	if err != nil {
-		return false, fmt.Errorf("%w: opening netlink: %w", ErrNFTables, err)
+	l := c.look
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cc == nil {
+		cc, err := nftables.New(nftables.AsLasting())
+		if err != nil {
+			return false, fmt.Errorf("%w: opening netlink: %w", ErrNFTables, err)
+		}
+		l.cc = cc
 	}
-	_, err = cc.ListTableOfFamily(NFTTableName, c.fams[f].table.Family)
+	_, err := l.cc.ListTableOfFamily(NFTTableName, c.fams[f].table.Family)
 	switch {
 	case missing(err):
 		return false, nil
 	case err != nil:
+		// Unread replies may be left: start over next time.
+		l.cc.CloseLasting()
+		l.cc = nil
 		return false, fmt.Errorf("%w: %w", ErrNFTables, err)
 	}
 	return true, nil
@@ -240,21 +287,14 @@ func (c *nftConn) remove(f Family) (bool, error) {
 }
 
 func (c *nftConn) add(e nftElems, ttl time.Duration) error {
-	return c.batch(func(cc *nftables.Conn) error { return c.queueAdd(cc, e, ttl) })
+	return c.fast.txn(c.addOps(e, ttl))
 }
 
 // replace deletes and adds the elements in one transaction, which restarts
 // their timeout on kernels that keep the expiry of an element added again;
 // packets see the element throughout. If it is gone, it is simply added.
 func (c *nftConn) replace(e nftElems, ttl time.Duration) error {
-	err := c.batch(func(cc *nftables.Conn) error {
-		for _, el := range c.elems(e) {
-			if err := cc.SetDeleteElements(el.set, []nftables.SetElement{{Key: el.key}}); err != nil {
-				return fmt.Errorf("deleting from %s: %w", el.set.Name, err)
-			}
-		}
-		return c.queueAdd(cc, e, ttl)
-	})
+	err := c.fast.txn(append(c.delOps(c.elems(e)...), c.addOps(e, ttl)...))
 	if missing(err) {
 		return c.add(e, ttl)
 	}
@@ -280,8 +320,35 @@ func (c *nftConn) elems(e nftElems) []nftElem {
 	return []nftElem{{nf.targets, e.natKey}, {nf.nat, e.accept}}
 }
 
-// queueAdd queues the elements of one pinhole; they land in the same
-// transaction.
+// setRef is how element messages address s.
+func setRef(s *nftables.Set) nftSetRef {
+	return nftSetRef{family: uint8(s.Table.Family), table: s.Table.Name, name: s.Name, id: s.ID}
+}
+
+// addOps are the messages adding one pinhole's elements, in queueAdd's
+// order: the map element before the set element.
+func (c *nftConn) addOps(e nftElems, ttl time.Duration) []nftElemOp {
+	nf := c.fams[e.family]
+	if e.natKey == nil {
+		return []nftElemOp{{set: setRef(nf.routed), key: e.accept, ttl: ttl}}
+	}
+	return []nftElemOp{
+		{set: setRef(nf.targets), key: e.natKey, val: e.natVal, ttl: ttl},
+		{set: setRef(nf.nat), key: e.accept, ttl: ttl},
+	}
+}
+
+// delOps are the messages deleting elements.
+func (c *nftConn) delOps(els ...nftElem) []nftElemOp {
+	ops := make([]nftElemOp, 0, len(els))
+	for _, el := range els {
+		ops = append(ops, nftElemOp{del: true, set: setRef(el.set), key: el.key})
+	}
+	return ops
+}
+
+// queueAdd queues the elements of one pinhole for Install's transaction.
+// addOps must list the same elements.
 func (c *nftConn) queueAdd(cc *nftables.Conn, e nftElems, ttl time.Duration) error {
 	nf := c.fams[e.family]
 	set := nf.routed
@@ -299,17 +366,7 @@ func (c *nftConn) queueAdd(cc *nftables.Conn, e nftElems, ttl time.Duration) err
 
 func (c *nftConn) del(e nftElems) error {
 	elems := c.elems(e)
-	delete := func(es ...nftElem) error {
-		return c.batch(func(cc *nftables.Conn) error {
-			for _, el := range es {
-				if err := cc.SetDeleteElements(el.set, []nftables.SetElement{{Key: el.key}}); err != nil {
-					return fmt.Errorf("deleting from %s: %w", el.set.Name, err)
-				}
-			}
-			return nil
-		})
-	}
-	err := delete(elems...)
+	err := c.fast.txn(c.delOps(elems...))
 	if !missing(err) {
 		return err
 	}
@@ -317,7 +374,7 @@ func (c *nftConn) del(e nftElems) error {
 	// whole transaction: delete one by one, ignoring what is missing.
 	var errs []error
 	for _, el := range elems {
-		if err := delete(el); err != nil && !missing(err) {
+		if err := c.fast.txn(c.delOps(el)); err != nil && !missing(err) {
 			errs = append(errs, err)
 		}
 	}
