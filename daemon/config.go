@@ -34,6 +34,7 @@ type Config struct {
 	MaxConnections int                 // tracked control connections; 0 means the engine's default
 	Pinholes       Backend             // how pinholes are installed
 	QueueReader    QueueReader         // how queued packets are read
+	QueueSpin      time.Duration       // how long the direct reader polls before sleeping
 	AcceptMark     uint32              // packet mark bit the nftables backend uses to reach FTPALG-ACCEPT
 	StateDir       string              // where rewritten connections' state survives a restart; "" disables
 	StatusSocket   string              // unix socket for `ftpalg status`; "" disables

@@ -29,7 +29,7 @@ func openQueue(ctx context.Context, cfg Config, handle nfq.Handler, onErr nfq.Er
 	if cfg.QueueReader == GoNFQueue {
 		return openGoNFQueue(ctx, cfg, handle, onErr)
 	}
-	q, err := nfq.Open(nfq.Config{Num: cfg.QueueNum, FailOpen: cfg.FailOpen})
+	q, err := nfq.Open(nfq.Config{Num: cfg.QueueNum, FailOpen: cfg.FailOpen, Spin: cfg.QueueSpin})
 	if err != nil {
 		return nil, err
 	}

@@ -278,7 +278,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	go func() {
 		watchDone <- ct.Watch(qctx, ctnetlink.WatchHandler{NewFlow: gw.DataConnection})
 	}()
-	log.Info("ftpalg running", "queue", cfg.QueueNum, "queue_reader", cfg.QueueReader.String(), "pinholes", cfg.Pinholes.String(), "control_ports", fmt.Sprint(cfg.ControlPorts),
+	log.Info("ftpalg running", "queue", cfg.QueueNum, "queue_reader", cfg.QueueReader.String(), "queue_spin", cfg.QueueSpin.String(), "pinholes", cfg.Pinholes.String(), "control_ports", fmt.Sprint(cfg.ControlPorts),
 		"install_rules", cfg.InstallRules, "pinhole_timeout", cfg.PinholeTimeout.String(),
 		"data_ports", fmt.Sprintf("%d-%d", cfg.DataPortLo, cfg.DataPortHi), "fail_open", cfg.FailOpen, "queue_bypass", cfg.QueueBypass)
 

@@ -154,8 +154,14 @@ func (r *netnsRig) receive(t *testing.T, want int, wait time.Duration) []string 
 // TestServeVerdicts passes, drops and replaces real packets, in a burst
 // large enough that reads return several at once.
 func TestServeVerdicts(t *testing.T) {
+	for _, spin := range []time.Duration{0, 50 * time.Microsecond} {
+		t.Run(fmt.Sprintf("spin=%v", spin), func(t *testing.T) { testServeVerdicts(t, spin) })
+	}
+}
+
+func testServeVerdicts(t *testing.T, spin time.Duration) {
 	r := newRig(t, false)
-	q := r.open(t, Config{Num: testQueue})
+	q := r.open(t, Config{Num: testQueue, Spin: spin})
 	var seen atomic.Int64
 	serve(t, q, func(p Packet) (Verdict, []byte) {
 		seen.Add(1)

@@ -56,6 +56,7 @@ type options struct {
 	maxConns       int
 	pinholes       string
 	queueReader    string
+	queueSpin      time.Duration
 	acceptMark     string
 	queueBypass    bool
 	configPath     string
@@ -81,6 +82,7 @@ func (o *options) define(fs *flag.FlagSet, run bool) {
 	fs.StringVar(&o.outsideIf, "outside-if", "", "the router's public `interface`; checked at start (optional: addresses come from conntrack)")
 	fs.StringVar(&o.publicIPs, "public-ip", "", "override the public `address` found in the kernel's NAT mapping (one per family, comma-separated);\nused only for senders that conntrack shows as translated, or when the mapping cannot be found")
 	fs.StringVar(&o.queueReader, "queue-reader", "direct", "how packets are read from the queue: direct (a blocking socket on its own thread,\nthe fastest) or go-nfqueue (github.com/florianl/go-nfqueue, 30-60µs more per packet)")
+	fs.DurationVar(&o.queueSpin, "queue-spin", 50*time.Microsecond, "with --queue-reader=direct, keep polling the queue for this `duration` after each packet\n(yielding the CPU) before sleeping: the next packet of a dialog skips a thread wake-up; 0 sleeps at once")
 	fs.DurationVar(&o.pinholeTimeout, "pinhole-timeout", 30*time.Second, "close a pinhole whose data connection has not started after this `duration`")
 	fs.StringVar(&o.dataPorts, "data-ports", "1024-65535", "`range` of public ports for NAT'd data connections when the announced port is taken")
 	fs.BoolVar(&o.installRules, "install-rules", true, "install ftpalg's chains and jumps at start and remove them at exit;\nset false when your firewall script includes the output of 'ftpalg rules'")
@@ -188,6 +190,9 @@ func (o *options) daemonConfig(log *slog.Logger) (daemon.Config, error) {
 		return daemon.Config{}, fmt.Errorf("%w: --max-pinholes-per-client, --max-pinholes and --max-connections must be at least 1", errUsage)
 	}
 	backend, mark, _ := o.backend() // checked by rulesConfig
+	if o.queueSpin < 0 || o.queueSpin > 10*time.Millisecond {
+		return daemon.Config{}, fmt.Errorf("%w: --queue-spin %v: want 0 to 10ms", errUsage, o.queueSpin)
+	}
 	var reader daemon.QueueReader
 	switch o.queueReader {
 	case "direct":
@@ -204,6 +209,7 @@ func (o *options) daemonConfig(log *slog.Logger) (daemon.Config, error) {
 		Version:        version,
 		Pinholes:       backend,
 		QueueReader:    reader,
+		QueueSpin:      o.queueSpin,
 		AcceptMark:     mark,
 		TLS:            tls,
 		Limits:         daemon.Limits{PerConnection: 1, PerClient: o.maxPerClient, Total: o.maxPinholes},
