@@ -16,7 +16,8 @@ VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # Native fuzz targets: package:Target.
 FUZZ_TARGETS := \
 	./alg:FuzzClientLine ./alg:FuzzServerLine ./alg:FuzzDialog ./alg:FuzzParseIP \
-	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack/seqnum:FuzzShiftRoundTrip ./config:FuzzParse
+	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack/seqnum:FuzzShiftRoundTrip ./config:FuzzParse \
+	./nfq:FuzzParse ./rules:FuzzParseNFTAcks ./rules:FuzzAppendNFTBatch
 
 .PHONY: all build test unit fuzz bench bench-pinholes lint deps demo matrix install clean
 
@@ -52,7 +53,7 @@ bench: deps build
 
 # Pinhole install/remove latency, iptables vs nftables backend, same run.
 bench-pinholes:
-	FTPALG_MEASURE=1 $(GO) test -count=1 -run 'TestNFTableLatency|TestPinholeLatency' -v ./rules | grep -E 'p50|p99|^---|ms'
+	FTPALG_MEASURE=1 $(GO) test -count=1 -run 'TestNFTableLatency|TestPinholeLatency' -v ./rules | grep -E 'p50|p99|^--- '
 
 # Real FTP transfers through ftpalg in a network-namespace rig, explained.
 demo: deps build

@@ -167,16 +167,16 @@ var digits = regexp.MustCompile(`[0-9]+`)
 
 var backendWord = regexp.MustCompile(`\b(iptables|netlink|nftables|nft)\b`)
 
-// parseBackends finds the --pinhole-backend flag in flag-package help
+// parseBackends finds the --pinholes flag in flag-package help
 // output and collects the backend names its description mentions.
 func parseBackends(help string) []string {
 	lines := strings.Split(help, "\n")
 	for i, l := range lines {
 		t := strings.TrimSpace(l)
-		if !strings.HasPrefix(t, "-pinhole-backend") {
+		name, desc, _ := strings.Cut(t, " ")
+		if name != "-pinholes" {
 			continue
 		}
-		desc := strings.TrimPrefix(t, "-pinhole-backend")
 		for _, d := range lines[i+1:] {
 			if !strings.HasPrefix(d, "    ") { // the next flag starts at two spaces
 				break

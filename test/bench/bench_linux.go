@@ -107,10 +107,12 @@ func (b *bench) runRigs(ctx context.Context) error {
 				}
 				mark := 0
 				var q0 uint64
-				var q0err error
+				var q0err, cpu0err error
+				var cpu0 time.Duration
 				if g.proc != nil {
 					mark = g.proc.log.Pinholes()
 					q0, q0err = g.queued(ctx)
+					cpu0, cpu0err = g.proc.cpu()
 				}
 				v, err := fn(g)
 				if err == nil && g.proc != nil {
@@ -120,6 +122,9 @@ func (b *bench) runRigs(ctx context.Context) error {
 					b.notePinholes(g, row.ID, mark)
 					if q1, qerr := g.queued(ctx); qerr == nil && q0err == nil {
 						b.noteQueued(g.name, row.ID, q1-q0)
+					}
+					if cpu1, cerr := g.proc.cpu(); cerr == nil && cpu0err == nil {
+						b.noteCPU(g.name, row.ID, cpu1-cpu0)
 					}
 				}
 				switch {
@@ -208,6 +213,17 @@ func appendRep(c *Cell, v float64) *Cell {
 	}
 	c.Reps = append(c.Reps, v)
 	return c
+}
+
+// noteCPU adds the CPU time ftpalg used during a workload.
+func (b *bench) noteCPU(gw, workload string, d time.Duration) {
+	if b.rep.CPU == nil {
+		b.rep.CPU = map[string]map[string]float64{}
+	}
+	if b.rep.CPU[gw] == nil {
+		b.rep.CPU[gw] = map[string]float64{}
+	}
+	b.rep.CPU[gw][workload] += float64(d.Microseconds()) / 1000
 }
 
 // noteQueued adds packets ftpalg was given during a workload.

@@ -241,9 +241,9 @@ func TestParseBackends(t *testing.T) {
 		want       []string
 	}{
 		{"no flag", "  -pinhole-timeout duration\n    \tclose a pinhole\n", nil},
-		{"two named", "  -pinhole-backend name\n    \thow pinholes are installed: iptables (exec) or\n    \tnetlink (nf_tables) (default \"iptables\")\n  -pinhole-timeout duration\n    \tnetlink nothing\n",
+		{"two named", "  -pinholes name\n    \thow pinholes are installed: iptables (exec) or\n    \tnetlink (nf_tables) (default \"iptables\")\n  -pinhole-timeout duration\n    \tnetlink nothing\n",
 			[]string{"iptables", "netlink"}},
-		{"unnamed values", "  -pinhole-backend string\n    \tpinhole mechanism\n", []string{""}},
+		{"unnamed values", "  -pinholes string\n    \tpinhole mechanism\n", []string{""}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -31,7 +31,7 @@ type gateway struct {
 	name    string
 	kernel  bool   // rig.WithKernelHelper
 	runAlg  bool   // run ftpalg in the router
-	backend string // --pinhole-backend value, "" to leave the default
+	backend string // --pinholes value, "" to leave the default
 
 	r    *rig.Rig
 	srv  *rig.FTPServer
@@ -81,7 +81,7 @@ func (g *gateway) setup(ctx context.Context, cfg *config, data *dataSet) error {
 		return fmt.Errorf("gateway %s: %w", g.name, err)
 	}
 	if g.runAlg {
-		if g.proc, err = startFtpalg(ctx, r, cfg.ftpalgBin, g.backend); err != nil {
+		if g.proc, err = startFtpalg(ctx, r, cfg.ftpalgBin, g.backend, cfg.algArgs); err != nil {
 			return fmt.Errorf("gateway %s: %w", g.name, err)
 		}
 	}
@@ -103,20 +103,37 @@ func (g *gateway) close() error {
 
 // ftpalgProc is ftpalg running in a rig's router namespace.
 type ftpalgProc struct {
-	p   *rig.Proc
-	log *algLog
+	p        *rig.Proc
+	log      *algLog
+	stateDir string
 }
 
 // startFtpalg runs `ftpalg run` in the router at log level info (what an
 // admin runs; debug would add a line per connection) with the JSON log the
 // pinhole latencies are read from, and waits until it serves.
-func startFtpalg(ctx context.Context, r *rig.Rig, bin, backend string) (*ftpalgProc, error) {
+func startFtpalg(ctx context.Context, r *rig.Rig, bin, backend string, extra []string) (*ftpalgProc, error) {
 	args := []string{"run", "--log-format", "json", "--log-level", "info"}
-	if backend != "" {
-		args = append(args, "--pinhole-backend", backend)
+	// A rewrite's state is written before its packet is released, to
+	// --state-dir under /run: tmpfs on a router (6 µs a write here), but
+	// a disk on some VMs (95 µs on this one). /dev/shm is tmpfs
+	// everywhere, so every machine measures the router's case.
+	stateDir, err := os.MkdirTemp("/dev/shm", "ftpalg-bench-")
+	if err != nil {
+		return nil, fmt.Errorf("state directory for ftpalg: %w", err)
 	}
+	started := false
+	defer func() {
+		if !started {
+			os.RemoveAll(stateDir)
+		}
+	}()
+	args = append(args, "--state-dir", stateDir)
+	if backend != "" {
+		args = append(args, "--pinholes", backend)
+	}
+	args = append(args, extra...)
 	cmd := r.Exec(rig.Router, bin, args...)
-	a := &ftpalgProc{log: &algLog{}}
+	a := &ftpalgProc{log: &algLog{}, stateDir: stateDir}
 	cmd.Stdout, cmd.Stderr = a.log, a.log
 	p, err := r.StartCmd(cmd)
 	if err != nil {
@@ -138,6 +155,7 @@ func startFtpalg(ctx context.Context, r *rig.Rig, bin, backend string) (*ftpalgP
 		case <-tick.C:
 		}
 	}
+	started = true
 	return a, nil
 }
 
@@ -151,9 +169,36 @@ func (a *ftpalgProc) alive() error {
 	}
 }
 
+// cpu returns the CPU time ftpalg's threads have used: the sum of the
+// first field (nanoseconds on a CPU) of each /proc/PID/task/TID/schedstat.
+func (a *ftpalgProc) cpu() (time.Duration, error) {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", a.p.Pid()))
+	if err != nil || len(tasks) == 0 {
+		return 0, fmt.Errorf("listing ftpalg's threads: %w", errors.Join(err, ErrFtpalg))
+	}
+	var total time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue // the thread exited
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			continue
+		}
+		ns, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", t, err)
+		}
+		total += time.Duration(ns)
+	}
+	return total, nil
+}
+
 // stop sends SIGTERM and waits for the exit, so the final statistics
 // record is logged. The rig's Close kills it if it hangs.
 func (a *ftpalgProc) stop() error {
+	defer os.RemoveAll(a.stateDir)
 	select {
 	case <-a.p.Done():
 		return nil
@@ -226,7 +271,7 @@ func (a *ftpalgProc) memory() (rss, anon int64, err error) {
 	return rss, anon, nil
 }
 
-// pinholeBackends returns the values of ftpalg's --pinhole-backend flag
+// pinholeBackends returns the values of ftpalg's --pinholes flag
 // named in `ftpalg run -help`, or nil when the binary has no such flag.
 // The flag package prints a flag's usage on the lines after its name.
 func pinholeBackends(bin string) ([]string, error) {

@@ -19,6 +19,7 @@ import (
 // config is the command line.
 type config struct {
 	ftpalgBin string
+	algArgs   []string // extra `ftpalg run` flags
 	prefix    string
 	outDir    string
 	reps      int
@@ -48,6 +49,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&cfg.ftpalgBin, "ftpalg", os.Getenv("FTPALG_BIN"), "ftpalg binary (default $FTPALG_BIN)")
+	fs.Func("ftpalg-arg", "an extra `flag` for ftpalg run, like --queue-spin=0 (repeatable)", func(v string) error {
+		cfg.algArgs = append(cfg.algArgs, v)
+		return nil
+	})
 	fs.StringVar(&cfg.prefix, "prefix", "fp", "network namespace name prefix")
 	fs.StringVar(&cfg.outDir, "out", "test/bench/out", "directory for bench-<time>.txt and .json")
 	fs.IntVar(&cfg.reps, "reps", 3, "repetitions of each workload per gateway (interleaved across gateways)")
@@ -58,8 +63,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&cfg.files, "files", 1000, "small files fetched by the long session")
 	fs.IntVar(&cfg.idle, "idle", 10000, "idle logged-in control connections for the memory workload")
 	fs.IntVar(&cfg.parallel, "idle-parallel", 32, "connections opened concurrently by the memory workload")
-	fs.StringVar(&cfg.backends, "backends", "auto",
-		`ftpalg --pinhole-backend values to compare, comma-separated; "auto" takes those "ftpalg run -help" names, none without the flag`)
+	fs.StringVar(&cfg.backends, "backends", "",
+		`ftpalg --pinholes values to compare, comma-separated (nftables,iptables); "auto" takes those "ftpalg run -help" names; empty runs ftpalg's default only`)
 	fs.StringVar(&cfg.workloads, "workloads", strings.Join(allWorkloads(), ","), "workloads to run, comma-separated")
 	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Minute, "bound on the whole run")
 	if err := fs.Parse(args); err != nil {
@@ -119,7 +124,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	rep := &Report{
 		Started: time.Now(), CPUs: runtime.NumCPU(), GoVersion: runtime.Version(),
 		Params: Params{Reps: cfg.reps, BulkReps: cfg.bulkReps, BulkBytes: int64(cfg.bulkMB) * 1e6, NOOPs: cfg.noops,
-			Sessions: cfg.sessions, Files: cfg.files, IdleConns: cfg.idle, Workloads: cfg.workloads},
+			Sessions: cfg.sessions, Files: cfg.files, IdleConns: cfg.idle, Workloads: cfg.workloads, FtpalgArgs: cfg.algArgs},
 		Pinholes: map[string]map[string]Summary{}, FtpalgStats: map[string]map[string]any{},
 	}
 	rep.Host, _ = os.Hostname()
@@ -164,7 +169,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	return runErr
 }
 
-// chooseBackends returns the --pinhole-backend values to bench, [""] for
+// chooseBackends returns the --pinholes values to bench, [""] for
 // the binary's only (or default) one.
 func chooseBackends(cfg *config) ([]string, error) {
 	if cfg.backends != "auto" {

@@ -100,7 +100,7 @@ func memory(ctx context.Context, cfg *config, backend string, conns, parallel in
 			return nil
 		}
 	}
-	alg, err := startFtpalg(ctx, r, cfg.ftpalgBin, backend)
+	alg, err := startFtpalg(ctx, r, cfg.ftpalgBin, backend, cfg.algArgs)
 	if err != nil {
 		return res, err
 	}

@@ -16,7 +16,7 @@ import (
 )
 
 // Gateway column names. An ftpalg column is "ftpalg", or "ftpalg/<backend>"
-// when the binary has a --pinhole-backend flag and several are compared.
+// when several --pinholes backends are compared (-backends).
 const (
 	gwPlain  = "plain NAT"
 	gwKernel = "kernel helper"
@@ -44,6 +44,9 @@ type Report struct {
 	// Queued holds the packets ftpalg's queue received per ftpalg gateway
 	// and workload, over all repetitions.
 	Queued map[string]map[string]uint64 `json:"queued_packets,omitempty"`
+	// CPU is the CPU time ftpalg's threads used per gateway and
+	// workload, in milliseconds, all repetitions.
+	CPU map[string]map[string]float64 `json:"cpu_ms,omitempty"`
 	// FtpalgStats holds each ftpalg's "ftpalg stopping" record.
 	FtpalgStats map[string]map[string]any `json:"ftpalg_stats,omitempty"`
 	// Memory holds the memory workload's readings per ftpalg gateway.
@@ -61,6 +64,8 @@ type Params struct {
 	Files     int    `json:"files"`
 	IdleConns int    `json:"idle_conns"`
 	Workloads string `json:"workloads"`
+	// FtpalgArgs are the extra `ftpalg run` flags (-ftpalg-arg).
+	FtpalgArgs []string `json:"ftpalg_args,omitempty"`
 }
 
 // Row is one measured quantity across gateways.
@@ -276,8 +281,12 @@ func (r *Report) WriteText(w io.Writer) error {
 	p := r.Params
 	fmt.Fprintf(&b, "ClientNAT topology; cells are the median of %d repetitions (bulk: %d) run interleaved across gateways, [spread] = (max-min)/median;\n",
 		p.Reps, p.BulkReps)
-	fmt.Fprintf(&b, "bulk %d MB, %d NOOPs, %d sessions, %d files, %d idle connections; took %.0fs\n\n",
+	fmt.Fprintf(&b, "bulk %d MB, %d NOOPs, %d sessions, %d files, %d idle connections; took %.0fs\n",
 		p.BulkBytes/1e6, p.NOOPs, p.Sessions, p.Files, p.IdleConns, r.Seconds)
+	if len(p.FtpalgArgs) > 0 {
+		fmt.Fprintf(&b, "ftpalg run with %s\n", strings.Join(p.FtpalgArgs, " "))
+	}
+	b.WriteString("\n")
 
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	head := append([]string{"workload", "unit", "better"}, r.Gateways...)
@@ -328,9 +337,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		if len(r.Pinholes[g]) == 0 && len(r.Queued[g]) == 0 {
 			continue
 		}
-		fmt.Fprintf(&b, "\n%s by workload, all repetitions: packets queued to it; pinhole open latency (µs, from its log)\n", g)
+		fmt.Fprintf(&b, "\n%s by workload, all repetitions: packets queued to it; its CPU time; pinhole open latency (µs, from its log)\n", g)
 		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "workload\tqueued packets\tpinholes\tp50\tp99\tmax")
+		fmt.Fprintln(tw, "workload\tqueued packets\tCPU ms\tCPU µs/packet\tpinholes\tp50\tp99\tmax")
 		ids := slices.Sorted(maps.Keys(r.Queued[g]))
 		for id := range r.Pinholes[g] {
 			if !slices.Contains(ids, id) {
@@ -343,7 +352,14 @@ func (r *Report) WriteText(w io.Writer) error {
 			if s.Count > 0 {
 				lat = num(s.P50) + "\t" + num(s.P99) + "\t" + num(s.Max)
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", id, r.Queued[g][id], s.Count, lat)
+			cpu, perPacket := "-", "-"
+			if ms, ok := r.CPU[g][id]; ok {
+				cpu = num(ms)
+				if n := r.Queued[g][id]; n > 0 {
+					perPacket = num(ms * 1000 / float64(n))
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\n", id, r.Queued[g][id], cpu, perPacket, s.Count, lat)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
