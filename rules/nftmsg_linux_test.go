@@ -18,7 +18,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-
 // finePct formats a percentile of ds to a tenth of a microsecond.
 func finePct(ds []time.Duration, p int) string {
 	s := slices.Clone(ds)
