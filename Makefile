@@ -53,7 +53,7 @@ bench: deps build
 
 # Pinhole install/remove latency, iptables vs nftables backend, same run.
 bench-pinholes:
-	FTPALG_MEASURE=1 $(GO) test -count=1 -run 'TestNFTableLatency|TestPinholeLatency' -v ./rules | grep -E 'p50|p99|^--- '
+	FTPALG_MEASURE=1 $(GO) test -count=1 -run 'TestNFTableLatency|TestPinholeLatency' -v ./rules | grep -vE 'level=|msg=' | grep -E 'p50|p99|^--- |[0-9](µs|ms)'
 
 # Real FTP transfers through ftpalg in a network-namespace rig, explained.
 demo: deps build

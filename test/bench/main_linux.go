@@ -56,7 +56,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&cfg.prefix, "prefix", "fp", "network namespace name prefix")
 	fs.StringVar(&cfg.outDir, "out", "test/bench/out", "directory for bench-<time>.txt and .json")
 	fs.IntVar(&cfg.reps, "reps", 3, "repetitions of each workload per gateway (interleaved across gateways)")
-	fs.IntVar(&cfg.bulkReps, "bulk-reps", 7, "repetitions of the bulk download per gateway (best and median reported)")
+	fs.IntVar(&cfg.bulkReps, "bulk-reps", 21, "repetitions of the bulk download per gateway (best and median reported)")
 	fs.IntVar(&cfg.bulkMB, "bulk-mb", 200, "size of the bulk download in MB (10^6 bytes)")
 	fs.IntVar(&cfg.noops, "noops", 2000, "measured NOOP round trips per repetition")
 	fs.IntVar(&cfg.sessions, "sessions", 300, "sequential sessions per repetition and mode")

@@ -146,7 +146,10 @@ type target struct {
 // holds total time, so it becomes time ≤ 1/0.8 = 1.25× the helper's.
 func targets() []target {
 	return []target{
-		{"bulk", gwPlain, true, 0.97, "bulk ≥ 0.97× plain NAT"},
+		// The median, not the best: the best of N is an extreme value,
+		// and on a shared VM it moved 0.88-1.17 between identical runs
+		// of 21 repetitions while the median moved 1.02-1.05.
+		{"bulk-median", gwPlain, true, 0.97, "bulk (median) ≥ 0.97× plain NAT"},
 		{"noop-p50", gwKernel, false, 1.5, "NOOP p50 ≤ 1.5× kernel helper"},
 		{"noop-p99", gwKernel, false, 2, "NOOP p99 ≤ 2× kernel helper"},
 		{"sessions-pasv", gwKernel, true, 0.8, "PASV sessions/s ≥ 0.8× kernel helper"},
