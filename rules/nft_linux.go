@@ -301,6 +301,10 @@ func (c *nftConn) replace(e nftElems, ttl time.Duration) error {
 	return err
 }
 
+func (c *nftConn) expire(e nftElems) error {
+	return c.add(e, nftExpireNow)
+}
+
 // nftElem is one element key in one set.
 type nftElem struct {
 	set *nftables.Set

@@ -742,6 +742,10 @@ func nftTrafficBody(t *testing.T) {
 			if err := n.Close(tt.p); err != nil {
 				t.Fatalf("Close: %v", err)
 			}
+			// With timeout updates, Close gives the elements
+			// nftExpireNow: they stop matching at the next jiffy
+			// (10 ms at the lowest HZ), not at once.
+			time.Sleep(10*time.Millisecond + nftExpireNow)
 			if dial(peer, tt.public) {
 				// Diagnostics: a reopened conntrack entry or a live
 				// element would show here.

@@ -467,7 +467,7 @@ func TestNFTSockRecovery(t *testing.T) {
 						errs <- err
 						return
 					}
-					if err := c.del(e); err != nil {
+					if err := c.expire(e); err != nil {
 						errs <- err
 						return
 					}
