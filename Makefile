@@ -39,11 +39,7 @@ unit:
 	$(GO) test -count=1 -short ./alg/... ./conntrack/... ./daemon/... ./cmd/...
 
 fuzz:
-	@set -e; for t in $(FUZZ_TARGETS); do \
-		pkg=$${t%%:*}; name=$${t##*:}; \
-		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
-	done
+	GO=$(GO) ./test/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
 
 # In-process engine benchmarks, then the same workloads through plain NAT,
 # the kernel's FTP helper and ftpalg in the rig, side by side.
