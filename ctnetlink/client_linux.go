@@ -14,6 +14,8 @@ import (
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
+
+	"github.com/ftpalg/ftpalg/internal/nlsock"
 )
 
 // eventReadBuffer is the receive buffer asked for the event socket. A burst
@@ -59,7 +61,7 @@ func Open(log *slog.Logger) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	fd, err := openQuerySocket()
+	fd, err := nlsock.Open(queryTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("opening ctnetlink socket: %w", err)
 	}
@@ -72,27 +74,6 @@ func Open(log *slog.Logger) (*Client, error) {
 		log.Warn("ctnetlink: cannot enlarge event socket buffer", "bytes", eventReadBuffer, "err", err)
 	}
 	return &Client{log: log, fd: fd, buf: make([]byte, answerBuffer), events: ev}, nil
-}
-
-// openQuerySocket opens a blocking netlink socket whose reads and writes
-// give up after queryTimeout.
-func openQuerySocket() (int, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-	if err != nil {
-		return -1, err
-	}
-	tv := unix.NsecToTimeval(queryTimeout.Nanoseconds())
-	for _, err := range []error{
-		unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}),
-		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv),
-		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv),
-	} {
-		if err != nil {
-			unix.Close(fd)
-			return -1, err
-		}
-	}
-	return fd, nil
 }
 
 // Close closes the connection. A running Watch returns; a request in
@@ -133,8 +114,8 @@ func (c *Client) roundTrip(req netlink.Message, each func(netlink.Message) error
 	if err != nil {
 		return fmt.Errorf("encoding ctnetlink request: %w", err)
 	}
-	if err := retryEINTR(func() error { _, err := unix.Write(c.fd, b); return err }); err != nil {
-		return fmt.Errorf("sending ctnetlink request: %w", timeoutErr(err))
+	if err := nlsock.Retry(queryTimeout, func() error { _, err := unix.Write(c.fd, b); return err }); err != nil {
+		return fmt.Errorf("sending ctnetlink request: %w", nlsock.Err("write", queryTimeout, err))
 	}
 	for {
 		n, err := c.recv()
@@ -151,34 +132,17 @@ func (c *Client) roundTrip(req netlink.Message, each func(netlink.Message) error
 // recv reads one datagram from the query socket into c.buf.
 func (c *Client) recv() (int, error) {
 	var n, flags int
-	err := retryEINTR(func() (err error) {
+	err := nlsock.Retry(queryTimeout, func() (err error) {
 		n, _, flags, _, err = unix.Recvmsg(c.fd, c.buf, nil, 0)
 		return err
 	})
 	switch {
 	case err != nil:
-		return 0, fmt.Errorf("receiving ctnetlink answer: %w", timeoutErr(err))
+		return 0, fmt.Errorf("receiving ctnetlink answer: %w", nlsock.Err("recvmsg", queryTimeout, err))
 	case flags&unix.MSG_TRUNC != 0:
 		return 0, fmt.Errorf("%w: answer larger than %d bytes", ErrMalformed, len(c.buf))
 	}
 	return n, nil
-}
-
-func retryEINTR(f func() error) error {
-	for {
-		if err := f(); !errors.Is(err, unix.EINTR) {
-			return err
-		}
-	}
-}
-
-// timeoutErr names the socket timeout, which blocking calls report as
-// EAGAIN.
-func timeoutErr(err error) error {
-	if errors.Is(err, unix.EAGAIN) {
-		return fmt.Errorf("no answer within %v: %w", queryTimeout, os.ErrDeadlineExceeded)
-	}
-	return err
 }
 
 // get asks the kernel for the entry having t as one of its tuples.

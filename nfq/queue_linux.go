@@ -12,6 +12,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftpalg/ftpalg/internal/nlsock"
 )
 
 // Defaults of Config.
@@ -101,7 +103,6 @@ type Queue struct {
 
 	serving sync.Mutex // held by Serve
 	closed  atomic.Bool
-	closeMu sync.Mutex
 }
 
 // mmsghdr is struct mmsghdr of recvmmsg(2); Go lays it out as C does.
@@ -124,7 +125,8 @@ func Open(cfg Config) (*Queue, error) {
 	if cfg.Batch <= 0 {
 		cfg.Batch = DefaultBatch
 	}
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	// Reads time out after pollInterval, so Serve notices its context.
+	fd, err := nlsock.Open(pollInterval)
 	if err != nil {
 		return nil, fmt.Errorf("opening netfilter netlink socket: %w", err)
 	}
@@ -148,21 +150,12 @@ func Open(cfg Config) (*Queue, error) {
 }
 
 func (q *Queue) setup(cfg Config) error {
-	if err := unix.Bind(q.fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("binding netlink socket: %w", err)
-	}
 	// FORCE passes net.core.rmem_max with CAP_NET_ADMIN, which a
 	// process binding a queue has.
 	if err := unix.SetsockoptInt(q.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, cfg.ReadBuffer); err != nil {
 		if err := unix.SetsockoptInt(q.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, cfg.ReadBuffer); err != nil {
 			return fmt.Errorf("setting the receive buffer of queue %d: %w", cfg.Num, err)
 		}
-	}
-	// Acknowledgements without a copy of the request.
-	_ = unix.SetsockoptInt(q.fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
-	tv := unix.NsecToTimeval(pollInterval.Nanoseconds())
-	if err := unix.SetsockoptTimeval(q.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return fmt.Errorf("setting the read timeout of queue %d: %w", cfg.Num, err)
 	}
 	flags := uint32(0)
 	if cfg.FailOpen {
@@ -362,8 +355,6 @@ func (q *Queue) handleDatagram(b []byte, handle Handler, onErr ErrorFunc) {
 // Packets still waiting for a verdict are dropped by the kernel, or pass
 // when the NFQUEUE rule has --queue-bypass.
 func (q *Queue) Close() error {
-	q.closeMu.Lock()
-	defer q.closeMu.Unlock()
 	if q.closed.Swap(true) {
 		return nil
 	}

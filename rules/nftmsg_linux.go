@@ -1,13 +1,13 @@
 package rules
 
 import (
-	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftpalg/ftpalg/internal/nlsock"
 )
 
 // nftSockTimeout bounds each send and receive on nftSock's socket, so a
@@ -98,27 +98,10 @@ func (s *nftSock) openLocked() error {
 	if s.fd >= 0 {
 		return nil
 	}
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	fd, err := nlsock.Open(nftSockTimeout)
 	if err != nil {
-		return fmt.Errorf("%w: opening netlink: %w", ErrNFTables, os.NewSyscallError("socket", err))
+		return fmt.Errorf("%w: opening netlink: %w", ErrNFTables, err)
 	}
-	tv := unix.NsecToTimeval(nftSockTimeout.Nanoseconds())
-	for _, o := range []struct {
-		name string
-		set  func() error
-	}{
-		{"bind", func() error { return unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}) }},
-		{"SO_RCVTIMEO", func() error { return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv) }},
-		{"SO_SNDTIMEO", func() error { return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv) }},
-	} {
-		if err := o.set(); err != nil {
-			_ = unix.Close(fd)
-			return fmt.Errorf("%w: opening netlink: %s: %w", ErrNFTables, o.name, err)
-		}
-	}
-	// Errors without the failed request in them; Linux 4.3 and later.
-	// Older kernels send it along, which only costs bytes.
-	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
 	s.fd = fd
 	if s.rbuf == nil {
 		s.rbuf = make([]byte, nftRecvBuf)
@@ -136,36 +119,19 @@ func (s *nftSock) closeLocked() {
 // exchange sends the batch b and reads acknowledgements until w says the
 // transaction is over.
 func (s *nftSock) exchange(b []byte, w nftAckWait) error {
-	// A signal interrupts a socket call that has a timeout even under
-	// SA_RESTART, and the runtime's signals reach any thread: retry,
-	// but not beyond the deadline.
-	var deadline time.Time
-	interrupted := func() bool {
-		if deadline.IsZero() {
-			deadline = time.Now().Add(nftSockTimeout)
-		}
-		return time.Now().Before(deadline)
+	var n int
+	err := nlsock.Retry(nftSockTimeout, func() (err error) { n, err = unix.Write(s.fd, b); return err })
+	if err != nil {
+		return fmt.Errorf("%w: sending: %w", ErrNFTables, nlsock.Err("write", nftSockTimeout, err))
+	}
+	if n != len(b) {
+		return fmt.Errorf("%w: sent %d of %d bytes", ErrNFTables, n, len(b))
 	}
 	for {
-		n, err := unix.Write(s.fd, b)
-		if err == unix.EINTR && interrupted() {
-			continue
-		}
+		var from unix.Sockaddr
+		err := nlsock.Retry(nftSockTimeout, func() (err error) { n, from, err = unix.Recvfrom(s.fd, s.rbuf, unix.MSG_TRUNC); return err })
 		if err != nil {
-			return fmt.Errorf("%w: sending: %w", ErrNFTables, nftSockErr("write", err))
-		}
-		if n != len(b) {
-			return fmt.Errorf("%w: sent %d of %d bytes", ErrNFTables, n, len(b))
-		}
-		break
-	}
-	for {
-		n, from, err := unix.Recvfrom(s.fd, s.rbuf, unix.MSG_TRUNC)
-		if err == unix.EINTR && interrupted() {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("%w: receiving: %w", ErrNFTables, nftSockErr("recvfrom", err))
+			return fmt.Errorf("%w: receiving: %w", ErrNFTables, nlsock.Err("recvfrom", nftSockTimeout, err))
 		}
 		if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
 			continue // not from the kernel
@@ -183,12 +149,4 @@ func (s *nftSock) exchange(b []byte, w nftAckWait) error {
 			}
 		}
 	}
-}
-
-// nftSockErr names a failed socket call, and a timeout as one.
-func nftSockErr(call string, err error) error {
-	if errors.Is(err, unix.EAGAIN) {
-		return fmt.Errorf("no answer within %v: %w", nftSockTimeout, os.ErrDeadlineExceeded)
-	}
-	return os.NewSyscallError(call, err)
 }
