@@ -15,6 +15,7 @@ import (
 	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
 
+	"github.com/ftpalg/ftpalg/internal/nlmsg"
 	"github.com/ftpalg/ftpalg/internal/nlsock"
 )
 
@@ -109,7 +110,7 @@ func (c *Client) roundTrip(req netlink.Message, each func(netlink.Message) error
 	}
 	c.seq++
 	req.Header.Sequence = c.seq
-	req.Header.Length = uint32(nlmsgHeaderLen + len(req.Data))
+	req.Header.Length = uint32(nlmsg.HeaderLen + len(req.Data))
 	b, err := req.MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("encoding ctnetlink request: %w", err)

@@ -8,6 +8,8 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/netfilter"
+
+	"github.com/ftpalg/ftpalg/internal/nlmsg"
 )
 
 // Attribute and message numbers from include/uapi/linux/netfilter/
@@ -298,23 +300,15 @@ func decodeNewEvent(m netlink.Message) (f NewFlow, ok bool, err error) {
 func parseAnswer(b []byte, seq uint32, each func(netlink.Message) error) (done bool, err error) {
 	var eachErr error
 	for len(b) > 0 {
-		var m netlink.Message
-		if len(b) < nlmsgHeaderLen {
-			return true, fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(b))
+		h, body, rest, err := nlmsg.Next(b)
+		if err != nil {
+			return true, fmt.Errorf("%w: %w", ErrMalformed, err)
 		}
-		l := int(binary.NativeEndian.Uint32(b))
-		if l < nlmsgHeaderLen || l > len(b) {
-			return true, fmt.Errorf("%w: message length %d of %d bytes", ErrMalformed, l, len(b))
+		b = rest
+		m := netlink.Message{
+			Header: netlink.Header{Length: h.Len, Type: netlink.HeaderType(h.Type), Flags: netlink.HeaderFlags(h.Flags), Sequence: h.Seq, PID: h.PID},
+			Data:   body,
 		}
-		m.Header = netlink.Header{
-			Length:   uint32(l),
-			Type:     netlink.HeaderType(binary.NativeEndian.Uint16(b[4:])),
-			Flags:    netlink.HeaderFlags(binary.NativeEndian.Uint16(b[6:])),
-			Sequence: binary.NativeEndian.Uint32(b[8:]),
-			PID:      binary.NativeEndian.Uint32(b[12:]),
-		}
-		m.Data = b[nlmsgHeaderLen:l]
-		b = b[min(nlmsgAlign(l), len(b)):]
 		if m.Header.Sequence != seq {
 			continue
 		}
@@ -336,7 +330,3 @@ func parseAnswer(b []byte, seq uint32, each func(netlink.Message) error) (done b
 	}
 	return false, nil
 }
-
-const nlmsgHeaderLen = 16 // sizeof(struct nlmsghdr)
-
-func nlmsgAlign(n int) int { return (n + 3) &^ 3 }

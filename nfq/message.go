@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/ftpalg/ftpalg/internal/nlmsg"
 )
 
 // Wire constants from include/uapi/linux/netfilter/nfnetlink_queue.h and
@@ -40,9 +42,8 @@ const (
 	nlmRequest = 0x1 // NLM_F_REQUEST
 	nlmAck     = 0x4 // NLM_F_ACK
 
-	nlmsgHdrLen = 16 // struct nlmsghdr
-	nfgenLen    = 4  // struct nfgenmsg
-	nlaHdrLen   = 4  // struct nlattr
+	nfgenLen    = 4 // struct nfgenmsg
+	nlaHdrLen   = 4 // struct nlattr
 	nlaTypeMask = 0x3fff
 )
 
@@ -97,19 +98,11 @@ var ne = binary.NativeEndian
 // message's type, flags, sequence number and body (after the nlmsghdr),
 // and the rest of b after the message's aligned end.
 func nextMessage(b []byte) (typ, flags uint16, seq uint32, body, rest []byte, err error) {
-	if len(b) < nlmsgHdrLen {
-		return 0, 0, 0, nil, nil, fmt.Errorf("%w: %d bytes, shorter than a header", ErrMalformed, len(b))
+	h, body, rest, err := nlmsg.Next(b)
+	if err != nil {
+		return 0, 0, 0, nil, nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
-	n := int(ne.Uint32(b))
-	if n < nlmsgHdrLen || n > len(b) {
-		return 0, 0, 0, nil, nil, fmt.Errorf("%w: length %d of %d bytes", ErrMalformed, n, len(b))
-	}
-	typ, flags, seq = ne.Uint16(b[4:]), ne.Uint16(b[6:]), ne.Uint32(b[8:])
-	body = b[nlmsgHdrLen:n]
-	if a := align(n); a < len(b) {
-		rest = b[a:]
-	}
-	return typ, flags, seq, body, rest, nil
+	return h.Type, h.Flags, h.Seq, body, rest, nil
 }
 
 // parsePacket reads an NFQNL_MSG_PACKET body (nfgenmsg and attributes).
@@ -150,7 +143,7 @@ func parsePacket(typ uint16, body []byte) (Packet, error) {
 			}
 			capLen = int(binary.BigEndian.Uint32(v))
 		}
-		a := align(n)
+		a := nlmsg.Align(n)
 		if a >= len(b) {
 			break
 		}
@@ -171,7 +164,7 @@ func parsePacket(typ uint16, body []byte) (Packet, error) {
 // parseError reads an NLMSG_ERROR body: the errno (0 for an
 // acknowledgement) and the sequence number of the request it answers.
 func parseError(body []byte) (errno int32, seq uint32, err error) {
-	if len(body) < 4+nlmsgHdrLen {
+	if len(body) < 4+nlmsg.HeaderLen {
 		return 0, 0, fmt.Errorf("%w: error message of %d bytes", ErrMalformed, len(body))
 	}
 	return int32(ne.Uint32(body)), ne.Uint32(body[4+8:]), nil
@@ -194,7 +187,7 @@ func appendAttr(b []byte, typ uint16, v []byte) []byte {
 	b = ne.AppendUint16(b, uint16(nlaHdrLen+len(v)))
 	b = ne.AppendUint16(b, typ)
 	b = append(b, v...)
-	for range align(len(v)) - len(v) {
+	for range nlmsg.Align(len(v)) - len(v) {
 		b = append(b, 0)
 	}
 	return b
@@ -248,5 +241,3 @@ func appendParams(b []byte, seq uint32, num uint16, copyRange, maxLen, flags uin
 	b = appendAttr(b, cfgFlags, binary.BigEndian.AppendUint32(nil, flags))
 	return finish(b, start)
 }
-
-func align(n int) int { return (n + 3) &^ 3 }

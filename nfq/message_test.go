@@ -6,6 +6,8 @@ import (
 	"errors"
 	"syscall"
 	"testing"
+
+	"github.com/ftpalg/ftpalg/internal/nlmsg"
 )
 
 // packetMsg builds an NFQNL_MSG_PACKET datagram the way the kernel does
@@ -158,7 +160,7 @@ func TestAppendVerdict(t *testing.T) {
 		if ne.Uint16(rest[2:]) != attrPayload || int(ne.Uint16(rest)) != nlaHdrLen+len(payload) {
 			t.Fatalf("payload attribute % x", rest[:4])
 		}
-		if !bytes.Equal(rest[4:4+len(payload)], payload) || len(rest) != align(4+len(payload)) {
+		if !bytes.Equal(rest[4:4+len(payload)], payload) || len(rest) != nlmsg.Align(4+len(payload)) {
 			t.Errorf("payload attribute %q", rest)
 		}
 	}
@@ -188,7 +190,7 @@ func TestParseError(t *testing.T) {
 	var b []byte
 	ebusy := -int32(syscall.EBUSY)
 	b = ne.AppendUint32(b, uint32(ebusy))
-	b = append(b, appendCommand(nil, 77, 1, cmdBind)[:nlmsgHdrLen]...)
+	b = append(b, appendCommand(nil, 77, 1, cmdBind)[:nlmsg.HeaderLen]...)
 	errno, seq, err := parseError(b)
 	if err != nil || syscall.Errno(-errno) != syscall.EBUSY || seq != 77 {
 		t.Fatalf("errno %d seq %d err %v", errno, seq, err)

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nlmsg"
 )
 
 // The per-pinhole transactions of the nftables backend (adding, expiring
@@ -26,9 +28,8 @@ import (
 // linux/netfilter/nf_tables.h). They are ABI and never change; they are
 // spelled out here because golang.org/x/sys/unix has them only on Linux.
 const (
-	nlmsgHdrLen = 16 // struct nlmsghdr
-	nlaHdrLen   = 4  // struct nlattr
-	nfgenLen    = 4  // struct nfgenmsg
+	nlaHdrLen = 4 // struct nlattr
+	nfgenLen  = 4 // struct nfgenmsg
 
 	nlmsgError = 0x2 // NLMSG_ERROR: an acknowledgement or an error
 
@@ -259,29 +260,23 @@ type nftAck struct {
 // netlink messages.
 func parseNFTAcks(b []byte, acks []nftAck) ([]nftAck, error) {
 	for len(b) > 0 {
-		if len(b) < nlmsgHdrLen {
-			return acks, fmt.Errorf("%w: %d trailing bytes in netlink reply", ErrNFTables, len(b))
+		h, body, rest, err := nlmsg.Next(b)
+		if err != nil {
+			return acks, fmt.Errorf("%w: netlink reply: %w", ErrNFTables, err)
 		}
-		n := binary.NativeEndian.Uint32(b)
-		if n < nlmsgHdrLen || uint64(n) > uint64(len(b)) {
-			return acks, fmt.Errorf("%w: netlink message of %d bytes in a reply of %d", ErrNFTables, n, len(b))
-		}
-		if binary.NativeEndian.Uint16(b[4:]) == nlmsgError {
-			if n < nlmsgHdrLen+4 {
-				return acks, fmt.Errorf("%w: netlink error message of %d bytes", ErrNFTables, n)
+		b = rest
+		if h.Type == nlmsgError {
+			if len(body) < 4 {
+				return acks, fmt.Errorf("%w: netlink error message of %d bytes", ErrNFTables, h.Len)
 			}
 			// struct nlmsgerr: the negated errno, then the header
 			// (and, for errors, the body) of the request.
-			e := int64(int32(binary.NativeEndian.Uint32(b[nlmsgHdrLen:])))
+			e := int64(int32(binary.NativeEndian.Uint32(body)))
 			if e < 0 {
 				e = -e
 			}
-			acks = append(acks, nftAck{seq: binary.NativeEndian.Uint32(b[8:]), errno: syscall.Errno(e)})
+			acks = append(acks, nftAck{seq: h.Seq, errno: syscall.Errno(e)})
 		}
-		// Messages are 4-byte aligned; the last one may lack its
-		// padding.
-		adv := min((uint64(n)+3)&^3, uint64(len(b)))
-		b = b[adv:]
 	}
 	return acks, nil
 }

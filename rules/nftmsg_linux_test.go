@@ -16,6 +16,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ftpalg/ftpalg/internal/nlmsg"
 )
 
 // finePct formats a percentile of ds to a tenth of a microsecond.
@@ -149,11 +151,11 @@ func splitNetlink(t *testing.T, b []byte) [][]byte {
 	t.Helper()
 	var msgs [][]byte
 	for len(b) > 0 {
-		if len(b) < nlmsgHdrLen {
+		if len(b) < nlmsg.HeaderLen {
 			t.Fatalf("%d trailing bytes", len(b))
 		}
 		n := int(binary.NativeEndian.Uint32(b))
-		if n < nlmsgHdrLen || n > len(b) || n%4 != 0 {
+		if n < nlmsg.HeaderLen || n > len(b) || n%4 != 0 {
 			t.Fatalf("message length %d in %d bytes", n, len(b))
 		}
 		msgs = append(msgs, b[:n])
@@ -274,7 +276,7 @@ func TestNFTConstants(t *testing.T) {
 		{"NLM_F_ACK", nlmFAck, unix.NLM_F_ACK},
 		{"NLM_F_CREATE", nlmFCreate, unix.NLM_F_CREATE},
 		{"NLA_F_NESTED", nlaFNested, unix.NLA_F_NESTED},
-		{"NLMSG_HDRLEN", nlmsgHdrLen, unix.NLMSG_HDRLEN},
+		{"NLMSG_HDRLEN", nlmsg.HeaderLen, unix.NLMSG_HDRLEN},
 		{"NFNL_MSG_BATCH_BEGIN", nfnlMsgBatchBegin, unix.NFNL_MSG_BATCH_BEGIN},
 		{"NFNL_MSG_BATCH_END", nfnlMsgBatchEnd, unix.NFNL_MSG_BATCH_END},
 		{"NFNL_SUBSYS_NFTABLES", nfnlSubsysNFTables, unix.NFNL_SUBSYS_NFTABLES},

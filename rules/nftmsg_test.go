@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/nlmsg"
 )
 
 // Host-order fields of netlink headers, for writing expected messages.
@@ -231,11 +233,11 @@ func FuzzAppendNFTBatch(f *testing.F) {
 		}
 		// Four messages whose lengths add up, numbered 7 to 10.
 		for seq := uint32(7); seq <= 10; seq++ {
-			if len(b) < nlmsgHdrLen {
+			if len(b) < nlmsg.HeaderLen {
 				t.Fatalf("message %d missing", seq)
 			}
 			n := binary.NativeEndian.Uint32(b)
-			if n < nlmsgHdrLen+nfgenLen || uint64(n) > uint64(len(b)) || n%4 != 0 {
+			if n < nlmsg.HeaderLen+nfgenLen || uint64(n) > uint64(len(b)) || n%4 != 0 {
 				t.Fatalf("message %d: length %d of %d bytes", seq, n, len(b))
 			}
 			if got := binary.NativeEndian.Uint32(b[8:]); got != seq {
