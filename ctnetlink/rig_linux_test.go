@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -44,9 +45,7 @@ var natRules = [][]string{
 
 func requireRoot(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("requires root: creates network namespaces, NAT rules and ctnetlink sockets")
-	}
+	testenv.RequireRoot(tb, "creates network namespaces, NAT rules and ctnetlink sockets")
 }
 
 func run(tb testing.TB, args ...string) string {

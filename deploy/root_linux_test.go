@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -61,9 +62,7 @@ var built atomic.Bool
 
 func requireRoot(t *testing.T, what string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("requires root: " + what)
-	}
+	testenv.RequireRoot(t, what)
 }
 
 var buildOnce = sync.OnceValues(func() (string, error) {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,9 +33,7 @@ type netnsRig struct {
 
 func newRig(t *testing.T, bypass bool) *netnsRig {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("requires root: creates a network namespace, an NFQUEUE rule and a queue socket")
-	}
+	testenv.RequireRoot(t, "creates a network namespace, an NFQUEUE rule and a queue socket")
 	h := fnv.New32a()
 	h.Write([]byte(t.Name()))
 	r := &netnsRig{name: fmt.Sprintf("nq%d-%08x", os.Getpid(), h.Sum32())}

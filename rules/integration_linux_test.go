@@ -448,10 +448,10 @@ func TestFragmentRestore(t *testing.T) {
 	}
 }
 
-// TestPinholeLatency measures how long Open and Close take with real
+// TestMeasurePinholeLatency measures how long Open and Close take with real
 // iptables: the time an announcing control packet is held. It reports
 // figures and asserts nothing about them.
-func TestPinholeLatency(t *testing.T) {
+func TestMeasurePinholeLatency(t *testing.T) {
 	if os.Getenv("FTPALG_MEASURE") == "" {
 		t.Skip("a measurement, not a check: run with FTPALG_MEASURE=1 (make bench-pinholes)")
 	}

@@ -18,12 +18,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/testenv"
 )
 
 const (
 	// envChild is set in a test process re-executed inside a namespace.
 	envChild = "FTPALG_RULES_TEST_CHILD"
-	// envHelper selects a helper mode ("listen" or "dial") instead of tests.
+	// envHelper selects a helper mode ("listen", "dial" or "nft-crash")
+	// instead of tests.
 	envHelper = "FTPALG_RULES_TEST_HELPER"
 	// envHelperArgs carries the helper's space-separated arguments.
 	envHelperArgs = "FTPALG_RULES_TEST_ARGS"
@@ -86,6 +89,8 @@ func runHelper(mode string, args []string) int {
 			return 1
 		}
 		return 0
+	case "nft-crash":
+		return runCrashHelper()
 	default:
 		fmt.Fprintf(os.Stderr, "unknown helper %q\n", mode)
 		return 2
@@ -100,9 +105,7 @@ func inChild() bool {
 // requireRoot skips tests that need to create namespaces and run iptables.
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("requires root: creates network namespaces and runs iptables in them")
-	}
+	testenv.RequireRoot(t, "creates network namespaces and runs iptables in them")
 	for _, bin := range []string{"ip", "iptables", "ip6tables", "iptables-restore", "ip6tables-restore"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Fatalf("integration test needs %s: %v", bin, err)

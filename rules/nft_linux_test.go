@@ -527,31 +527,25 @@ func waitGone(t *testing.T, f Family, due time.Time) {
 	}
 }
 
-const (
-	// envCrashHelper makes TestNFTableCrashHelper open pinholes and wait
-	// to be killed.
-	envCrashHelper = "FTPALG_RULES_TEST_NFT_CRASH"
-	crashTimeout   = time.Second
-)
+// crashTimeout is the pinhole timeout of the process TestNFTableCrash kills.
+const crashTimeout = time.Second
 
-// TestNFTableCrashHelper is not a test: TestNFTableCrash runs it in a child
-// process that installs the tables, opens pinholes, reports "ready" and
+// runCrashHelper is the child TestNFTableCrash kills (helper mode
+// "nft-crash"): it installs the tables, opens pinholes, prints "ready" and
 // waits to be killed.
-func TestNFTableCrashHelper(t *testing.T) {
-	if os.Getenv(envCrashHelper) == "" {
-		t.Skip("helper process for TestNFTableCrash")
-	}
+func runCrashHelper() int {
 	n, err := NewNFTable(nftConfig(), crashTimeout, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Install(); err != nil {
-		t.Fatal(err)
+	if err == nil {
+		err = n.Install()
 	}
 	for _, p := range []Pinhole{v4NAT, v4Plain, v6NAT, v6Plain} {
-		if err := n.Open(p); err != nil {
-			t.Fatal(err)
+		if err == nil {
+			err = n.Open(p)
 		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
 	fmt.Println("ready")
 	select {}
@@ -568,8 +562,8 @@ func TestNFTableCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe, "-test.run=^TestNFTableCrashHelper$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envCrashHelper+"=1")
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), envHelper+"=nft-crash")
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -836,11 +830,11 @@ func nftTrafficBody(t *testing.T) {
 	}
 }
 
-// TestNFTableLatency measures Open and Close of the netlink backend against
+// TestMeasureNFTableLatency measures Open and Close of the netlink backend against
 // Table's iptables execs in the same run, over nftLatencyN pinholes of each
 // kind, all open at once before they are closed. It reports figures and
 // asserts nothing about them: the machines are shared and noisy.
-func TestNFTableLatency(t *testing.T) {
+func TestMeasureNFTableLatency(t *testing.T) {
 	if os.Getenv("FTPALG_MEASURE") == "" {
 		t.Skip("a measurement, not a check: run with FTPALG_MEASURE=1 (make bench-pinholes)")
 	}

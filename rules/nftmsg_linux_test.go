@@ -28,15 +28,15 @@ func finePct(ds []time.Duration, p int) string {
 	return fmt.Sprintf("%.1fµs", float64(s[max(i, 0)])/float64(time.Microsecond))
 }
 
-// TestNFTableLatencyIdle measures NFTable's own Open and Close, without
+// TestMeasureNFTableLatencyIdle measures NFTable's own Open and Close, without
 // logging and at a tenth of a microsecond, in two patterns: back to back,
 // and each call after the process was idle for 2 ms, as the daemon mostly
 // is when a packet announcing a data connection arrives (a netlink socket
 // that waits in Go's network poller is slowest then). It also measures the
 // refresh of an open pinhole and, for kernels before 6.10, the
-// delete-based close and refresh. Like TestNFTableLatency it reports
+// delete-based close and refresh. Like TestMeasureNFTableLatency it reports
 // figures and asserts nothing.
-func TestNFTableLatencyIdle(t *testing.T) {
+func TestMeasureNFTableLatencyIdle(t *testing.T) {
 	if os.Getenv("FTPALG_MEASURE") == "" {
 		t.Skip("a measurement, not a check: run with FTPALG_MEASURE=1 (make bench-pinholes)")
 	}

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/testenv"
 )
 
 func TestUsage(t *testing.T) {
@@ -52,9 +54,7 @@ func TestUsage(t *testing.T) {
 
 // The rules fragment must be accepted by iptables-restore as is.
 func TestRulesFragmentLoads(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("requires root: iptables-restore --test")
-	}
+	testenv.RequireRoot(t, "iptables-restore --test")
 	var stdout bytes.Buffer
 	if code := run([]string{"rules", "--ipv6=false", "--control-ports", "21,2121"}, &stdout, &stdout); code != 0 {
 		t.Fatal(stdout.String())
@@ -69,9 +69,7 @@ func TestRulesFragmentLoads(t *testing.T) {
 // namespace makes a fresh network namespace for the test.
 func namespace(t *testing.T) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("requires root: network namespaces, NFQUEUE and iptables")
-	}
+	testenv.RequireRoot(t, "network namespaces, NFQUEUE and iptables")
 	ns := fmt.Sprintf("fe%dm%d", os.Getpid(), time.Now().UnixNano()%100000)
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v %s", err, out)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ftpalg/ftpalg/internal/testenv"
 	"github.com/ftpalg/ftpalg/test/rig"
 )
 
@@ -19,9 +20,7 @@ import (
 // environment file, paths moved into the temporary root), carries a
 // rewritten transfer through it and reads the result from `ftpalg status`.
 func TestInstalledUnit(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("requires root: network namespaces")
-	}
+	testenv.RequireRoot(t, "network namespaces")
 	root := t.TempDir()
 	install := exec.Command("make", "-C", "../..", "install", "DESTDIR="+root, "PREFIX=/usr")
 	if out, err := install.CombinedOutput(); err != nil {
@@ -65,8 +64,8 @@ func TestInstalledUnit(t *testing.T) {
 	if err != nil || !strings.Contains(out, "192.0.2.10") {
 		t.Fatalf("ftpalg status: %v\n%s", err, out)
 	}
-	if len(g.events("rewrite")) != 1 {
-		t.Errorf("%d rewrites, want 1", len(g.events("rewrite")))
+	if n := len(g.waitEvents("rewrite", 1)); n != 1 {
+		t.Errorf("%d rewrites, want 1", n)
 	}
 	g.stop()
 }

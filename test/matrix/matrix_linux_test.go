@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/internal/testenv"
 	"github.com/ftpalg/ftpalg/test/rig"
 )
 
@@ -103,9 +104,7 @@ func loadSettings() (settings, error) {
 // too. FTPALG_MATRIX_RUN=term,term keeps the cases whose
 // topology/server/client/mode/case name contains every term.
 func TestMatrix(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("requires root: the matrix builds network namespaces and runs FTP servers and ftpalg in them")
-	}
+	testenv.RequireRoot(t, "the matrix builds network namespaces and runs FTP servers and ftpalg in them")
 	if testing.Short() {
 		t.Skip("the interoperability matrix takes minutes; not in -short mode")
 	}

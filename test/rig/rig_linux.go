@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/testenv"
 )
 
 // netnsDir is where `ip netns` keeps the bind mounts that name namespaces.
@@ -70,9 +72,7 @@ type Rig struct {
 // running as root and fails it when the rig cannot be built.
 func New(t testing.TB, topo Topology, opts ...Option) *Rig {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("requires root: the test rig creates network namespaces, veth pairs and firewall rules")
-	}
+	testenv.RequireRoot(t, "the test rig creates network namespaces, veth pairs and firewall rules")
 	cfg := config{prefix: "rig"}
 	for _, o := range opts {
 		o(&cfg)
