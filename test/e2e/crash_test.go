@@ -28,7 +28,7 @@ func TestCrashWithPinholesOpen(t *testing.T) {
 		f.login()
 		f.cmd("PORT " + commas(r.ClientAddr().String(), uint16(50000+i)))
 	}
-	if n := len(g.events("pinhole opened")); n != 3 {
+	if n := len(g.waitEvents("pinhole opened", 3)); n != 3 {
 		t.Fatalf("%d pinholes opened, want 3", n)
 	}
 	elements := func() int {
@@ -57,7 +57,7 @@ func TestCrashWithPinholesOpen(t *testing.T) {
 	f := dialFTP(t, r, server)
 	f.login()
 	f.cmd("PORT " + commas(r.ClientAddr().String(), 50100))
-	if len(g2.events("pinhole opened")) != 1 {
+	if len(g2.waitEvents("pinhole opened", 1)) != 1 {
 		t.Fatal("the new process opened no pinhole")
 	}
 	g2.stop()

@@ -3,8 +3,8 @@ package rig
 import (
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -12,17 +12,20 @@ import (
 // stopGrace is how long Stop waits after SIGTERM before SIGKILL.
 const stopGrace = 3 * time.Second
 
-// outputCap bounds the output a Proc keeps (the tail), so a chatty daemon
-// cannot grow a test's memory without limit.
-const outputCap = 256 << 10
-
 // Proc is a background process started by the rig in one of its
 // namespaces. It runs in its own process group, which Stop signals, so
 // children it forks (vsftpd's sessions) stop with it.
+//
+// Its output goes to a file in the rig's directory, written by the
+// process itself: once a line is written it is in Output. Through a pipe,
+// the copy to the test would run in a goroutine that on a loaded machine
+// may lag behind what the process did next (ftpalg logs a rewrite before
+// it releases the packet, and the transfer could end before the test had
+// read the line).
 type Proc struct {
 	name string
 	cmd  *exec.Cmd
-	out  *tailBuffer
+	out  *os.File // the output file, opened O_APPEND; nil when the caller took stdout and stderr
 	done chan struct{}
 	err  error // Wait's result, valid after done is closed
 }
@@ -37,12 +40,26 @@ func (r *Rig) Start(n Node, name string, args ...string) (*Proc, error) {
 // background and tracks it like Start. Output goes to the Proc unless the
 // caller set Stdout or Stderr.
 func (r *Rig) StartCmd(cmd *exec.Cmd) (*Proc, error) {
-	p := &Proc{name: cmd.String(), cmd: cmd, out: &tailBuffer{max: outputCap}, done: make(chan struct{})}
-	if cmd.Stdout == nil {
-		cmd.Stdout = p.out
-	}
-	if cmd.Stderr == nil {
-		cmd.Stderr = p.out
+	p := &Proc{name: cmd.String(), cmd: cmd, done: make(chan struct{})}
+	if cmd.Stdout == nil || cmd.Stderr == nil {
+		f, err := os.CreateTemp(r.dir, "proc-*.log")
+		if err != nil {
+			return nil, fmt.Errorf("starting %s: output file: %w", p.name, err)
+		}
+		// O_APPEND, so that stdout and stderr, and forked children,
+		// never overwrite each other.
+		if err := f.Close(); err != nil {
+			return nil, fmt.Errorf("starting %s: output file: %w", p.name, err)
+		}
+		if p.out, err = os.OpenFile(f.Name(), os.O_WRONLY|os.O_APPEND, 0); err != nil {
+			return nil, fmt.Errorf("starting %s: output file: %w", p.name, err)
+		}
+		if cmd.Stdout == nil {
+			cmd.Stdout = p.out
+		}
+		if cmd.Stderr == nil {
+			cmd.Stderr = p.out
+		}
 	}
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
@@ -63,7 +80,14 @@ func (r *Rig) StartCmd(cmd *exec.Cmd) (*Proc, error) {
 		return nil, fmt.Errorf("starting %s: %w", p.name, ErrClosed)
 	}
 	if err := cmd.Start(); err != nil {
+		if p.out != nil {
+			p.out.Close()
+		}
 		return nil, fmt.Errorf("starting %s: %w", p.name, err)
+	}
+	if p.out != nil {
+		// The child has its own copy of the descriptor.
+		p.out.Close()
 	}
 	go func() {
 		p.err = cmd.Wait()
@@ -91,8 +115,18 @@ func (p *Proc) Err() error {
 	}
 }
 
-// Output returns the process's captured output (the last 256 KiB).
-func (p *Proc) Output() string { return p.out.String() }
+// Output returns everything the process (and its children) wrote to
+// stdout and stderr so far, unless the caller of StartCmd took both.
+func (p *Proc) Output() string {
+	if p.out == nil {
+		return ""
+	}
+	b, err := os.ReadFile(p.out.Name())
+	if err != nil {
+		return fmt.Sprintf("(output of %s: %v)", p.name, err)
+	}
+	return string(b)
+}
 
 // Stop sends SIGTERM to the process group, then SIGKILL after a grace
 // period, and waits for the process to exit. Exits caused by these
@@ -119,27 +153,3 @@ func (p *Proc) Stop() error {
 }
 
 func killPID(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
-
-// tailBuffer is an io.Writer keeping the last max bytes written, safe for
-// concurrent Write (stdout and stderr) and String.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	buf []byte
-}
-
-func (t *tailBuffer) Write(b []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, b...)
-	if over := len(t.buf) - t.max; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
-	}
-	return len(b), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.buf)
-}

@@ -3,16 +3,18 @@ package rig
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/internal/testenv"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 )
@@ -21,9 +23,7 @@ const testPrefix = "fm"
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("requires root: creates network namespaces")
-	}
+	testenv.RequireRoot(t, "creates network namespaces")
 }
 
 func TestBuildRejects(t *testing.T) {
@@ -270,12 +270,31 @@ func TestExecUnknownNode(t *testing.T) {
 	}
 }
 
-func TestTailBuffer(t *testing.T) {
-	b := &tailBuffer{max: 8}
-	io.WriteString(b, "hello ")
-	io.WriteString(b, "world!")
-	if got := b.String(); got != "o world!" {
-		t.Errorf("tail = %q, want %q", got, "o world!")
+// TestProcOutput: what a process (or its child) wrote is in Output as
+// soon as the write returned, with no copy in between to wait for. The
+// process writes its lines, then creates a file; the moment the test sees
+// the file, Output must hold every line.
+func TestProcOutput(t *testing.T) {
+	r := &Rig{dir: t.TempDir()}
+	marker := filepath.Join(r.dir, "written")
+	p, err := r.StartCmd(exec.Command("sh", "-c", `echo out; echo err >&2; sh -c 'echo child'; touch `+marker+`; exec sleep 60`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if _, err := os.Stat(marker); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the process did not write its marker within 10s; output %q", p.Output())
+		}
+	}
+	if got, want := p.Output(), "out\nerr\nchild\n"; got != want {
+		t.Errorf("Output() = %q, want %q", got, want)
+	}
+	if err := p.Stop(); err != nil {
+		t.Fatal(err)
 	}
 }
 
