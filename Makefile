@@ -12,6 +12,14 @@ TOOLS       := $(CURDIR)/bin/tools
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 30s
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+TESTSUM     := $(TOOLS)/testsum
+# Where testsum and test/fuzz.sh add the counts of the tests that ran
+# (.ci/run sets it and prints the sum); empty: counted but not kept.
+TALLY       ?=
+
+# Pipelines fail when any command in them fails (go test | testsum).
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
 
 # Native fuzz targets: package:Target.
 FUZZ_TARGETS := \
@@ -32,15 +40,23 @@ deps:
 # The README's test command: unit tests, integration tests (real NFQUEUE,
 # iptables and ctnetlink in fresh network namespaces) and end-to-end tests
 # (real vsftpd and curl through ftpalg). As root, nothing is skipped.
-test: deps build
-	FTPALG_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 20m ./...
-	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./alg/... ./conntrack/... ./nfq/...
+#
+# Output goes through testsum: a line per package, the output of failed
+# tests, the reason of skipped ones, and the count of tests that ran.
+# Measurements (TestMeasure*, make bench-pinholes) are not checks and do
+# not run here.
+test: deps build $(TESTSUM)
+	FTPALG_BIN=$(CURDIR)/$(BIN) $(GO) test -json -count=1 -timeout 20m -skip '^TestMeasure' ./... 2>&1 | $(TESTSUM) $(if $(TALLY),-tally $(TALLY))
+	$(GO) test -json -count=1 -run '^$$' -bench . -benchtime 1x ./alg/... ./conntrack/... ./nfq/... 2>&1 | $(TESTSUM) $(if $(TALLY),-tally $(TALLY))
+
+$(TESTSUM): test/testsum/main.go
+	$(GO) build -o $@ ./test/testsum
 
 unit:
 	$(GO) test -count=1 -short ./alg/... ./conntrack/... ./daemon/... ./cmd/...
 
 fuzz:
-	GO=$(GO) ./test/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
+	GO=$(GO) TALLY=$(TALLY) ./test/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
 
 # In-process engine benchmarks, then the same workloads through plain NAT,
 # the kernel's FTP helper and ftpalg in the rig, side by side.
@@ -50,7 +66,7 @@ bench: deps build
 
 # Pinhole install/remove latency, iptables vs nftables backend, same run.
 bench-pinholes:
-	FTPALG_MEASURE=1 $(GO) test -count=1 -run 'TestNFTableLatency|TestPinholeLatency' -v ./rules | grep -vE 'level=|msg=' | grep -E 'p50|p99|^--- |[0-9](µs|ms)'
+	FTPALG_MEASURE=1 $(GO) test -count=1 -run '^TestMeasure' -v ./rules | grep -vE 'level=|msg=' | grep -E 'p50|p99|^--- |[0-9](µs|ms)'
 
 # Real FTP transfers through ftpalg in a network-namespace rig, explained.
 demo: deps build
