@@ -41,9 +41,23 @@ func (r *Rig) Start(n Node, name string, args ...string) (*Proc, error) {
 // caller set Stdout or Stderr.
 func (r *Rig) StartCmd(cmd *exec.Cmd) (*Proc, error) {
 	p := &Proc{name: cmd.String(), cmd: cmd, done: make(chan struct{})}
+	// Refuse early after Close; track below catches a Close that races
+	// with Start and stops the process it would otherwise miss.
+	r.mu.Lock()
+	closed := r.closed
+	r.mu.Unlock()
+	if closed {
+		return nil, fmt.Errorf("starting %s: %w", p.name, ErrClosed)
+	}
 	if cmd.Stdout == nil || cmd.Stderr == nil {
 		f, err := os.CreateTemp(r.dir, "proc-*.log")
 		if err != nil {
+			r.mu.Lock()
+			closed := r.closed // Close removed the directory meanwhile
+			r.mu.Unlock()
+			if closed {
+				err = ErrClosed
+			}
 			return nil, fmt.Errorf("starting %s: output file: %w", p.name, err)
 		}
 		// O_APPEND, so that stdout and stderr, and forked children,
@@ -70,14 +84,6 @@ func (r *Rig) StartCmd(cmd *exec.Cmd) (*Proc, error) {
 	// itself has exited. Close kills such children by namespace.
 	if cmd.WaitDelay == 0 {
 		cmd.WaitDelay = time.Second
-	}
-	// Refuse early after Close; track below catches a Close that races
-	// with Start and stops the process it would otherwise miss.
-	r.mu.Lock()
-	closed := r.closed
-	r.mu.Unlock()
-	if closed {
-		return nil, fmt.Errorf("starting %s: %w", p.name, ErrClosed)
 	}
 	if err := cmd.Start(); err != nil {
 		if p.out != nil {
