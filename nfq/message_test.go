@@ -256,7 +256,7 @@ func TestHostByteOrder(t *testing.T) {
 		return append(b, make([]byte, (4-len(v)%4)%4)...)
 	}
 	payload := []byte{0x45, 0, 0, 20, 1, 2, 3, 4, 5}
-	body := []byte{2, 0, 0, 21} // nfgenmsg: AF_INET, v0, queue 21 (big-endian)
+	body := []byte{2, 0, 0, 21}                                         // nfgenmsg: AF_INET, v0, queue 21 (big-endian)
 	body = attr(body, attrPacketHdr, []byte{0, 0, 1, 2, 0x08, 0x00, 2}) // id 258, ETH_P_IP, hook FORWARD
 	body = attr(body, attrPayload, payload)
 	msg := h.AppendUint32(nil, uint32(16+len(body)))
