@@ -94,10 +94,11 @@ func manPage(date string) manpage.Page {
 
 // namespaceFree undoes daemon.RuntimePath in a default: the page is built
 // wherever the package is (a container has its own network namespace) but
-// describes the router, where ftpalg runs in the initial one.
+// describes the router, where ftpalg runs in the initial one. The note is
+// there either way, so the page does not depend on where it was built.
 func namespaceFree(def string) string {
 	for _, base := range []string{defaultStateDir, status.DefaultSocket} {
-		if def == daemon.RuntimePath(base) && def != base {
+		if def == daemon.RuntimePath(base) {
 			return fmt.Sprintf("%s; outside the initial network namespace its name gets the namespace's id", base)
 		}
 	}
