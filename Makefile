@@ -6,12 +6,54 @@ DESTDIR     ?=
 SBINDIR     ?= $(PREFIX)/sbin
 UNITDIR     ?= /etc/systemd/system
 SYSCONFDIR  ?= /etc
+MANDIR      ?= $(PREFIX)/share/man
+DOCDIR      ?= $(PREFIX)/share/doc/ftpalg
 INSTALL     ?= install
-BIN         := bin/ftpalg
+BIN         ?= bin/ftpalg
+MAN         := bin/ftpalg.8
+# CROSS prefixes the build with a Go target ("GOARCH=arm GOARM=7"); make
+# deb sets it, with BUILDFLAGS and LDFLAGS for a stripped static binary.
+CROSS       ?=
+BUILDFLAGS  ?=
 TOOLS       := $(CURDIR)/bin/tools
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 30s
-VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     ?= -X main.version=$(VERSION)
+# The manual page's date: the last commit's, so a rebuild is identical.
+MANDATE     ?= $(shell git log -1 --format=%cs 2>/dev/null)
+# The page is printed by the binary being installed, or when that one is
+# cross-compiled, by the same code built for this machine.
+MANGEN       = $(if $(strip $(CROSS)),$(GO) run -ldflags "$(LDFLAGS)" ./cmd/ftpalg,./$(BIN))
+
+# The example files: everything in deploy/ but Go code, test data, the
+# Debian packaging and the three files installed in their own places. A
+# new script or directory there (deploy/ha/...) ships without a change
+# here; test/e2e TestDebPackage checks the package holds each one.
+EXAMPLES    := $(shell cd deploy && find . -type f ! -name '*.go' ! -path '*/testdata/*' ! -path './debian/*' \
+		! -name ftpalg.service ! -name ftpalg.default ! -name ftpalg.toml | sed 's|^\./||' | LC_ALL=C sort)
+
+# make deb: the Debian architecture, and the Go target that builds for it.
+DEB_HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
+DEB_ARCH    ?= $(DEB_HOST_ARCH)
+DEB_VERSION := $(shell deploy/debian/version)
+DEB_GO_amd64   := GOARCH=amd64
+DEB_GO_i386    := GOARCH=386
+DEB_GO_arm64   := GOARCH=arm64
+DEB_GO_armhf   := GOARCH=arm GOARM=7
+DEB_GO_armel   := GOARCH=arm GOARM=5
+DEB_GO_mipsel  := GOARCH=mipsle GOMIPS=softfloat
+DEB_GO_mips64el := GOARCH=mips64le
+DEB_GO_ppc64el := GOARCH=ppc64le
+DEB_GO_riscv64 := GOARCH=riscv64
+DEB_GO_s390x   := GOARCH=s390x
+DEBROOT     := dist/root-$(DEB_ARCH)
+DEB         := dist/ftpalg_$(DEB_VERSION)_$(DEB_ARCH).deb
+MAINTAINER  ?= ftpalg maintainers <ftpalg@example.org>
+
+# make release: name:Go target. OpenWrt's MIPS routers have no FPU.
+RELEASE_TARGETS := amd64:GOARCH=amd64 arm64:GOARCH=arm64 armv7:GOARCH=arm,GOARM=7 \
+	mipsle:GOARCH=mipsle,GOMIPS=softfloat mips:GOARCH=mips,GOMIPS=softfloat
 TESTSUM     := $(TOOLS)/testsum
 # Where testsum and test/fuzz.sh add the counts of the tests that ran
 # (.ci/run sets it and prints the sum); empty: counted but not kept.
@@ -27,12 +69,16 @@ FUZZ_TARGETS := \
 	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack/seqnum:FuzzShiftRoundTrip ./config:FuzzParse \
 	./nfq:FuzzParse ./rules:FuzzParseNFTAcks ./rules:FuzzAppendNFTBatch
 
-.PHONY: all build test unit fuzz bench bench-pinholes lint deps demo matrix install clean
+.PHONY: all build man test unit fuzz bench bench-pinholes lint deps demo matrix install deb release cross-test clean
 
 all: build
 
 build:
-	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/ftpalg
+	$(CROSS) $(GO) build $(BUILDFLAGS) -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/ftpalg
+
+# ftpalg(8), printed by `ftpalg manpage` from the flag definitions.
+man: build
+	$(MANGEN) manpage --date "$(MANDATE)" > $(MAN).tmp && mv $(MAN).tmp $(MAN)
 
 deps:
 	./test/deps.sh
@@ -82,11 +128,11 @@ lint:
 	GOBIN=$(TOOLS) $(GO) install $(STATICCHECK)
 	$(TOOLS)/staticcheck ./...
 
-# Binary, systemd unit, /etc/default/ftpalg, /etc/ftpalg/ftpalg.toml and the
-# example firewall scripts. An admin's existing settings are never
+# Binary, systemd unit, /etc/default/ftpalg, /etc/ftpalg/ftpalg.toml, the
+# man page and the example files. An admin's existing settings are never
 # overwritten: a changed example goes next to them as .dist.
 # DESTDIR=/tmp/pkg PREFIX=/usr stages a package.
-install: build
+install: build man
 	$(INSTALL) -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/ftpalg
 	$(INSTALL) -d $(DESTDIR)$(UNITDIR)
 	sed 's|/usr/local/sbin/ftpalg|$(SBINDIR)/ftpalg|' deploy/ftpalg.service > $(DESTDIR)$(UNITDIR)/ftpalg.service
@@ -95,9 +141,51 @@ install: build
 		src=$${f%%:*}; dst=$(DESTDIR)$${f#*:}; \
 		if [ -e "$$dst" ]; then $(INSTALL) -D -m 0644 $$src $$dst.dist; echo "kept $$dst (new version: $$dst.dist)"; \
 		else $(INSTALL) -D -m 0644 $$src $$dst; fi; done
-	$(INSTALL) -d $(DESTDIR)$(PREFIX)/share/doc/ftpalg/examples
-	$(INSTALL) -m 0644 deploy/firewall.rules deploy/firewall6.rules deploy/README.md $(DESTDIR)$(PREFIX)/share/doc/ftpalg/examples/
+	$(INSTALL) -D -m 0644 $(MAN) $(DESTDIR)$(MANDIR)/man8/ftpalg.8
+	@set -e; for f in $(EXAMPLES); do $(INSTALL) -D -m 0644 deploy/$$f $(DESTDIR)$(DOCDIR)/examples/$$f; done
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
+# dist/ftpalg_<version>_<arch>.deb with dpkg-deb: make install staged under
+# /usr with the unit in /lib/systemd/system, a static stripped binary, the
+# maintainer scripts of deploy/debian. DEB_ARCH=arm64 (armhf, mipsel, ...)
+# cross-builds.
+deb:
+	@test -n "$(DEB_ARCH)" && test -n "$(DEB_GO_$(DEB_ARCH))" || { echo "deb: no Go target for Debian architecture '$(DEB_ARCH)'" >&2; exit 1; }
+	rm -rf $(DEBROOT) && mkdir -p dist
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(DEBROOT) PREFIX=/usr UNITDIR=/lib/systemd/system \
+		BIN=bin/linux-$(DEB_ARCH)/ftpalg CROSS="CGO_ENABLED=0 $(DEB_GO_$(DEB_ARCH))" BUILDFLAGS=-trimpath \
+		LDFLAGS="-s -w -X main.version=$(VERSION)" VERSION="$(VERSION)" \
+		$(if $(filter $(DEB_HOST_ARCH),$(DEB_ARCH)),MANGEN=./bin/linux-$(DEB_ARCH)/ftpalg)
+	gzip -9n $(DEBROOT)/usr/share/man/man8/ftpalg.8
+	{ cat deploy/debian/copyright; $(GO) version -m bin/linux-$(DEB_ARCH)/ftpalg | awk '$$1 == "dep" { print "  " $$2 " " $$3 }'; } \
+		> $(DEBROOT)/usr/share/doc/ftpalg/copyright
+	printf 'ftpalg (%s) unstable; urgency=medium\n\n  * Built from git %s.\n\n -- %s  %s\n' \
+		"$(DEB_VERSION)" "$(VERSION)" "$(MAINTAINER)" "$$(git log -1 --format=%aD 2>/dev/null || date -R)" \
+		| gzip -9n > $(DEBROOT)/usr/share/doc/ftpalg/changelog.gz
+	$(INSTALL) -D -m 0644 deploy/debian/lintian-overrides $(DEBROOT)/usr/share/lintian/overrides/ftpalg
+	$(INSTALL) -d -m 0755 $(DEBROOT)/DEBIAN
+	$(INSTALL) -m 0755 deploy/debian/postinst deploy/debian/prerm deploy/debian/postrm $(DEBROOT)/DEBIAN/
+	$(INSTALL) -m 0644 deploy/debian/conffiles $(DEBROOT)/DEBIAN/
+	cd $(DEBROOT) && find . -type f ! -path './DEBIAN/*' | LC_ALL=C sort | sed 's|^\./||' | xargs md5sum > DEBIAN/md5sums
+	sed -e 's|@VERSION@|$(DEB_VERSION)|' -e 's|@ARCH@|$(DEB_ARCH)|' -e 's|@MAINTAINER@|$(MAINTAINER)|' \
+		-e "s|@SIZE@|$$(du -sk --exclude=DEBIAN $(DEBROOT) | cut -f1)|" deploy/debian/control > $(DEBROOT)/DEBIAN/control
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || date +%s) dpkg-deb --root-owner-group -Zxz --build $(DEBROOT) $(DEB)
+	@echo "deb: $(DEB)"
+
+# Static binaries for routers, dist/ftpalg-<version>-linux-<arch>, and
+# their SHA256SUMS.
+release:
+	@mkdir -p dist
+	@set -e; for t in $(RELEASE_TARGETS); do name=$${t%%:*}; target=$$(echo "$${t#*:}" | tr , ' '); \
+		echo "release: linux-$$name ($$target)"; \
+		env CGO_ENABLED=0 $$target $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" \
+			-o dist/ftpalg-$(VERSION)-linux-$$name ./cmd/ftpalg; done
+	cd dist && sha256sum ftpalg-$(VERSION)-linux-* > SHA256SUMS && cat SHA256SUMS
+
+# The pure packages' tests, cross-compiled for arm64, armv7 and big-endian
+# mips and run under qemu-user-static.
+cross-test: deps
+	GO=$(GO) ./test/cross.sh
+
 clean:
-	rm -rf bin bench-engine.txt
+	rm -rf bin dist bench-engine.txt

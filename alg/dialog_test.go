@@ -2,6 +2,7 @@ package alg
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"unsafe"
@@ -354,7 +355,10 @@ func TestNewDialogConfig(t *testing.T) {
 	for _, tt := range []struct {
 		max  int
 		want int
-	}{{0, DefaultMaxLine}, {-1, DefaultMaxLine}, {1, 1}, {100000, 100000}, {1 << 40, 1<<32 - 1}} {
+	}{{0, DefaultMaxLine}, {-1, DefaultMaxLine}, {1, 1}, {100000, 100000},
+		// Clamped to what maxLine holds; on 32-bit CPUs (armv7, mips) int
+		// itself is the bound.
+		{math.MaxInt, int(min(uint64(math.MaxInt), math.MaxUint32))}} {
 		d := NewDialog(Config{MaxLine: tt.max})
 		if got := d.limit(); got != tt.want {
 			t.Errorf("MaxLine %d: limit %d, want %d", tt.max, got, tt.want)

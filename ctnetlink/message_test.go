@@ -12,7 +12,11 @@ import (
 	"github.com/mdlayher/netlink"
 )
 
-// unhex decodes a golden written as hex words with // comments per line.
+// unhex decodes a golden written as hex words with // comments per line:
+// an nfgenmsg and netlink attributes, written as a little-endian host
+// (x86, arm) sends them. Attribute headers are in host byte order, so on
+// a big-endian host (mips) they are converted; payloads (addresses, ports
+// in network order, flags) are left as written.
 func unhex(t *testing.T, s string) []byte {
 	t.Helper()
 	var b strings.Builder
@@ -24,7 +28,32 @@ func unhex(t *testing.T, s string) []byte {
 	if err != nil {
 		t.Fatalf("bad golden: %v", err)
 	}
+	if len(out) > 4 {
+		hostOrderAttrs(out[4:])
+	}
 	return out
+}
+
+// hostOrderAttrs rewrites the little-endian attribute headers of b, nested
+// ones included, in host byte order. It stops at a header that does not
+// fit: the goldens of malformed messages stay malformed the same way.
+func hostOrderAttrs(b []byte) {
+	for len(b) >= 4 {
+		n, typ := binary.LittleEndian.Uint16(b), binary.LittleEndian.Uint16(b[2:])
+		if n < 4 || int(n) > len(b) {
+			return
+		}
+		binary.NativeEndian.PutUint16(b, n)
+		binary.NativeEndian.PutUint16(b[2:], typ)
+		if typ&0x8000 != 0 { // NLA_F_NESTED
+			hostOrderAttrs(b[4:n])
+		}
+		if a := (int(n) + 3) &^ 3; a < len(b) {
+			b = b[a:]
+		} else {
+			return
+		}
+	}
 }
 
 var tuple4 = Tuple{

@@ -240,3 +240,49 @@ func FuzzParse(f *testing.F) {
 func inside(b, s []byte) bool {
 	return len(s) <= len(b) && cap(s) > 0 && &b[:cap(b)][cap(b)-1] == &s[:cap(s)][cap(s)-1] && len(s) <= cap(b)
 }
+
+// TestHostByteOrder builds a packet message the way the kernel sends it,
+// with binary.NativeEndian and not the package's own ne: netlink and
+// attribute headers in host order, NFQA values in network order. The
+// other tests share ne with the code, so a parser and encoder that both
+// assumed little-endian would pass them; this one fails on big-endian
+// mips under make cross-test.
+func TestHostByteOrder(t *testing.T) {
+	h := binary.NativeEndian
+	attr := func(b []byte, typ uint16, v []byte) []byte {
+		b = h.AppendUint16(b, uint16(4+len(v)))
+		b = h.AppendUint16(b, typ)
+		b = append(b, v...)
+		return append(b, make([]byte, (4-len(v)%4)%4)...)
+	}
+	payload := []byte{0x45, 0, 0, 20, 1, 2, 3, 4, 5}
+	body := []byte{2, 0, 0, 21}                                         // nfgenmsg: AF_INET, v0, queue 21 (big-endian)
+	body = attr(body, attrPacketHdr, []byte{0, 0, 1, 2, 0x08, 0x00, 2}) // id 258, ETH_P_IP, hook FORWARD
+	body = attr(body, attrPayload, payload)
+	msg := h.AppendUint32(nil, uint32(16+len(body)))
+	msg = h.AppendUint16(msg, subsysQueue<<8|msgPacket)
+	msg = h.AppendUint16(msg, 0)
+	msg = h.AppendUint32(msg, 77) // seq
+	msg = h.AppendUint32(msg, 0)
+	msg = append(msg, body...)
+
+	typ, _, seq, b, _, err := nextMessage(msg)
+	if err != nil || seq != 77 {
+		t.Fatalf("nextMessage: seq %d, %v", seq, err)
+	}
+	p, err := parsePacket(typ, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ID != 258 || p.Proto != 0x0800 || p.Hook != 2 || !bytes.Equal(p.Payload, payload) {
+		t.Errorf("parsed %+v", p)
+	}
+
+	v := appendVerdict(nil, 21, 258, Accept, nil)
+	if h.Uint32(v) != uint32(len(v)) || h.Uint16(v[4:]) != subsysQueue<<8|msgVerdict {
+		t.Errorf("verdict header % x", v[:8])
+	}
+	if a := v[16+nfgenLen:]; h.Uint16(a) != 12 || h.Uint16(a[2:]) != attrVerdictHdr {
+		t.Errorf("verdict attribute header % x", a[:4])
+	}
+}

@@ -8,6 +8,9 @@ declare -A want=(
 	[iptables]=iptables [ip6tables]=iptables [ip]=iproute2 [conntrack]=conntrack
 	[vsftpd]=vsftpd [curl]=curl [lftp]=lftp [tnftp]=tnftp [python3]=python3
 	[sysctl]=procps [ss]=iproute2 [tcpdump]=tcpdump [nft]=nftables
+	[dpkg-deb]=dpkg [lintian]=lintian [man]=man-db [groff]=groff-base [gzip]=gzip
+	[qemu-aarch64-static]=qemu-user-static [qemu-arm-static]=qemu-user-static
+	[qemu-mips-static]=qemu-user-static
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -34,6 +34,9 @@ func (o *options) applyConfig(fs *flag.FlagSet) error {
 	return nil
 }
 
+// defaultStateDir is --state-dir in the initial network namespace.
+const defaultStateDir = "/run/ftpalg/state"
+
 // errUsage marks command-line mistakes (exit status 2).
 var errUsage = errors.New("usage")
 
@@ -91,7 +94,7 @@ func (o *options) define(fs *flag.FlagSet, run bool) {
 	fs.IntVar(&o.maxPerClient, "max-pinholes-per-client", 64, "pending pinholes for one client address (one per parallel session until its data connection starts);\nnewer requests are refused (`n`)")
 	fs.IntVar(&o.maxPinholes, "max-pinholes", 1024, "pending pinholes in total; newer requests are refused (`n`)")
 	fs.IntVar(&o.maxConns, "max-connections", 65536, "tracked control connections; the least recently active is evicted beyond (`n`)")
-	fs.StringVar(&o.stateDir, "state-dir", daemon.RuntimePath("/run/ftpalg/state"), "`directory` (on tmpfs) where rewritten connections' sequence offsets survive a restart; empty disables")
+	fs.StringVar(&o.stateDir, "state-dir", daemon.RuntimePath(defaultStateDir), "`directory` (on tmpfs) where rewritten connections' sequence offsets survive a restart; empty disables")
 	fs.StringVar(&o.statusSocket, "status-socket", daemon.RuntimePath(status.DefaultSocket), "unix `socket` that 'ftpalg status' reads; empty disables")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`addr`/metrics (off when empty)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log `format`: text or json")

@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,20 +26,52 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-const usage = `ftpalg makes FTP work through NAT and strict firewalls: it rewrites the
+// intro opens the usage text and the manual page's DESCRIPTION.
+const intro = `ftpalg makes FTP work through NAT and strict firewalls: it rewrites the
 addresses in PORT, EPRT, 227 and 229 (and LPRT/228) to the ones the peer can
 reach, keeps TCP sequence numbers right, and opens an exact, short-lived
-pinhole for each announced data connection.
+pinhole for each announced data connection.`
 
-Usage:
-  ftpalg run [flags]            run the gateway (root or CAP_NET_ADMIN)
-  ftpalg rules [flags]          print ftpalg's chains as iptables-restore fragments
-  ftpalg status [--json]        show the running gateway: connections, pinholes, counters
-  ftpalg config check <file>    validate a configuration file
-  ftpalg version                print the version
+// command is one subcommand. The usage text, the dispatch in run and the
+// manual page (`ftpalg manpage`) are all made from the table in commands.
+type command struct {
+	name, args string // "config", "check <file>"
+	summary    string // the usage text's line
+	about      string // -help's and the manual page's paragraph
+	// define registers the command's flags on fs, for the manual page;
+	// nil when it has none. The command itself defines the same ones.
+	define func(fs *flag.FlagSet)
+	run    func(args []string, stdout, stderr io.Writer) error
+}
 
-Run 'ftpalg <command> -help' for the flags of a command.
-`
+func commands() []command {
+	return []command{
+		{"run", "[flags]", "run the gateway (root or CAP_NET_ADMIN)", aboutRun,
+			func(fs *flag.FlagSet) { new(options).define(fs, true) },
+			func(args []string, _, stderr io.Writer) error { return cmdRun(args, stderr) }},
+		{"rules", "[flags]", "print ftpalg's chains as iptables-restore fragments", aboutRules,
+			func(fs *flag.FlagSet) { new(options).define(fs, false) }, cmdRules},
+		{"status", "[--json]", "show the running gateway: connections, pinholes, counters", aboutStatus,
+			func(fs *flag.FlagSet) { statusFlags(fs) }, cmdStatus},
+		{"config", "check <file>", "validate a configuration file", aboutConfig, nil, cmdConfig},
+		{"version", "", "print the version", "Print the version and exit.", nil,
+			func(_ []string, stdout, _ io.Writer) error {
+				_, err := fmt.Fprintln(stdout, "ftpalg", version)
+				return err
+			}},
+	}
+}
+
+// usage is the text `ftpalg help` prints.
+func usage() string {
+	var b strings.Builder
+	b.WriteString(intro + "\n\nUsage:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(&b, "  ftpalg %-22s %s\n", strings.TrimSpace(c.name+" "+c.args), c.summary)
+	}
+	b.WriteString("\nRun 'ftpalg <command> -help' for the flags of a command, 'man ftpalg' for everything.\n")
+	return b.String()
+}
 
 func main() {
 	code := run(os.Args[1:], os.Stdout, os.Stderr)
@@ -47,25 +81,20 @@ func main() {
 // run is main without the exit, for tests.
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usage())
 		return 2
 	}
 	var err error
-	switch args[0] {
-	case "run":
-		err = cmdRun(args[1:], stderr)
-	case "rules":
-		err = cmdRules(args[1:], stdout, stderr)
-	case "status":
-		err = cmdStatus(args[1:], stdout, stderr)
-	case "config":
-		err = cmdConfig(args[1:], stdout, stderr)
-	case "version":
-		fmt.Fprintln(stdout, "ftpalg", version)
-	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, usage)
+	i := slices.IndexFunc(commands(), func(c command) bool { return c.name == args[0] })
+	switch {
+	case i >= 0:
+		err = commands()[i].run(args[1:], stdout, stderr)
+	case args[0] == "manpage": // hidden: the build writes ftpalg.8 with it
+		err = cmdManpage(args[1:], stdout, stderr)
+	case slices.Contains([]string{"help", "-h", "-help", "--help"}, args[0]):
+		fmt.Fprint(stdout, usage())
 	default:
-		fmt.Fprintf(stderr, "ftpalg: unknown command %q\n\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "ftpalg: unknown command %q\n\n%s", args[0], usage())
 		return 2
 	}
 	switch {
@@ -91,9 +120,11 @@ func newFlagSet(name, summary string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+const aboutRun = "Run the gateway until SIGTERM or SIGINT, then remove every rule it installed."
+
 func cmdRun(args []string, stderr io.Writer) error {
 	var o options
-	fs := newFlagSet("run", "Run the gateway until SIGTERM or SIGINT, then remove every rule it installed.", stderr)
+	fs := newFlagSet("run", aboutRun, stderr)
 	o.define(fs, true)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -121,10 +152,12 @@ func cmdRun(args []string, stderr io.Writer) error {
 	return daemon.Run(ctx, cfg)
 }
 
+const aboutRules = "Print ftpalg's chains and jumps as iptables-restore fragments, for firewall scripts that\n" +
+	"include them and run 'ftpalg run --install-rules=false'. Load each with 'iptables-restore --noflush'."
+
 func cmdRules(args []string, stdout, stderr io.Writer) error {
 	var o options
-	fs := newFlagSet("rules", "Print ftpalg's chains and jumps as iptables-restore fragments, for firewall scripts that\n"+
-		"include them and run 'ftpalg run --install-rules=false'. Load each with 'iptables-restore --noflush'.", stderr)
+	fs := newFlagSet("rules", aboutRules, stderr)
 	o.define(fs, false)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -146,10 +179,17 @@ func cmdRules(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+const aboutStatus = "Show the running gateway: tracked control connections, open pinholes, counters."
+
+func statusFlags(fs *flag.FlagSet) (asJSON *bool, socket *string) {
+	asJSON = fs.Bool("json", false, "print the snapshot as JSON, for scripts")
+	socket = fs.String("socket", daemon.RuntimePath(status.DefaultSocket), "the daemon's status `socket` (its --status-socket)")
+	return asJSON, socket
+}
+
 func cmdStatus(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("status", "Show the running gateway: tracked control connections, open pinholes, counters.", stderr)
-	asJSON := fs.Bool("json", false, "print the snapshot as JSON, for scripts")
-	socket := fs.String("socket", daemon.RuntimePath(status.DefaultSocket), "the daemon's status `socket` (its --status-socket)")
+	fs := newFlagSet("status", aboutStatus, stderr)
+	asJSON, socket := statusFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -166,6 +206,9 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	}
 	return status.Render(stdout, s)
 }
+
+const aboutConfig = "Check a configuration file the way 'ftpalg run --config' reads it: every key known, every value\n" +
+	"valid, the combination accepted. Prints '<file>: ok' or each mistake with its line number."
 
 func cmdConfig(args []string, stdout, stderr io.Writer) error {
 	if len(args) != 2 || args[0] != "check" {
