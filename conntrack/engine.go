@@ -24,7 +24,6 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/ftpalg/ftpalg/alg"
-	"github.com/ftpalg/ftpalg/conntrack/seqnum"
 )
 
 // Reasons an announcement is refused. Refusals never change the bytes: the
@@ -365,7 +364,7 @@ func (e *Engine) Process(pkt []byte, now time.Time) Result {
 func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 	f := e.tab.m[conn]
 	newSYN := e.side == alg.Client && seg.has(flagSYN) && !seg.has(flagACK)
-	if f != nil && newSYN && f.c.init && seg.seq != f.c.next.Add(^seqnum.Size(0)) {
+	if f != nil && newSYN && f.c.init && !f.c.isSYN(seg.seq) {
 		e.end(f) // the port pair is reused by a new connection
 		f = nil
 	}

@@ -37,6 +37,8 @@ type half struct {
 	acked    seqnum.Value // highest acknowledgement from the receiver, in sender space
 	ackValid bool
 	fin      bool // the sender's FIN was released
+	syn      bool // started by the sender's SYN, at isn
+	isn      seqnum.Value
 	restored bool // restored from a saved state: next may lag behind the stream
 	// restoredHeld: the saved state had bytes held from next on, so the
 	// receiver never got them and the sender will send them again.
@@ -70,9 +72,22 @@ func (h *half) start(seg *segment) {
 	if seg.has(flagSYN) {
 		h.next = seg.seq.Add(1)
 		h.sync = true
+		h.syn, h.isn = true, seg.seq
 	}
 	h.sent = h.next
 	h.m.floor = h.next
+}
+
+// isSYN reports whether a SYN at seq belongs to this stream rather than to
+// a new connection on the same port pair: a retransmitted or duplicated SYN
+// carries the first one's sequence number however late it arrives, after
+// data too. A stream picked up without its SYN knows only where its bytes
+// resume.
+func (h *half) isSYN(seq seqnum.Value) bool {
+	if h.syn {
+		return seq == h.isn
+	}
+	return seq == h.next.Add(^seqnum.Size(0))
 }
 
 // resync moves a restored stream's release point to p, which the receiver
