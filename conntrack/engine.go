@@ -24,7 +24,6 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/ftpalg/ftpalg/alg"
-	"github.com/ftpalg/ftpalg/conntrack/seqnum"
 )
 
 // Reasons an announcement is refused. Refusals never change the bytes: the
@@ -83,16 +82,23 @@ type NAT interface {
 
 // Config tunes the engine. Zero values select the defaults.
 type Config struct {
-	ControlPorts   []uint16      // server ports of control connections; default 21
-	MaxLine        int           // longest line parsed; default 4096
-	MaxFlows       int           // tracked connections; default 65536
-	MaxEdits       int           // unacknowledged rewrites per direction; default 64
-	IdleTimeout    time.Duration // default 24h
-	CloseTimeout   time.Duration // after both FINs or an RST; default 30s
-	MinDataPort    uint16        // lowest acceptable data port; default 1024
-	StallTimeout   time.Duration // hold a partial address line at most this long against a retransmitting sender; default 150ms
-	VerifyChecksum bool          // drop segments with a bad TCP checksum
-	TLS            TLSPolicy     // what to do with AUTH; default TLSPass
+	ControlPorts []uint16      // server ports of control connections; default 21
+	MaxLine      int           // longest line parsed; default 4096
+	MaxFlows     int           // tracked connections; default 65536
+	MaxEdits     int           // unacknowledged rewrites per direction; default 64
+	IdleTimeout  time.Duration // default 24h
+	CloseTimeout time.Duration // after both FINs or an RST; default 30s
+	// TimeWaitTimeout replaces CloseTimeout for a connection whose
+	// streams are shifted by rewrites: conntrack accepts its packets for
+	// that long after the close (nf_conntrack_tcp_timeout_time_wait, 120s
+	// by default), and a retransmitted FIN or its ACK in that time still
+	// needs the mapping. Unshifted ones pass the same untracked, so they
+	// go sooner. Default 120s.
+	TimeWaitTimeout time.Duration
+	MinDataPort     uint16        // lowest acceptable data port; default 1024
+	StallTimeout    time.Duration // hold a partial address line at most this long against a retransmitting sender; default 150ms
+	VerifyChecksum  bool          // drop segments with a bad TCP checksum
+	TLS             TLSPolicy     // what to do with AUTH; default TLSPass
 	// AllowBeforeLogin lets announcements open pinholes before the server
 	// accepted a login. Off by default: see alg.Dialog.LoggedIn.
 	AllowBeforeLogin bool
@@ -124,6 +130,9 @@ func (c *Config) fill() {
 	}
 	if c.CloseTimeout <= 0 {
 		c.CloseTimeout = 30 * time.Second
+	}
+	if c.TimeWaitTimeout <= 0 {
+		c.TimeWaitTimeout = 120 * time.Second
 	}
 	if c.StallTimeout <= 0 {
 		c.StallTimeout = 150 * time.Millisecond
@@ -334,7 +343,11 @@ func (e *Engine) Process(pkt []byte, now time.Time) Result {
 	res := e.track(f, pkt, seg, now)
 	if seg.has(flagRST) || (f.c.fin && f.s.fin) {
 		if f.closeAt.IsZero() {
-			f.closeAt = now.Add(e.cfg.CloseTimeout)
+			wait := e.cfg.CloseTimeout
+			if f.shifted() {
+				wait = max(wait, e.cfg.TimeWaitTimeout)
+			}
+			f.closeAt = now.Add(wait)
 		}
 	}
 	res.Events = e.events
@@ -351,7 +364,7 @@ func (e *Engine) Process(pkt []byte, now time.Time) Result {
 func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 	f := e.tab.m[conn]
 	newSYN := e.side == alg.Client && seg.has(flagSYN) && !seg.has(flagACK)
-	if f != nil && newSYN && f.c.init && seg.seq != f.c.next.Add(^seqnum.Size(0)) {
+	if f != nil && newSYN && f.c.init && !f.c.isSYN(seg.seq) {
 		e.end(f) // the port pair is reused by a new connection
 		f = nil
 	}

@@ -222,6 +222,82 @@ func TestFINAcknowledged(t *testing.T) {
 	}
 }
 
+// The segments that can arrive out of order with the stream's own end and
+// start: none may be moved into a hole, and the connection's offsets must
+// stay right for each.
+func TestEndAndStartOutOfOrder(t *testing.T) {
+	t.Run("bare FIN beyond a hole is dropped, then passes after the lost bytes", func(t *testing.T) {
+		c := natConn(t)
+		c.client("PORT 192,0,2,10,200,11\r\n") // one byte longer: offsets apply
+		lost := c.cseq
+		c.cseq = c.cseq.Add(6) // "QUIT\r\n" lost before the engine
+		if out := c.send(pkt{src: c.cli, dst: c.srv, seq: c.cseq, ack: c.sseq, flags: flagFIN | flagACK}); out != nil {
+			t.Fatalf("a FIN beyond a hole passed as %v: the receiver's stream would end at the hole", out)
+		}
+		if out := c.send(pkt{src: c.cli, dst: c.srv, seq: lost, ack: c.sseq, flags: flagACK, payload: []byte("QUIT\r\n")}); out == nil || out.seq != lost.Add(1) {
+			t.Fatalf("the retransmitted bytes: %v, want them at %d", out, lost.Add(1))
+		}
+		fin := c.send(pkt{src: c.cli, dst: c.srv, seq: c.cseq, ack: c.sseq, flags: flagFIN | flagACK})
+		if fin == nil || fin.seq != c.cseq.Add(1) {
+			t.Fatalf("the FIN again: %v, want it at %d", fin, c.cseq.Add(1))
+		}
+		if out := c.send(pkt{src: c.srv, dst: c.cli, seq: c.sseq, ack: c.cseq.Add(2), flags: flagACK}); out == nil || out.ack != c.cseq.Add(1) {
+			t.Fatalf("the ACK of the FIN: %v, want ack %d", out, c.cseq.Add(1))
+		}
+	})
+	t.Run("RST and pure ACK beyond a hole keep their own position", func(t *testing.T) {
+		c := natConn(t)
+		c.client("PORT 192,0,2,10,200,11\r\n")
+		at := c.cseq.Add(6)
+		for _, fl := range []uint8{flagACK, flagRST | flagACK} {
+			if out := c.send(pkt{src: c.cli, dst: c.srv, seq: at, ack: c.sseq, flags: fl}); out == nil || out.seq != at.Add(1) {
+				t.Fatalf("flags %#x beyond a hole: %v, want it at %d", fl, out, at.Add(1))
+			}
+		}
+	})
+	t.Run("bare FIN after held bytes releases them with it", func(t *testing.T) {
+		c := natConn(t)
+		if out := c.client("PORT 192,0,2"); out == nil || len(out.payload) != 0 {
+			t.Fatalf("partial PORT line not held: %v", out)
+		}
+		fin := c.send(pkt{src: c.cli, dst: c.srv, seq: c.cseq, ack: c.sseq, flags: flagFIN | flagACK})
+		if fin == nil || string(fin.payload) != "PORT 192,0,2" || fin.flags&flagFIN == 0 || fin.seq != 1001 {
+			t.Fatalf("FIN after held bytes: %v, want them released with the FIN at 1001", fin)
+		}
+		if out := c.send(pkt{src: c.srv, dst: c.cli, seq: c.sseq, ack: c.cseq.Add(1), flags: flagACK}); out == nil {
+			t.Fatal("the ACK of the held bytes and the FIN dropped")
+		}
+	})
+	t.Run("a late duplicate SYN is not a new connection", func(t *testing.T) {
+		c := natConn(t)
+		c.client("PORT 192,0,2,10,200,11\r\n")
+		c.send(pkt{src: c.cli, dst: c.srv, seq: 1000, flags: flagSYN})
+		if c.count(EventFlowEnd) != 0 {
+			t.Fatalf("a duplicate SYN ended the connection: %+v", c.events)
+		}
+		want := c.cseq.Add(1) // one byte longer after the PORT rewrite
+		if out := c.client("NOOP\r\n"); out == nil || out.seq != want {
+			t.Fatalf("the offset was lost: %v", out)
+		}
+		c.send(pkt{src: c.cli, dst: c.srv, seq: 777777, flags: flagSYN})
+		if c.count(EventFlowEnd) != 1 {
+			t.Fatalf("a SYN with a new ISN must start a new connection: %+v", c.events)
+		}
+	})
+	t.Run("a shifted connection stays tracked for TIME_WAIT", func(t *testing.T) {
+		c := natConn(t)
+		c.client("PORT 192,0,2,10,200,11\r\n")
+		c.send(pkt{src: c.cli, dst: c.srv, seq: c.cseq, ack: c.sseq, flags: flagFIN | flagACK})
+		c.send(pkt{src: c.srv, dst: c.cli, seq: c.sseq, ack: c.cseq.Add(2), flags: flagFIN | flagACK})
+		if ev := c.e.Expire(testNow.Add(time.Minute)); len(ev) != 0 {
+			t.Fatalf("forgotten a minute after both FINs: %+v", ev)
+		}
+		if ev := c.e.Expire(testNow.Add(121 * time.Second)); len(ev) != 1 {
+			t.Fatalf("still tracked after TIME_WAIT: %+v", ev)
+		}
+	})
+}
+
 func TestInvalidAckDropped(t *testing.T) {
 	c := natConn(t)
 	c.client("NOOP\r\n")

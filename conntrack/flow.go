@@ -46,6 +46,12 @@ func (f *flow) halves(side alg.Side) (sender, receiver *half) {
 	return &f.s, &f.c
 }
 
+// shifted reports whether either stream's later bytes are numbered
+// differently for the receiver than for the sender.
+func (f *flow) shifted() bool {
+	return f.c.m.total() != 0 || f.s.m.total() != 0
+}
+
 // table holds flows with an LRU list for idle expiry and eviction.
 type table struct {
 	m      map[Conn]*flow

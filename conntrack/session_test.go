@@ -141,6 +141,34 @@ type endpoint struct {
 	rcvNxt   int
 	exp      *expected // how the peer receives out
 	progress time.Time // when una last moved (or the last retransmission)
+
+	// The connection's start and end.
+	established bool
+	synSeen     bool // the server got a SYN: it answers with SYN/ACKs
+	closing     bool // out is complete: a FIN (or RST) follows it
+	finSent     bool
+	finAcked    bool
+	peerFin     bool // the peer's FIN arrived, with every byte before it
+	finPending  bool // the peer's FIN arrived ahead of bytes before it
+	reset       bool // this endpoint aborts with an RST instead of a FIN
+	rstSent     bool
+	gotRST      bool
+}
+
+// sndNxt is the sequence number after everything sent, FIN included.
+func (p *endpoint) sndNxt() seqnum.Value {
+	if p.finSent {
+		return p.seqOf(p.nxt).Add(1)
+	}
+	return p.seqOf(p.nxt)
+}
+
+// rcvAck is the acknowledgement of everything received, FIN included.
+func (p *endpoint) rcvAck() seqnum.Value {
+	if p.peerFin {
+		return p.peerISN.Add(2 + seqnum.Size(p.rcvNxt))
+	}
+	return p.peerISN.Add(1 + seqnum.Size(p.rcvNxt))
 }
 
 func (p *endpoint) lines() int { return bytes.Count(p.in[:p.rcvNxt], []byte("\n")) }
@@ -165,8 +193,12 @@ func (p *endpoint) sacks() [][2]seqnum.Value {
 }
 
 func (p *endpoint) segment(peer *endpoint, from, to int) pkt {
-	return pkt{src: p.addr, dst: peer.addr, seq: p.seqOf(from), ack: p.peerISN.Add(1 + seqnum.Size(p.rcvNxt)),
+	k := pkt{src: p.addr, dst: peer.addr, seq: p.seqOf(from), ack: p.rcvAck(),
 		flags: flagACK, payload: append([]byte(nil), p.out[from:to]...)}
+	if p.finSent && to == len(p.out) {
+		k.flags |= flagFIN // the FIN rides on the last bytes
+	}
+	return k
 }
 
 // sim runs one generated session through an engine.
@@ -181,6 +213,9 @@ type sim struct {
 	answer int // reply groups written by the server
 	pins   int
 	lossy  bool
+	// clientFirst: the client closes right after QUIT, before the
+	// server's 221 and FIN (otherwise it closes after the server's FIN).
+	clientFirst bool
 	// upstreamClean: no loss or reordering before the engine. A restart
 	// between an upstream loss and its retransmission may leave one
 	// address line in the lost bytes unrewritten (never corrupted): the
@@ -203,10 +238,38 @@ func (m *sim) fail(format string, a ...any) {
 func (m *sim) receive(p, peer *endpoint, b []byte) {
 	m.t.Helper()
 	k := parse(m.t, b)
-	if k.flags&flagSYN != 0 {
+	if p.gotRST {
 		return
 	}
-	if len(k.payload) > 0 {
+	if k.flags&flagSYN != 0 {
+		m.handshake(p, peer, k)
+		return
+	}
+	if k.flags&flagRST != 0 {
+		// RFC 5961: only an RST at exactly the next expected byte
+		// resets; the sender's RST follows its whole stream.
+		off := int(int32(k.seq - p.peerISN.Add(1)))
+		if off != len(p.in) {
+			m.fail("%s got an RST at %d, but the stream is %d long: %v", p.addr, off, len(p.in), k)
+		}
+		if p.rcvNxt == len(p.in) {
+			p.gotRST = true
+		}
+		return
+	}
+	if k.flags&flagACK != 0 && !p.established {
+		p.established = true // the server: the handshake's last ACK, or data after it
+	}
+	if k.flags&flagFIN != 0 {
+		// The FIN must come right after the whole stream: one moved
+		// into a hole would end the receiver's stream early.
+		off := int(int32(k.seq-p.peerISN.Add(1))) + len(k.payload)
+		if off != len(p.in) {
+			m.fail("%s got a FIN at %d, but the stream is %d long: %v", p.addr, off, len(p.in), k)
+		}
+		p.finPending = true
+	}
+	if len(k.payload) > 0 || k.flags&flagFIN != 0 {
 		off := int(int32(k.seq - p.peerISN.Add(1)))
 		if off < 0 || off+len(k.payload) > len(p.in) {
 			m.fail("%s got bytes at [%d,%d) outside the expected stream of %d: %v", p.addr, off, off+len(k.payload), len(p.in), k)
@@ -220,13 +283,23 @@ func (m *sim) receive(p, peer *endpoint, b []byte) {
 		for p.rcvNxt < len(p.have) && p.have[p.rcvNxt] {
 			p.rcvNxt++
 		}
-		ack := pkt{src: p.addr, dst: peer.addr, seq: p.seqOf(p.nxt), ack: p.peerISN.Add(1 + seqnum.Size(p.rcvNxt)), flags: flagACK, sacks: p.sacks()}
+		if p.finPending && p.rcvNxt == len(p.in) {
+			p.peerFin = true
+		}
+		ack := pkt{src: p.addr, dst: peer.addr, seq: p.sndNxt(), ack: p.rcvAck(), flags: flagACK, sacks: p.sacks()}
 		m.send(p, ack.build(m.t))
 	}
 	if k.flags&flagACK != 0 {
 		off := int(int32(k.ack - p.isn.Add(1)))
-		if off < 0 || off > p.nxt {
-			m.fail("%s: ack %d (offset %d) acknowledges more than was sent (%d)", p.addr, k.ack, off, p.nxt)
+		sent := p.nxt
+		if p.finSent {
+			sent++
+		}
+		if off < 0 || off > sent {
+			m.fail("%s: ack %d (offset %d) acknowledges more than was sent (%d)", p.addr, k.ack, off, sent)
+		}
+		if off > p.nxt {
+			off, p.finAcked = p.nxt, true
 		}
 		r, ok := p.exp.toReceiver(off)
 		if !ok {
@@ -252,6 +325,36 @@ func (m *sim) receive(p, peer *endpoint, b []byte) {
 			}
 		}
 	}
+}
+
+// handshake answers a SYN (the server, every time: a retransmitted SYN
+// means its SYN/ACK was lost) or a SYN/ACK (the client: established, and
+// the ACK again for a duplicate).
+func (m *sim) handshake(p, peer *endpoint, k pkt) {
+	switch {
+	case p == m.s && k.flags&flagACK == 0:
+		if k.seq != p.peerISN {
+			m.fail("server got a SYN with ISN %d, want %d: %v", k.seq, p.peerISN, k)
+		}
+		p.synSeen = true
+		m.send(p, m.synAck())
+	case p == m.c && k.flags&flagACK != 0:
+		if k.seq != p.peerISN || k.ack != p.isn.Add(1) {
+			m.fail("client got a SYN/ACK with seq %d ack %d, want %d %d: %v", k.seq, k.ack, p.peerISN, p.isn.Add(1), k)
+		}
+		p.established = true
+		m.send(p, pkt{src: p.addr, dst: peer.addr, seq: p.sndNxt(), ack: p.rcvAck(), flags: flagACK}.build(m.t))
+	default:
+		m.fail("%s got an unexpected SYN: %v", p.addr, k)
+	}
+}
+
+func (m *sim) syn() []byte {
+	return pkt{src: m.c.addr, dst: m.s.addr, seq: m.c.isn, flags: flagSYN}.build(m.t)
+}
+
+func (m *sim) synAck() []byte {
+	return pkt{src: m.s.addr, dst: m.c.addr, seq: m.s.isn, ack: m.c.isn.Add(1), flags: flagSYN | flagACK}.build(m.t)
 }
 
 func (m *sim) send(from *endpoint, b []byte) {
@@ -330,16 +433,58 @@ func (m *sim) app() {
 		}
 		m.answer++
 	}
+	// The end: the server closes after its 221 (an abortive server once
+	// the 221 is acknowledged), the client after QUIT when it closes
+	// first (a half-close: it still reads the 221), else after the
+	// server's FIN.
+	switch {
+	case m.answer == len(m.script) && !m.s.reset:
+		m.s.closing = true
+	case m.answer == len(m.script) && m.s.una == len(m.s.out) && m.c.una == len(m.c.out) && m.c.rcvNxt == len(m.c.in):
+		m.s.closing = true
+	}
+	if m.sent == len(m.script)-1 && (m.clientFirst || m.c.peerFin) && !m.s.reset {
+		m.c.closing = true
+	}
 }
 
 // transmit sends new data, or retransmits from una when all was sent.
 func (m *sim) transmit(p, peer *endpoint) {
+	rto := m.now.Sub(p.progress) >= 200*time.Millisecond
 	switch {
+	case p.gotRST || p.rstSent && !rto:
+	case p.rstSent || p.closing && p.reset:
+		// Again after each timeout: the first may be lost, and a reset
+		// endpoint answers whatever still comes with another.
+		m.send(p, pkt{src: p.addr, dst: peer.addr, seq: p.seqOf(p.nxt), flags: flagRST}.build(m.t))
+		p.rstSent, p.progress = true, m.now
+	case p == m.c && !p.established:
+		if rto || p.progress.IsZero() {
+			m.send(p, m.syn())
+			p.progress = m.now
+		}
+	case p == m.s && !p.established:
+		if p.synSeen && rto {
+			m.send(p, m.synAck())
+			p.progress = m.now
+		}
+	case p.nxt == len(p.out) && p.closing && !p.finSent:
+		if r := m.r.IntN(2); r == 0 && p.nxt > p.una {
+			// The FIN on a retransmission of the last bytes.
+			p.finSent = true
+			m.send(p, p.segment(peer, max(p.una, p.nxt-1-m.r.IntN(m.mss)), p.nxt).build(m.t))
+		} else {
+			m.send(p, pkt{src: p.addr, dst: peer.addr, seq: p.seqOf(p.nxt), ack: p.rcvAck(), flags: flagACK | flagFIN}.build(m.t))
+			p.finSent = true
+		}
+	case p.una == p.nxt && p.finSent && !p.finAcked && rto:
+		m.send(p, pkt{src: p.addr, dst: peer.addr, seq: p.seqOf(p.nxt), ack: p.rcvAck(), flags: flagACK | flagFIN}.build(m.t))
+		p.progress = m.now
 	case p.nxt < len(p.out):
 		n := 1 + m.r.IntN(min(m.mss, len(p.out)-p.nxt))
 		m.send(p, p.segment(peer, p.nxt, p.nxt+n).build(m.t))
 		p.nxt += n
-	case p.una < p.nxt && m.now.Sub(p.progress) >= 200*time.Millisecond:
+	case p.una < p.nxt && rto:
 		// The retransmission timeout: resend from una, as much as fits.
 		m.send(p, p.segment(peer, p.una, min(p.nxt, p.una+m.mss)).build(m.t))
 		p.progress = m.now
@@ -347,9 +492,13 @@ func (m *sim) transmit(p, peer *endpoint) {
 }
 
 func (m *sim) done() bool {
+	ended := m.c.gotRST
+	if !m.s.reset {
+		ended = m.c.finAcked && m.s.finAcked && m.c.peerFin && m.s.peerFin
+	}
 	return m.sent == len(m.script)-1 && m.answer == len(m.script) &&
 		m.c.una == len(m.c.out) && m.s.una == len(m.s.out) &&
-		m.c.rcvNxt == len(m.c.in) && m.s.rcvNxt == len(m.s.in)
+		m.c.rcvNxt == len(m.c.in) && m.s.rcvNxt == len(m.s.in) && ended
 }
 
 // restart replaces the engine with a new one that knows only the saved
@@ -399,14 +548,11 @@ func runSessionRestarting(t *testing.T, seed uint64, commands int, restarts []in
 		m.mss = 64 + r.IntN(40) // many segments per line
 	}
 
-	for _, p := range []pkt{
-		{src: c.addr, dst: s.addr, seq: c.isn, flags: flagSYN},
-		{src: s.addr, dst: c.addr, seq: s.isn, ack: c.isn.Add(1), flags: flagSYN | flagACK},
-		{src: c.addr, dst: s.addr, seq: c.isn.Add(1), ack: s.isn.Add(1), flags: flagACK},
-	} {
-		if out, _ := through(t, m.e, p.build(t)); out == nil {
-			t.Fatal("handshake dropped")
-		}
+	switch r.IntN(4) {
+	case 0:
+		m.clientFirst = true
+	case 1:
+		s.reset = true
 	}
 	m.now = testNow
 	for step := 0; !m.done(); step++ {
@@ -443,6 +589,23 @@ func runSessionRestarting(t *testing.T, seed uint64, commands int, restarts []in
 	}
 	if m.pins != pins {
 		t.Fatalf("seed %d: %d pinhole events, want %d (one per announcement, never twice)", seed, m.pins, pins)
+	}
+	// Closed: tracked while conntrack would still pass the connection's
+	// last retransmissions, if rewrites shifted it, then forgotten.
+	conn := Conn{Client: simClient, Server: simServer}
+	f := m.e.tab.m[conn]
+	if f == nil || f.closeAt.IsZero() {
+		t.Fatalf("seed %d: connection not tracked as closed after its end: %+v", seed, f)
+	}
+	if f.shifted() {
+		m.e.Expire(m.now.Add(m.e.cfg.CloseTimeout + time.Second))
+		if m.e.tab.m[conn] == nil {
+			t.Fatalf("seed %d: a shifted connection forgotten %v after its end", seed, m.e.cfg.CloseTimeout+time.Second)
+		}
+	}
+	m.e.Expire(m.now.Add(121 * time.Second))
+	if m.e.tab.m[conn] != nil {
+		t.Fatalf("seed %d: connection still tracked 121s after its end", seed)
 	}
 }
 

@@ -37,6 +37,8 @@ type half struct {
 	acked    seqnum.Value // highest acknowledgement from the receiver, in sender space
 	ackValid bool
 	fin      bool // the sender's FIN was released
+	syn      bool // started by the sender's SYN, at isn
+	isn      seqnum.Value
 	restored bool // restored from a saved state: next may lag behind the stream
 	// restoredHeld: the saved state had bytes held from next on, so the
 	// receiver never got them and the sender will send them again.
@@ -70,9 +72,22 @@ func (h *half) start(seg *segment) {
 	if seg.has(flagSYN) {
 		h.next = seg.seq.Add(1)
 		h.sync = true
+		h.syn, h.isn = true, seg.seq
 	}
 	h.sent = h.next
 	h.m.floor = h.next
+}
+
+// isSYN reports whether a SYN at seq belongs to this stream rather than to
+// a new connection on the same port pair: a retransmitted or duplicated SYN
+// carries the first one's sequence number however late it arrives, after
+// data too. A stream picked up without its SYN knows only where its bytes
+// resume.
+func (h *half) isSYN(seq seqnum.Value) bool {
+	if h.syn {
+		return seq == h.isn
+	}
+	return seq == h.next.Add(^seqnum.Size(0))
 }
 
 // resync moves a restored stream's release point to p, which the receiver
@@ -108,8 +123,43 @@ func (h *half) push(seg *segment, out, scratch []byte, now time.Time, cfg *Confi
 	}
 	e := s.Add(seqnum.Size(len(data)))
 	he := h.heldEnd()
+	if len(data) == 0 && h.restored && !h.restoredHeld && he.LessThan(s) {
+		// As for data below: the previous process released up to s.
+		h.next, h.sent, h.sync = s, seqnum.Max(h.sent, s), false
+		h.restored = false
+		he = s
+	}
 	switch {
+	case len(data) == 0 && he.LessThan(s):
+		// Beyond a hole: bytes before it were lost on the way here.
+		// Moving the segment to the start of the hole would put a FIN
+		// there, ending the receiver's stream before the lost bytes. A
+		// FIN is dropped like data beyond a hole (the sender sends it
+		// again after the missing bytes); an RST or a pure ACK passes at
+		// its own position (an RST there draws a challenge ACK, RFC 5961,
+		// which makes the sender reset exactly).
+		if seg.has(flagFIN) && !seg.has(flagRST) {
+			r.gap = true
+			return r, scratch
+		}
+		r.start = s
+		return r, scratch
+	case len(data) == 0 && seg.has(flagFIN) && s == he && len(h.held) > 0:
+		// A bare FIN after held bytes: the sender adds nothing to the
+		// held line, so it is released now, and the FIN with it.
+		r.start = h.next
+		scratch = append(scratch[:0], h.held...)
+		h.held = h.held[:0]
+		r.out = h.consume(scratch, r.out, now, maxLine, true, true, fn)
+		h.fin = true
+		h.sent = seqnum.Max(h.sent, h.next.Add(1))
+		r.changed = true
+		return r, scratch
 	case len(data) == 0:
+		// A pure ACK, RST or FIN within what the receiver has, or right
+		// after bytes held back from it (it occupies no sequence space
+		// there, or, for an RST, ends the connection anyway): at the end
+		// of the receiver's stream.
 		r.start = seqnum.Min(s, h.next)
 		if seg.has(flagFIN) && s == h.next && len(h.held) == 0 {
 			h.fin = true

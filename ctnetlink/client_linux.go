@@ -285,6 +285,29 @@ func (c *Client) SetLiberalEntry(e Entry) error {
 	return nil
 }
 
+// SetMarkBits sets bits in the ct mark of the conntrack entry whose
+// original tuple is orig (as a NEW event reports it), leaving its other
+// mark bits alone. The daemon marks a data connection that came through a
+// pinhole, so a static rule admits that one entry's retransmitted SYNs
+// after the pinhole closed.
+func (c *Client) SetMarkBits(orig Tuple, bits uint32) error {
+	n, err := orig.normalize()
+	if err != nil {
+		return fmt.Errorf("setting mark %#x on %s: %w", bits, orig, err)
+	}
+	req, err := markRequest(n, bits)
+	if err != nil {
+		return err
+	}
+	if err := c.roundTrip(req, func(netlink.Message) error { return nil }); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			err = ErrNotFound
+		}
+		return fmt.Errorf("setting mark %#x on %s: %w", bits, orig, err)
+	}
+	return nil
+}
+
 // WatchHandler receives what Watch reports. Its functions are called from
 // Watch's goroutine, one at a time; a slow NewFlow lets the socket buffer
 // fill, which the kernel reports as an overrun.

@@ -130,24 +130,36 @@ func TestLookupNotFound(t *testing.T) {
 // hangs with mdlayher/netlink v1.11.2 (see Client.roundTrip).
 func tcpInfo(tb testing.TB, ct *conntrack.Conn, e Entry) conntrack.ProtoInfoTCP {
 	tb.Helper()
+	f := dumpFlow(tb, ct, e)
+	if f.ProtoInfo.TCP == nil {
+		tb.Fatalf("entry %v has no TCP protoinfo", e)
+	}
+	return *f.ProtoInfo.TCP
+}
+
+// ctMark reads the entry's ct mark through ti-mo/conntrack.
+func ctMark(tb testing.TB, ct *conntrack.Conn, e Entry) uint32 {
+	tb.Helper()
+	return dumpFlow(tb, ct, e).Mark
+}
+
+// dumpFlow finds e in a full dump through ti-mo/conntrack.
+func dumpFlow(tb testing.TB, ct *conntrack.Conn, e Entry) conntrack.Flow {
+	tb.Helper()
 	flows, err := ct.Dump(nil)
 	if err != nil {
 		tb.Fatalf("conntrack dump: %v", err)
 	}
 	for _, f := range flows {
 		o := f.TupleOrig
-		if o.Proto.Protocol != protoTCP ||
-			netip.AddrPortFrom(o.IP.SourceAddress, o.Proto.SourcePort) != e.Orig.Src ||
-			netip.AddrPortFrom(o.IP.DestinationAddress, o.Proto.DestinationPort) != e.Orig.Dst {
-			continue
+		if o.Proto.Protocol == protoTCP &&
+			netip.AddrPortFrom(o.IP.SourceAddress, o.Proto.SourcePort) == e.Orig.Src &&
+			netip.AddrPortFrom(o.IP.DestinationAddress, o.Proto.DestinationPort) == e.Orig.Dst {
+			return f
 		}
-		if f.ProtoInfo.TCP == nil {
-			tb.Fatalf("entry %v has no TCP protoinfo", e)
-		}
-		return *f.ProtoInfo.TCP
 	}
 	tb.Fatalf("conntrack dump has no entry %v", e)
-	return conntrack.ProtoInfoTCP{}
+	return conntrack.Flow{}
 }
 
 // ctFlags extracts the flags from ti-mo's view of a struct nf_ct_tcp_flags
@@ -209,6 +221,34 @@ func TestSetLiberal(t *testing.T) {
 				t.Errorf("after second SetLiberal: %+v, want %+v", again, want)
 			}
 		})
+	}
+}
+
+// TestSetMarkBits checks that SetMarkBits sets its bits in the entry's ct
+// mark and keeps the bits already there.
+func TestSetMarkBits(t *testing.T) {
+	r := newRig(t)
+	c := r.openClient(t)
+	ct := r.dialConntrack(t)
+	for _, f := range flows {
+		t.Run(f.name, func(t *testing.T) {
+			cn := r.dial(t, f)
+			e, _, err := c.Lookup(cn.seen())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, bits := range []uint32{0x1, 0x20000000} {
+				if err := c.SetMarkBits(e.Orig, bits); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := ctMark(t, ct, e); got != 0x20000001 {
+				t.Errorf("mark = %#x, want 0x20000001", got)
+			}
+		})
+	}
+	if err := c.SetMarkBits(Tuple{Src: netip.MustParseAddrPort("192.0.2.99:1"), Dst: netip.MustParseAddrPort("198.51.100.99:2")}, 1); !errors.Is(err, ErrNotFound) {
+		t.Errorf("marking a missing entry: %v, want ErrNotFound", err)
 	}
 }
 

@@ -22,6 +22,8 @@ const (
 	ctaTupleOrig  = 1  // CTA_TUPLE_ORIG
 	ctaTupleReply = 2  // CTA_TUPLE_REPLY
 	ctaProtoinfo  = 4  // CTA_PROTOINFO
+	ctaMark       = 8  // CTA_MARK
+	ctaMarkMask   = 21 // CTA_MARK_MASK
 	ctaFilter     = 25 // CTA_FILTER (Linux 5.8+)
 
 	ctaTupleIP    = 1 // CTA_TUPLE_IP
@@ -159,6 +161,19 @@ func liberalRequest(orig Tuple) (netlink.Message, error) {
 		})
 		return nil
 	})
+	return encode(orig, msgCTNew, netlink.Request|netlink.Acknowledge, ae)
+}
+
+// markRequest builds the update that sets the bits of bits in the ct mark
+// of the entry whose original tuple is orig, and changes nothing else:
+// ctnetlink_change_mark computes mark&^CTA_MARK_MASK ^ CTA_MARK, so bits as
+// both value and mask sets those bits and keeps every other one (an
+// administrator's own connmark bits survive). Both are big-endian u32.
+func markRequest(orig Tuple, bits uint32) (netlink.Message, error) {
+	ae := netfilter.NewAttributeEncoder()
+	encodeTuple(ae, ctaTupleOrig, orig)
+	ae.Uint32(ctaMark, bits)
+	ae.Uint32(ctaMarkMask, bits)
 	return encode(orig, msgCTNew, netlink.Request|netlink.Acknowledge, ae)
 }
 

@@ -106,6 +106,25 @@ func TestLiberalRequestGolden(t *testing.T) {
 	}
 }
 
+func TestMarkRequestGolden(t *testing.T) {
+	m, err := markRequest(tuple4, 0x20000000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := netlink.Request | netlink.Acknowledge; m.Header.Type != 0x0100 || m.Header.Flags != want {
+		t.Errorf("header = %#04x %v, want 0x0100 %v (an update)", m.Header.Type, m.Header.Flags, want)
+	}
+	want := unhex(t, `
+		02 00 00 00                 // nfgenmsg: AF_INET
+	`+goldenTuple4Orig+`
+		08 00 08 00 20 00 00 00     // CTA_MARK 0x20000000, big-endian
+		08 00 15 00 20 00 00 00     // CTA_MARK_MASK 0x20000000: only that bit changes
+	`)
+	if !bytes.Equal(m.Data, want) {
+		t.Errorf("data:\n got %x\nwant %x", m.Data, want)
+	}
+}
+
 func TestGetRequestGolden(t *testing.T) {
 	m, err := getRequest(tuple4)
 	if err != nil {

@@ -35,7 +35,7 @@ type Config struct {
 	Pinholes       Backend             // how pinholes are installed
 	QueueReader    QueueReader         // how queued packets are read
 	QueueSpin      time.Duration       // how long the direct reader polls before sleeping
-	AcceptMark     uint32              // packet mark bit the nftables backend uses to reach FTPALG-ACCEPT
+	AcceptMark     uint32              // packet mark bit the nftables backend uses to reach FTPALG-ACCEPT, and the conntrack mark bit of admitted data connections (both backends; 0 turns that off)
 	StateDir       string              // where rewritten connections' state survives a restart; "" disables
 	StatusSocket   string              // unix socket for `ftpalg status`; "" disables
 	MetricsAddr    string              // Prometheus listen address; "" disables
@@ -99,7 +99,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: neither IPv4 nor IPv6", ErrConfig)
 	case c.Log == nil:
 		return fmt.Errorf("%w: no logger", ErrConfig)
-	case c.Pinholes == NFTables && (c.AcceptMark == 0 || c.AcceptMark&(c.AcceptMark-1) != 0):
+	case c.Pinholes == NFTables && c.AcceptMark == 0, c.AcceptMark&(c.AcceptMark-1) != 0:
 		return fmt.Errorf("%w: --accept-mark %#x must be a single bit", ErrConfig, c.AcceptMark)
 	}
 	var seen [2]bool

@@ -125,11 +125,20 @@ func TestPinholeUsedClosesAndReleasesPort(t *testing.T) {
 	if err := k.Open(1, cli0, hole, true); err != nil || fw.open() != 1 {
 		t.Fatalf("open: %v, %d in firewall", err, fw.open())
 	}
-	if k.Used(netip.MustParseAddr("203.0.113.9"), public) {
+	marked := 0
+	mark := func() error {
+		// The pinhole must still admit the connection while it is marked.
+		if fw.open() != 1 {
+			t.Error("marked after the pinhole closed")
+		}
+		marked++
+		return errors.New("entry gone")
+	}
+	if k.Used(netip.MustParseAddr("203.0.113.9"), public, mark) || marked != 0 {
 		t.Fatal("a connection from another peer matched the pinhole")
 	}
-	if !k.Used(peer, public) {
-		t.Fatal("the data connection did not match its pinhole")
+	if !k.Used(peer, public, mark) || marked != 1 {
+		t.Fatalf("the data connection did not match its pinhole (marked %d times)", marked)
 	}
 	if got := fw.waitClosed(t); got != hole {
 		t.Fatalf("closed %v", got)

@@ -27,12 +27,20 @@ type Liberaler interface {
 	SetLiberal(seen ctnetlink.Tuple) error
 }
 
+// Marker sets conntrack mark bits on one entry. The ctnetlink client
+// implements it.
+type Marker interface {
+	SetMarkBits(orig ctnetlink.Tuple, bits uint32) error
+}
+
 // Gateway runs packets through the engine and carries out its events.
 type Gateway struct {
-	mu      sync.Mutex
-	engine  *conntrack.Engine
-	pins    *Pinholes
-	liberal Liberaler
+	mu       sync.Mutex
+	engine   *conntrack.Engine
+	pins     *Pinholes
+	liberal  Liberaler
+	marker   Marker // nil: data connections are not marked
+	dataMark uint32
 	metrics *metrics.Metrics // nil-safe
 	log     *slog.Logger
 	errors  uint64
@@ -172,10 +180,24 @@ func (g *Gateway) Snapshot() status.Snapshot {
 	return s
 }
 
+// MarkDataConnections makes DataConnection set bit in the ct mark of each
+// data connection that came through a pinhole, before the pinhole closes;
+// the static rule of rules.Config.DataMark then admits that connection's
+// retransmitted SYNs (its first SYN may be lost after the router, or the
+// SYN/ACK before it) and nothing else.
+func (g *Gateway) MarkDataConnections(m Marker, bit uint32) {
+	g.marker, g.dataMark = m, bit
+}
+
 // DataConnection is told of each new TCP connection conntrack sees; the
-// pinhole it came through, if any, is closed.
+// pinhole it came through, if any, is closed, after the connection is
+// marked (see MarkDataConnections).
 func (g *Gateway) DataConnection(f ctnetlink.NewFlow) {
-	g.pins.Used(f.Orig.Src.Addr(), f.Orig.Dst)
+	var mark func() error
+	if g.marker != nil {
+		mark = func() error { return g.marker.SetMarkBits(f.Orig, g.dataMark) }
+	}
+	g.pins.Used(f.Orig.Src.Addr(), f.Orig.Dst, mark)
 }
 
 // Stats returns the engine's counters.

@@ -195,13 +195,22 @@ func (k *Pinholes) Open(session uint64, conn conntrack.Conn, p rules.Pinhole, na
 // Used closes the pinhole that a new data connection from peer to public
 // (its destination before DNAT) came through: the connection's conntrack
 // entry now carries it, so the rules are no longer needed and must not
-// admit a second connection. It reports whether a pinhole matched.
-func (k *Pinholes) Used(peer netip.Addr, public netip.AddrPort) bool {
+// admit a second connection. mark, if not nil, is called first, while the
+// pinhole still admits the connection: it marks the connection's entry so
+// that its retransmitted SYNs are still admitted once the pinhole is gone.
+// It reports whether a pinhole matched.
+func (k *Pinholes) Used(peer netip.Addr, public netip.AddrPort, mark func() error) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	ph := k.open[dataKey{peer.Unmap(), netip.AddrPortFrom(public.Addr().Unmap(), public.Port())}]
 	if ph == nil {
 		return false
+	}
+	if mark != nil {
+		if err := mark(); err != nil {
+			k.log.Error("marking data connection: a retransmitted SYN of it will be refused", "session", ph.session,
+				"pinhole", ph.p.String(), "err", err)
+		}
 	}
 	k.stats.Used++
 	k.metrics.Pinhole(metrics.PinholeUsed)

@@ -54,7 +54,8 @@ func checkCapability() error {
 }
 
 func (c *Config) rulesConfig() rules.Config {
-	rc := rules.Config{ControlPorts: c.ControlPorts, QueueNum: c.QueueNum, Bypass: c.QueueBypass, IPv4: c.IPv4, IPv6: c.IPv6}
+	rc := rules.Config{ControlPorts: c.ControlPorts, QueueNum: c.QueueNum, Bypass: c.QueueBypass, IPv4: c.IPv4, IPv6: c.IPv6,
+		DataMark: c.AcceptMark}
 	if c.Pinholes == NFTables {
 		rc.AcceptMark = c.AcceptMark
 	}
@@ -124,6 +125,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		Admit:          func(session uint64, c conntrack.Conn) error { return pins.Admit(session, c.Client.Addr()) },
 	}, &natResolver{mapper: ct, ports: ports, override: cfg.overrides()})
 	gw := NewGateway(engine, pins, ct, log)
+	if cfg.AcceptMark != 0 {
+		gw.MarkDataConnections(ct, cfg.AcceptMark)
+	}
 	var m *metrics.Metrics // nil-safe: metrics off
 	if cfg.MetricsAddr != "" {
 		m = metrics.New(cfg.Version)

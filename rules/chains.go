@@ -51,9 +51,9 @@ func NewChains(cfg Config, log *slog.Logger) (*Chains, error) {
 	return c, nil
 }
 
-// Install creates the chains, fills FTPALG-QUEUE, adds the static mark rule
-// to FTPALG-ACCEPT when Config.AcceptMark is set (nftables pinholes, see
-// NFTable) and inserts each jump at the head of its built-in chain. It is safe to call again after an
+// Install creates the chains, fills FTPALG-QUEUE, adds the static rules of
+// FTPALG-ACCEPT (Config.AcceptMark for nftables pinholes, see NFTable;
+// Config.DataMark) and inserts each jump at the head of its built-in chain. It is safe to call again after an
 // administrator's reload removed part of the setup: missing pieces are
 // added, existing jumps are not duplicated and the pinhole chains keep their
 // rules. If Install fails, call Remove to clean up what it added.
@@ -93,15 +93,14 @@ func (c *Chains) install(b backend) error {
 			}
 		}
 	}
-	if c.cfg.AcceptMark != 0 {
-		spec := acceptMarkSpec(c.cfg.AcceptMark)
+	for _, spec := range staticAcceptSpecs(c.cfg) {
 		ok, err := b.Exists("filter", ChainAccept, spec...)
 		if err != nil {
-			return fmt.Errorf("looking up mark rule in %s: %w", ChainAccept, err)
+			return fmt.Errorf("looking up static rule in %s: %w", ChainAccept, err)
 		}
 		if !ok {
 			if err := b.Append("filter", ChainAccept, spec...); err != nil {
-				return fmt.Errorf("adding mark rule %q: %w", formatRule(spec), err)
+				return fmt.Errorf("adding static rule %q: %w", formatRule(spec), err)
 			}
 		}
 	}
@@ -133,10 +132,12 @@ func (c *Chains) Check() (bool, error) {
 			if err != nil || !ok {
 				return false, err
 			}
-			if h.chain == ChainAccept && c.cfg.AcceptMark != 0 {
-				ok, err := c.present(b, h.table, h.chain, acceptMarkSpec(c.cfg.AcceptMark))
-				if err != nil || !ok {
-					return false, err
+			if h.chain == ChainAccept {
+				for _, spec := range staticAcceptSpecs(c.cfg) {
+					ok, err := c.present(b, h.table, h.chain, spec)
+					if err != nil || !ok {
+						return false, err
+					}
 				}
 			}
 			if h.chain != ChainQueue {

@@ -16,9 +16,9 @@ import (
 // the head of the built-in chains, ahead of a FORWARD policy DROP. Applying it
 // twice inserts the jumps twice; a script that loads the full ruleset with a
 // flush does not have that problem. The pinhole chains start empty; the
-// daemon fills them at run time, except that with cfg.AcceptMark set
-// (nftables pinholes, see NFTable) FTPALG-ACCEPT holds its one static rule
-// matching the mark and stays that way.
+// daemon fills them at run time, except that FTPALG-ACCEPT holds its static
+// rules matching cfg.AcceptMark (nftables pinholes, see NFTable) and
+// cfg.DataMark, when set, and keeps them.
 func Fragment(cfg Config, family Family) (string, error) {
 	if err := cfg.Validate(); err != nil {
 		return "", fmt.Errorf("rendering %s fragment: %w", family, err)
@@ -38,8 +38,10 @@ func Fragment(cfg Config, family Family) (string, error) {
 				fmt.Fprintf(&b, "-A %s %s\n", h.chain, formatRule(spec))
 			}
 		}
-		if h.chain == ChainAccept && cfg.AcceptMark != 0 {
-			fmt.Fprintf(&b, "-A %s %s\n", h.chain, formatRule(acceptMarkSpec(cfg.AcceptMark)))
+		if h.chain == ChainAccept {
+			for _, spec := range staticAcceptSpecs(cfg) {
+				fmt.Fprintf(&b, "-A %s %s\n", h.chain, formatRule(spec))
+			}
 		}
 		fmt.Fprintf(&b, "-I %s 1 %s\n", h.parent, formatRule(jumpSpec(h.chain)))
 		b.WriteString("COMMIT\n")

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"strconv"
 	"sync"
 	"time"
 )
@@ -428,11 +427,5 @@ func appendPort(b []byte, port uint16) []byte {
 // packets the nftables chain marked as belonging to a pinhole, in the form
 // `iptables -S` prints.
 func acceptMarkSpec(mark uint32) []string {
-	m := "0x" + strconv.FormatUint(uint64(mark), 16)
-	return []string{
-		"-p", "tcp", "-m", "mark", "--mark", m + "/" + m,
-		"-m", "conntrack", "--ctstate", "NEW",
-		"-m", "comment", "--comment", "ftpalg nftables pinholes",
-		"-j", "ACCEPT",
-	}
+	return markAcceptSpec("mark", mark, "ftpalg nftables pinholes")
 }

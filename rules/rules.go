@@ -124,6 +124,16 @@ type Config struct {
 	// (see NFTable). Zero, for Table's per-pinhole iptables rules, adds
 	// nothing.
 	AcceptMark uint32
+	// DataMark, when non-zero, is the single conntrack mark bit the daemon
+	// sets (through ctnetlink) on a data connection that came through a
+	// pinhole, as it closes the pinhole; FTPALG-ACCEPT then holds one
+	// static rule accepting NEW TCP packets of entries with that bit. A
+	// NEW packet of an existing entry is a retransmitted SYN (conntrack
+	// calls a packet NEW until it has seen a reply), so the connection
+	// the pinhole admitted survives a lost SYN or SYN/ACK, and any other
+	// connection, a new entry without the bit, is refused: what the
+	// kernel helper's expectations give with RELATED. Both backends.
+	DataMark uint32
 }
 
 // DefaultConfig returns the configuration used when the operator sets
@@ -150,6 +160,9 @@ func (c Config) Validate() error {
 	}
 	if c.AcceptMark&(c.AcceptMark-1) != 0 {
 		return fmt.Errorf("%w: accept mark %#x is not a single bit", ErrInvalidConfig, c.AcceptMark)
+	}
+	if c.DataMark&(c.DataMark-1) != 0 {
+		return fmt.Errorf("%w: data connection mark %#x is not a single bit", ErrInvalidConfig, c.DataMark)
 	}
 	return nil
 }

@@ -87,6 +87,40 @@ func (p Pinhole) acceptSpec() []string {
 	return append(spec, "-m", "comment", "--comment", p.comment(), "-j", "ACCEPT")
 }
 
+// staticAcceptSpecs are the rules FTPALG-ACCEPT holds whatever pinholes
+// are open: the nftables backend's mark rule and the data connection mark
+// rule, each when configured.
+func staticAcceptSpecs(cfg Config) [][]string {
+	var specs [][]string
+	if cfg.AcceptMark != 0 {
+		specs = append(specs, acceptMarkSpec(cfg.AcceptMark))
+	}
+	if cfg.DataMark != 0 {
+		specs = append(specs, dataMarkSpec(cfg.DataMark))
+	}
+	return specs
+}
+
+// dataMarkSpec accepts the NEW TCP packets of conntrack entries carrying
+// the data connection mark (see Config.DataMark): the retransmitted SYNs of
+// a data connection whose pinhole already closed. In the form `iptables -S`
+// prints.
+func dataMarkSpec(mark uint32) []string {
+	return markAcceptSpec("connmark", mark, "ftpalg data connections")
+}
+
+// markAcceptSpec accepts NEW TCP packets whose packet mark (module "mark")
+// or conntrack mark ("connmark") has the bit mark set.
+func markAcceptSpec(module string, mark uint32, comment string) []string {
+	m := "0x" + strconv.FormatUint(uint64(mark), 16)
+	return []string{
+		"-p", "tcp", "-m", module, "--mark", m + "/" + m,
+		"-m", "conntrack", "--ctstate", "NEW",
+		"-m", "comment", "--comment", comment,
+		"-j", "ACCEPT",
+	}
+}
+
 // dnatSpec is the FTPALG-DNAT rule of a normalized NAT'd pinhole.
 func (p Pinhole) dnatSpec() []string {
 	return []string{

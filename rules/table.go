@@ -15,9 +15,10 @@ import (
 // Pinholes are reference counted, so two sessions that expect the same data
 // connection share one set of rules and the last Close removes it.
 type Table struct {
-	log *slog.Logger
-	v4  backend // nil when IPv4 is disabled
-	v6  backend // nil when IPv6 is disabled
+	log    *slog.Logger
+	static [][]string // FTPALG-ACCEPT's static rules, kept by CloseAll
+	v4     backend    // nil when IPv4 is disabled
+	v6     backend    // nil when IPv6 is disabled
 
 	mu   sync.Mutex
 	open map[Pinhole]int // normalized pinhole -> reference count
@@ -33,7 +34,7 @@ func NewTable(cfg Config, log *slog.Logger) (*Table, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	t := &Table{log: log, open: make(map[Pinhole]int)}
+	t := &Table{log: log, static: staticAcceptSpecs(cfg), open: make(map[Pinhole]int)}
 	var err error
 	if cfg.IPv4 {
 		if t.v4, err = newBackend(IPv4); err != nil {
@@ -134,8 +135,8 @@ func (t *Table) remove(b backend, n Pinhole) error {
 	return nil
 }
 
-// CloseAll empties both pinhole chains in every enabled family and forgets
-// all open pinholes. Besides closing this run's pinholes at shutdown, it
+// CloseAll empties both pinhole chains in every enabled family, except for
+// FTPALG-ACCEPT's static rules, and forgets all open pinholes. Besides closing this run's pinholes at shutdown, it
 // clears pinholes a crashed earlier run left in chains the administrator
 // owns (--install-rules=false), where Chains.Sweep is not used.
 func (t *Table) CloseAll() error {
@@ -151,6 +152,13 @@ func (t *Table) CloseAll() error {
 			ok, err := b.ChainExists(tc[0], tc[1])
 			if err == nil && ok {
 				err = b.ClearChain(tc[0], tc[1])
+			}
+			if err == nil && ok && tc[1] == ChainAccept {
+				for _, spec := range t.static {
+					if err = b.Append(tc[0], tc[1], spec...); err != nil {
+						break
+					}
+				}
 			}
 			if err != nil {
 				errs = append(errs, fmt.Errorf("flushing %s %s %s: %w", b.family(), tc[0], tc[1], err))

@@ -126,6 +126,7 @@ func (o *options) rulesConfig() (rules.Config, error) {
 	if err != nil {
 		return rules.Config{}, err
 	}
+	rc.DataMark = mark
 	if backend == daemon.NFTables {
 		rc.AcceptMark = mark
 	}
