@@ -31,7 +31,7 @@ pinhole for each announced data connection.
 
 Usage:
   ftpalg run [flags]            run the gateway (root or CAP_NET_ADMIN)
-  ftpalg rules [flags]          print ftpalg's chains as iptables-restore fragments
+  ftpalg rules [flags]          print ftpalg's chains (iptables-restore) or nftables fragment (--format nft)
   ftpalg status [--json]        show the running gateway: connections, pinholes, counters
   ftpalg config check <file>    validate a configuration file
   ftpalg version                print the version
@@ -123,9 +123,13 @@ func cmdRun(args []string, stderr io.Writer) error {
 
 func cmdRules(args []string, stdout, stderr io.Writer) error {
 	var o options
-	fs := newFlagSet("rules", "Print ftpalg's chains and jumps as iptables-restore fragments, for firewall scripts that\n"+
-		"include them and run 'ftpalg run --install-rules=false'. Load each with 'iptables-restore --noflush'.", stderr)
+	fs := newFlagSet("rules", "Print what a firewall script must contain for ftpalg.\n"+
+		"--format iptables: ftpalg's chains and jumps as iptables-restore fragments, for scripts that include\n"+
+		"them and run 'ftpalg run --install-rules=false'; load each with 'iptables-restore --noflush'.\n"+
+		"--format nft: the rule an nftables-native firewall (policy drop) includes in its own input/forward\n"+
+		"chains so ftpalg's pinholes are accepted there.", stderr)
 	o.define(fs, false)
+	format := fs.String("format", "iptables", "`format`: iptables (iptables-restore fragments) or nft (a file to include in your nftables chains)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -136,12 +140,23 @@ func cmdRules(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	for _, fam := range rc.Families() {
-		frag, err := rules.Fragment(rc, fam)
+	switch *format {
+	case "iptables":
+		for _, fam := range rc.Families() {
+			frag, err := rules.Fragment(rc, fam)
+			if err != nil {
+				return fmt.Errorf("%w: %w", errUsage, err)
+			}
+			fmt.Fprint(stdout, frag)
+		}
+	case "nft":
+		frag, err := rules.NFTFragment(rc)
 		if err != nil {
 			return fmt.Errorf("%w: %w", errUsage, err)
 		}
 		fmt.Fprint(stdout, frag)
+	default:
+		return fmt.Errorf("%w: --format %q: want iptables or nft", errUsage, *format)
 	}
 	return nil
 }
