@@ -1,6 +1,7 @@
 package matrix
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/ftpalg/ftpalg/test/rig"
@@ -11,27 +12,42 @@ import (
 // once, only applicable cells, and the 200-file session in both NAT
 // directions.
 func TestSliceCoverage(t *testing.T) {
+	var nets []string
+	for _, x := range topologies() {
+		nets = append(nets, x.String())
+	}
+	missing, manyNAT := coverage(t, slice(), nets)
+	for _, w := range missing {
+		t.Errorf("slice never uses %s", w)
+	}
+	if !manyNAT[rig.ClientNAT] || !manyNAT[rig.ServerForward] {
+		t.Errorf("200-file session with rewrites only in %v, want ClientNAT and ServerForward", manyNAT)
+	}
+}
+
+// coverage checks that every job is applicable and returns what the jobs
+// never use of nets (rig names, see cell.net) and of every server
+// configuration, client, mode and case, and the topologies whose 200-file
+// session has rewrites.
+func coverage(t *testing.T, jobs []job, nets []string) (missing []string, manyRewrite map[rig.Topology]bool) {
+	t.Helper()
 	seen := map[string]bool{}
-	manyNAT := map[rig.Topology]bool{}
-	for _, j := range slice() {
+	manyRewrite = map[rig.Topology]bool{}
+	for _, j := range jobs {
 		if ok, why := j.applicable(); !ok {
 			t.Errorf("slice cell %v is not applicable: %s", j.cell, why)
 		}
-		seen[j.topo.String()] = true
-		seen[j.srv.String()] = true
-		seen[j.client.String()] = true
-		seen[j.mode.String()] = true
+		for _, s := range []string{j.net(), j.srv.String(), j.client.String(), j.mode.String()} {
+			seen[s] = true
+		}
 		for _, k := range j.cases {
 			seen[k.String()] = true
 			if k == many && j.needsRewrite() {
-				manyNAT[j.topo] = true
+				manyRewrite[j.topo] = true
 			}
 		}
 	}
-	var want []string
-	for _, x := range topologies() {
-		want = append(want, x.String())
-	}
+	want := slices.Clone(nets)
 	for _, x := range allServers() {
 		want = append(want, x.String())
 	}
@@ -46,12 +62,10 @@ func TestSliceCoverage(t *testing.T) {
 	}
 	for _, w := range want {
 		if !seen[w] {
-			t.Errorf("slice never uses %s", w)
+			missing = append(missing, w)
 		}
 	}
-	if !manyNAT[rig.ClientNAT] || !manyNAT[rig.ServerForward] {
-		t.Errorf("200-file session with rewrites only in %v, want ClientNAT and ServerForward", manyNAT)
-	}
+	return missing, manyRewrite
 }
 
 // TestApplicable pins the N/A rules documented in test/README.md.
@@ -86,42 +100,13 @@ func TestApplicable(t *testing.T) {
 // applicable cells, and the 200-file session through both of the
 // router's own rewrites.
 func TestLocalSliceCoverage(t *testing.T) {
-	seen := map[string]bool{}
-	manyRewrite := map[rig.Topology]bool{}
-	for _, j := range localSlice() {
-		if ok, why := j.applicable(); !ok {
-			t.Errorf("local slice cell %v is not applicable: %s", j.cell, why)
-		}
-		for _, s := range []string{j.net(), j.topo.String(), j.srv.String(), j.client.String(), j.mode.String()} {
-			seen[s] = true
-		}
-		for _, k := range j.cases {
-			seen[k.String()] = true
-			if k == many && j.needsRewrite() {
-				manyRewrite[j.topo] = true
-			}
-		}
-	}
-	var want []string
+	var nets []string
 	for _, x := range rig.LocalTopologies() {
-		want = append(want, x.String(), x.String()+"+nft")
+		nets = append(nets, x.String(), x.String()+"+nft")
 	}
-	for _, x := range allServers() {
-		want = append(want, x.String())
-	}
-	for _, x := range rig.Clients() {
-		want = append(want, x.String())
-	}
-	for _, x := range rig.Modes() {
-		want = append(want, x.String())
-	}
-	for _, x := range cases() {
-		want = append(want, x.String())
-	}
-	for _, w := range want {
-		if !seen[w] {
-			t.Errorf("local slice never uses %s", w)
-		}
+	missing, manyRewrite := coverage(t, localSlice(), nets)
+	for _, w := range missing {
+		t.Errorf("local slice never uses %s", w)
 	}
 	if !manyRewrite[rig.RouterLocalClient] || !manyRewrite[rig.RouterLocalServer] {
 		t.Errorf("200-file session with rewrites only in %v, want RouterLocalClient and RouterLocalServer", manyRewrite)
