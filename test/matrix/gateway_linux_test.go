@@ -18,6 +18,25 @@ const pinholeTimeout = 2 * time.Second
 
 var errGateway = errors.New("ftpalg check failed")
 
+// errNoFragment reports an nftables cell through ftpalg before the
+// matrix knows ftpalg's fragment for that ruleset.
+var errNoFragment = errors.New("ftpalg's nftables fragment is not wired into the matrix")
+
+// adminRules returns what the admin adds to the nftables-native ruleset
+// for the ALG under test. The kernel helper needs nothing: its
+// expectations pass the ruleset's own `ct state established,related
+// accept`. ftpalg's pinholes must be part of that ruleset (an accept in
+// ftpalg's own table would not override the admin's policy drop), from
+// the fragment `ftpalg rules --format nft` prints; until this function
+// loads it, such cells fail with errNoFragment rather than test a
+// ruleset that cannot work.
+func adminRules(helper bool) (rig.AdminRules, error) {
+	if helper {
+		return rig.AdminRules{}, nil
+	}
+	return rig.AdminRules{}, fmt.Errorf("%w (issue 13): load `ftpalg rules --format nft` into rig.AdminRules here", errNoFragment)
+}
+
 // gateway is ftpalg running in a rig's router namespace.
 type gateway struct {
 	r *rig.Rig
