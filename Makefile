@@ -69,7 +69,7 @@ FUZZ_TARGETS := \
 	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack/seqnum:FuzzShiftRoundTrip ./config:FuzzParse \
 	./nfq:FuzzParse ./rules:FuzzParseNFTAcks ./rules:FuzzAppendNFTBatch
 
-.PHONY: all build man test unit fuzz bench bench-pinholes lint deps demo matrix install deb release cross-test clean
+.PHONY: all build man test unit fuzz bench bench-pinholes lint deps demo matrix baseline install deb release cross-test clean
 
 all: build
 
@@ -121,6 +121,12 @@ demo: deps build
 # Every server x client x mode x topology; one line per case.
 matrix: deps build
 	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_MATRIX=full $(GO) test -count=1 -timeout 60m -run TestMatrix -v ./test/matrix
+
+# Every case of the local topologies (FTP server or client on the firewall
+# host) without an ALG and with the kernel helper, under the iptables
+# script and the nftables-native ruleset.
+baseline: deps build
+	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_BASELINE=full $(GO) test -count=1 -timeout 20m -run 'TestBaseline' -v ./test/e2e
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -68,6 +68,7 @@ type File struct {
 	IPv6           *bool        `toml:"ipv6"`
 	MetricsAddr    *HostPort    `toml:"metrics_addr"`
 	StatusSocket   *SocketPath  `toml:"status_socket"`
+	Role           *Role        `toml:"role"`
 
 	name  string         // file name for messages
 	lines map[string]int // key -> line, for errors found after decoding
@@ -93,6 +94,7 @@ var keys = []struct {
 	{"ipv6", "ipv6", `true or false`},
 	{"metrics_addr", "metrics-addr", `a listen address, like "127.0.0.1:9121", or "" for none`},
 	{"status_socket", "status-socket", `an absolute path, like "/run/ftpalg/status.sock", or "" for none`},
+	{"role", "role", `"both", "router" or "host"`},
 }
 
 // Keys returns the configuration keys and the flag each one sets, so the
@@ -256,6 +258,7 @@ func (f *File) validate() error {
 		{"log_level", f.LogLevel != nil, func() error { return f.LogLevel.check() }},
 		{"metrics_addr", f.MetricsAddr != nil, func() error { return f.MetricsAddr.check() }},
 		{"status_socket", f.StatusSocket != nil, func() error { return f.StatusSocket.check() }},
+		{"role", f.Role != nil, func() error { return f.Role.check() }},
 	}
 	for _, c := range checks {
 		if c.set {
@@ -356,6 +359,8 @@ func (f *File) value(key string) (string, bool) {
 		return text(f.MetricsAddr, f.MetricsAddr != nil)
 	case "status_socket":
 		return text(f.StatusSocket, f.StatusSocket != nil)
+	case "role":
+		return text(f.Role, f.Role != nil)
 	}
 	return "", false
 }
@@ -402,6 +407,19 @@ func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.Lo, r.Hi) }
 
 // LogFormat is "text" or "json".
 type LogFormat string
+
+// Role is which control connections ftpalg handles, as --role spells it.
+type Role string
+
+func (r Role) check() error {
+	switch r {
+	case "both", "router", "host":
+		return nil
+	}
+	return fmt.Errorf("role %q: want \"both\", \"router\" or \"host\"", string(r))
+}
+
+func (r Role) String() string { return string(r) }
 
 // String-kinded types are decoded by go-toml without UnmarshalText, so
 // they are checked after decoding.

@@ -56,6 +56,8 @@ func TestParseErrors(t *testing.T) {
 			`config.toml:1: invalid value: log_level: log level "loud": want "debug", "info", "warn" or "error"`},
 		{"metrics addr without port", "metrics_addr = \"127.0.0.1\"\n", ErrValue, ""},
 		{"metrics addr port 0", "metrics_addr = \"127.0.0.1:0\"\n", ErrValue, ""},
+		{"role", "role = \"firewall\"\n", ErrValue,
+			`config.toml:1: invalid value: role: role "firewall": want "both", "router" or "host"`},
 		{"relative socket", "status_socket = \"status.sock\"\n", ErrValue,
 			`config.toml:1: invalid value: status_socket: socket path "status.sock" is not absolute`},
 		{"socket too long", "status_socket = \"/" + strings.Repeat("x", 120) + "\"\n", ErrValue, ""},
@@ -152,6 +154,7 @@ func runFlags() *flag.FlagSet {
 	fs.Bool("ipv6", true, "")
 	fs.String("metrics-addr", "", "")
 	fs.String("status-socket", "/run/ftpalg/status.sock", "")
+	fs.String("role", "both", "")
 	return fs
 }
 

@@ -217,11 +217,12 @@ type Event struct {
 	To      netip.AddrPort // rewrite: what the peer is told
 	Pinhole Pinhole        // pinhole
 	Reason  error          // refusal
+	Path    Path           // the connection's path through this machine
 }
 
 // LogAttrs renders the event as slog attributes.
 func (ev *Event) LogAttrs() []slog.Attr {
-	a := []slog.Attr{slog.Uint64("session", ev.Session), slog.String("conn", ev.Conn.String())}
+	a := []slog.Attr{slog.Uint64("session", ev.Session), slog.String("conn", ev.Conn.String()), slog.String("path", ev.Path.String())}
 	if ev.Msg != alg.KindNone {
 		a = append(a, slog.String("cmd", ev.Msg.String()))
 	}
@@ -307,12 +308,20 @@ func (e *Engine) emit(ev Event) {
 }
 
 func (e *Engine) refuse(f *flow, msg alg.Kind, from netip.AddrPort, reason error) {
-	e.emit(Event{Kind: EventRefusal, Session: f.id, Conn: f.conn, Msg: msg, From: from, Reason: reason})
+	e.emit(Event{Kind: EventRefusal, Session: f.id, Conn: f.conn, Msg: msg, From: from, Reason: reason, Path: f.path})
 }
 
-// Process handles one IP packet of a control connection, as queued from
-// the hook after conntrack. now drives timeouts.
+// Process handles one IP packet of a forwarded control connection, as
+// queued from mangle FORWARD. now drives timeouts.
 func (e *Engine) Process(pkt []byte, now time.Time) Result {
+	return e.ProcessAt(pkt, HookForward, now)
+}
+
+// ProcessAt handles one IP packet of a control connection queued at hook:
+// forwarded, or ending or starting on this machine. The same parser,
+// policy and sequence mapping apply on every path; the hook only names the
+// connection's Path in its events and FlowInfo.
+func (e *Engine) ProcessAt(pkt []byte, hook Hook, now time.Time) Result {
 	e.events = e.events[:0]
 	e.stats.Packets++
 	seg := &e.seg
@@ -340,6 +349,7 @@ func (e *Engine) Process(pkt []byte, now time.Time) Result {
 		return Result{Verdict: Accept, Events: e.events}
 	}
 	e.cur = f
+	f.path = pathOf(hook, e.side)
 	res := e.track(f, pkt, seg, now)
 	if seg.has(flagRST) || (f.c.fin && f.s.fin) {
 		if f.closeAt.IsZero() {
@@ -394,7 +404,7 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 // end stops tracking f and tells the daemon.
 func (e *Engine) end(f *flow) {
 	e.tab.remove(f)
-	e.events = append(e.events, Event{Kind: EventFlowEnd, Session: f.id, Conn: f.conn})
+	e.events = append(e.events, Event{Kind: EventFlowEnd, Session: f.id, Conn: f.conn, Path: f.path})
 }
 
 // Expire stops tracking connections idle for longer than the idle timeout

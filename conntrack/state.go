@@ -150,12 +150,13 @@ type FlowInfo struct {
 	// direction: what the receiver's numbers are ahead of the sender's.
 	ShiftC2S, ShiftS2C int32
 	Liberal            bool
+	Path               Path
 }
 
 // Flows calls fn for every tracked connection, most recently active first.
 func (e *Engine) Flows(fn func(FlowInfo)) {
 	for f := e.tab.newest; f != nil; f = f.older {
 		fn(FlowInfo{Session: f.id, Conn: f.conn, Started: f.started, Last: f.last, Rewrites: f.rewrites,
-			ShiftC2S: int32(f.c.m.total()), ShiftS2C: int32(f.s.m.total()), Liberal: f.liberal})
+			ShiftC2S: int32(f.c.m.total()), ShiftS2C: int32(f.s.m.total()), Liberal: f.liberal, Path: f.path})
 	}
 }

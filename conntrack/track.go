@@ -251,13 +251,13 @@ func (e *Engine) line(content []byte, whole, overlong bool) []byte {
 		}
 		e.lineBuf = repl
 	}
-	e.emit(Event{Kind: EventPinhole, Session: f.id, Conn: f.conn, Msg: found.Kind, Pinhole: ph})
+	e.emit(Event{Kind: EventPinhole, Session: f.id, Conn: f.conn, Msg: found.Kind, Pinhole: ph, Path: f.path})
 	if repl == nil {
 		return nil
 	}
 	f.rewrites++
 	e.stats.Rewrites++
-	e.emit(Event{Kind: EventRewrite, Session: f.id, Conn: f.conn, Msg: found.Kind, From: announced, To: ph.Public})
+	e.emit(Event{Kind: EventRewrite, Session: f.id, Conn: f.conn, Msg: found.Kind, From: announced, To: ph.Public, Path: f.path})
 	return e.edited(f, content, repl)
 }
 
@@ -267,7 +267,7 @@ func (e *Engine) line(content []byte, whole, overlong bool) []byte {
 func (e *Engine) edited(f *flow, content, repl []byte) []byte {
 	if len(repl) != len(content) && !f.liberal {
 		f.liberal = true
-		e.emit(Event{Kind: EventLiberal, Session: f.id, Conn: f.conn})
+		e.emit(Event{Kind: EventLiberal, Session: f.id, Conn: f.conn, Path: f.path})
 	}
 	return repl
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/conntrack"
+	"github.com/ftpalg/ftpalg/rules"
 )
 
 // ErrConfig reports an unusable configuration.
@@ -27,8 +28,11 @@ type Config struct {
 	// QueueBypass lets control packets pass unexamined while no ftpalg is
 	// attached to the queue (restart, crash); without it they are dropped
 	// and TCP retransmits them once ftpalg is back.
-	QueueBypass    bool
-	IPv4, IPv6     bool
+	QueueBypass bool
+	IPv4, IPv6  bool
+	// Role selects which control connections are handled: forwarded,
+	// ending on this machine, or both (the zero value).
+	Role           rules.Role
 	TLS            conntrack.TLSPolicy // what to do with AUTH TLS/SSL
 	Limits         Limits              // pending pinholes
 	MaxConnections int                 // tracked control connections; 0 means the engine's default

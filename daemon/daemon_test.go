@@ -92,21 +92,21 @@ func TestPinholeLimits(t *testing.T) {
 	k := NewPinholes(fw, newPorts(t), time.Minute, Limits{PerClient: 2, Total: 3}, quiet)
 	defer k.Stop()
 	cli1 := conntrack.Conn{Client: netip.MustParseAddrPort("192.0.2.11:40000"), Server: cli0.Server}
-	if err := k.Open(1, cli0, holeOn(50001), false); err != nil {
+	if err := k.Open(1, cli0, conntrack.PathForward, holeOn(50001), false); err != nil {
 		t.Fatal(err)
 	}
 	if err := k.Admit(1, cli0.Client.Addr()); err != nil {
 		t.Fatalf("a replacement must be admitted: %v", err)
 	}
-	k.Open(1, cli0, holeOn(50002), false)
+	k.Open(1, cli0, conntrack.PathForward, holeOn(50002), false)
 	if got := fw.waitClosed(t); got != holeOn(50001) || k.Len() != 1 || k.Stats().Replaced != 1 {
 		t.Fatalf("closed %v, %d open, stats %+v", got, k.Len(), k.Stats())
 	}
-	k.Open(2, cli0, holeOn(50003), false)
+	k.Open(2, cli0, conntrack.PathForward, holeOn(50003), false)
 	if err := k.Admit(3, cli0.Client.Addr()); !errors.Is(err, ErrClientLimit) {
 		t.Fatalf("third pending pinhole of one client: %v", err)
 	}
-	k.Open(4, cli1, holeOn(50004), false)
+	k.Open(4, cli1, conntrack.PathForward, holeOn(50004), false)
 	if err := k.Admit(5, netip.MustParseAddr("192.0.2.12")); !errors.Is(err, ErrTotalLimit) {
 		t.Fatalf("fourth pending pinhole: %v", err)
 	}
@@ -122,7 +122,7 @@ func TestPinholeUsedClosesAndReleasesPort(t *testing.T) {
 	if _, err := ports.Reserve(public.Addr(), public.Port()); err != nil {
 		t.Fatal(err)
 	}
-	if err := k.Open(1, cli0, hole, true); err != nil || fw.open() != 1 {
+	if err := k.Open(1, cli0, conntrack.PathForward, hole, true); err != nil || fw.open() != 1 {
 		t.Fatalf("open: %v, %d in firewall", err, fw.open())
 	}
 	marked := 0
@@ -155,7 +155,7 @@ func TestPinholeExpires(t *testing.T) {
 	fw := newFakeFirewall()
 	k := NewPinholes(fw, newPorts(t), 50*time.Millisecond, Limits{}, quiet)
 	defer k.Stop()
-	if err := k.Open(1, cli0, hole, false); err != nil {
+	if err := k.Open(1, cli0, conntrack.PathForward, hole, false); err != nil {
 		t.Fatal(err)
 	}
 	fw.waitClosed(t)
@@ -170,7 +170,7 @@ func TestPinholeEndSessionAndStop(t *testing.T) {
 	other := rules.Pinhole{Peer: peer, Public: netip.MustParseAddrPort("198.51.100.1:50002"), Target: target}
 	third := rules.Pinhole{Peer: peer, Public: netip.MustParseAddrPort("198.51.100.1:50003"), Target: target}
 	for i, p := range []rules.Pinhole{hole, other, third} {
-		if err := k.Open(uint64(1+i/2), cli0, p, false); err != nil {
+		if err := k.Open(uint64(1+i/2), cli0, conntrack.PathForward, p, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -192,7 +192,7 @@ func TestPinholeOpenFailureReleasesPort(t *testing.T) {
 	k := NewPinholes(fw, ports, time.Minute, Limits{}, quiet)
 	defer k.Stop()
 	ports.Reserve(public.Addr(), public.Port())
-	if err := k.Open(1, cli0, hole, true); err == nil {
+	if err := k.Open(1, cli0, conntrack.PathForward, hole, true); err == nil {
 		t.Fatal("open error swallowed")
 	}
 	if ports.Reserved(public.Addr(), public.Port()) || k.Len() != 0 || k.Stats().Failed != 1 {

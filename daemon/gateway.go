@@ -86,9 +86,13 @@ func (g *Gateway) Observe(m *metrics.Metrics, version string) {
 // Every pinhole the packet announces is open, and the connection is
 // liberal if its length changed, before Handle returns.
 func (g *Gateway) Handle(pkt []byte, now time.Time) (conntrack.Verdict, []byte) {
+	return g.handleAt(pkt, conntrack.HookForward, now)
+}
+
+func (g *Gateway) handleAt(pkt []byte, hook conntrack.Hook, now time.Time) (conntrack.Verdict, []byte) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	res := g.engine.Process(pkt, now)
+	res := g.engine.ProcessAt(pkt, hook, now)
 	for i := range res.Events {
 		g.act(&res.Events[i])
 	}
@@ -105,16 +109,16 @@ func (g *Gateway) act(ev *conntrack.Event) {
 	switch ev.Kind {
 	case conntrack.EventPinhole:
 		p := rules.Pinhole{Peer: ev.Pinhole.Peer, Public: ev.Pinhole.Public, Target: ev.Pinhole.Target}
-		if err := g.pins.Open(ev.Session, ev.Conn, p, p.Public != p.Target); err != nil {
+		if err := g.pins.Open(ev.Session, ev.Conn, ev.Path, p, p.Public != p.Target); err != nil {
 			g.errors++
-			g.log.Error("opening pinhole", "session", ev.Session, "pinhole", p.String(), "err", err)
+			g.log.Error("opening pinhole", "session", ev.Session, "path", ev.Path.String(), "pinhole", p.String(), "err", err)
 		}
 	case conntrack.EventLiberal:
 		seen := ctnetlink.Tuple{Src: ev.Conn.Client, Dst: ev.Conn.Server}
 		if err := g.liberal.SetLiberal(seen); err != nil {
 			g.errors++
 			g.log.Error("relaxing window tracking; the connection's ACKs may be dropped as INVALID",
-				"session", ev.Session, "conn", ev.Conn.String(), "err", err)
+				"session", ev.Session, "conn", ev.Conn.String(), "path", ev.Path.String(), "err", err)
 		}
 	case conntrack.EventRewrite:
 		g.metrics.Rewrite(ev.Msg.String())
@@ -157,14 +161,14 @@ func (g *Gateway) Snapshot() status.Snapshot {
 	s := status.Snapshot{Version: g.version, Started: g.started, Taken: now, Counters: map[string]uint64{}}
 	g.mu.Lock()
 	g.engine.Flows(func(f conntrack.FlowInfo) {
-		s.Conns = append(s.Conns, status.Conn{Session: f.Session, Client: f.Conn.Client, Server: f.Conn.Server,
+		s.Conns = append(s.Conns, status.Conn{Session: f.Session, Client: f.Conn.Client, Server: f.Conn.Server, Path: f.Path.String(),
 			Age: now.Sub(f.Started), Rewrites: f.Rewrites, OffsetC2S: f.ShiftC2S, OffsetS2C: f.ShiftS2C})
 	})
 	es := g.engine.Stats()
 	errs, q := g.errors, g.queue
 	g.mu.Unlock()
 	for _, p := range g.pins.List() {
-		s.Pinholes = append(s.Pinholes, status.Pinhole{Session: p.Session, Peer: p.Pinhole.Peer, Public: p.Pinhole.Public,
+		s.Pinholes = append(s.Pinholes, status.Pinhole{Session: p.Session, Path: p.Path.String(), Peer: p.Pinhole.Peer, Public: p.Pinhole.Public,
 			Target: p.Pinhole.Target, Opened: p.Opened, Expires: p.Expires})
 	}
 	ps := g.pins.Stats()

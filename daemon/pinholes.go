@@ -34,6 +34,7 @@ type pinhole struct {
 	p       rules.Pinhole
 	session uint64
 	client  netip.Addr // the control connection's client
+	path    conntrack.Path
 	opened  time.Time
 	expires time.Time
 	timer   *time.Timer
@@ -138,7 +139,7 @@ func (k *Pinholes) Admit(session uint64, client netip.Addr) error {
 // Open installs a pinhole for session, the control connection conn. It
 // returns once the rules are in the kernel. nat says the public port was
 // reserved for this pinhole and must be released with it.
-func (k *Pinholes) Open(session uint64, conn conntrack.Conn, p rules.Pinhole, nat bool) error {
+func (k *Pinholes) Open(session uint64, conn conntrack.Conn, path conntrack.Path, p rules.Pinhole, nat bool) error {
 	client := conn.Client.Addr()
 	k.mu.Lock()
 	for list := k.bySession[session]; len(list) >= k.limits.PerConnection; list = k.bySession[session] {
@@ -180,7 +181,7 @@ func (k *Pinholes) Open(session uint64, conn conntrack.Conn, p rules.Pinhole, na
 		k.queueClose(&pinhole{p: p}, "") // drop the extra reference
 		return nil
 	}
-	ph := &pinhole{p: p, session: session, client: client.Unmap(), opened: start, expires: start.Add(k.timeout), nat: nat}
+	ph := &pinhole{p: p, session: session, client: client.Unmap(), path: path, opened: start, expires: start.Add(k.timeout), nat: nat}
 	ph.timer = time.AfterFunc(k.timeout, func() { k.expire(ph) })
 	if old := k.open[keyOf(p)]; old != nil {
 		k.removeLocked(old, "replaced") // same public endpoint, new target
@@ -188,7 +189,7 @@ func (k *Pinholes) Open(session uint64, conn conntrack.Conn, p rules.Pinhole, na
 	k.open[keyOf(p)] = ph
 	k.bySession[session] = append(k.bySession[session], p)
 	k.byClient[ph.client]++
-	k.log.Info("pinhole opened", "session", session, "conn", conn.String(), "pinhole", p.String(), "took", took.Round(time.Microsecond))
+	k.log.Info("pinhole opened", "session", session, "conn", conn.String(), "path", path.String(), "pinhole", p.String(), "took", took.Round(time.Microsecond))
 	return nil
 }
 
@@ -288,7 +289,7 @@ func (k *Pinholes) closeNow(req closeReq) {
 		k.ports.Release(req.ph.p.Public.Addr(), req.ph.p.Public.Port())
 	}
 	if req.why != "" {
-		k.log.Info("pinhole closed", "session", req.ph.session, "pinhole", req.ph.p.String(), "why", req.why,
+		k.log.Info("pinhole closed", "session", req.ph.session, "path", req.ph.path.String(), "pinhole", req.ph.p.String(), "why", req.why,
 			"age", k.clock().Sub(req.ph.opened).Round(time.Millisecond))
 	}
 }
@@ -296,6 +297,7 @@ func (k *Pinholes) closeNow(req closeReq) {
 // PinholeInfo describes an open pinhole for status displays.
 type PinholeInfo struct {
 	Session         uint64
+	Path            conntrack.Path
 	Pinhole         rules.Pinhole
 	Opened, Expires time.Time
 }
@@ -306,7 +308,7 @@ func (k *Pinholes) List() []PinholeInfo {
 	defer k.mu.Unlock()
 	out := make([]PinholeInfo, 0, len(k.open))
 	for _, ph := range k.open {
-		out = append(out, PinholeInfo{Session: ph.session, Pinhole: ph.p, Opened: ph.opened, Expires: ph.expires})
+		out = append(out, PinholeInfo{Session: ph.session, Path: ph.path, Pinhole: ph.p, Opened: ph.opened, Expires: ph.expires})
 	}
 	return out
 }

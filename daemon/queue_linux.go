@@ -81,7 +81,11 @@ func openGoNFQueue(ctx context.Context, cfg Config, handle nfq.Handler, onErr nf
 		if a.Payload == nil {
 			onErr(fmt.Errorf("queue %d: packet %d without payload: %w", cfg.QueueNum, id, nfq.ErrMalformed))
 		} else {
-			v, out = handle(nfq.Packet{ID: id, Payload: *a.Payload})
+			p := nfq.Packet{ID: id, Payload: *a.Payload}
+			if a.Hook != nil {
+				p.Hook = *a.Hook
+			}
+			v, out = handle(p)
 		}
 		var verr error
 		switch {

@@ -55,7 +55,7 @@ func checkCapability() error {
 
 func (c *Config) rulesConfig() rules.Config {
 	rc := rules.Config{ControlPorts: c.ControlPorts, QueueNum: c.QueueNum, Bypass: c.QueueBypass, IPv4: c.IPv4, IPv6: c.IPv6,
-		DataMark: c.AcceptMark}
+		DataMark: c.AcceptMark, Role: c.Role}
 	if c.Pinholes == NFTables {
 		rc.AcceptMark = c.AcceptMark
 	}
@@ -164,7 +164,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	var lastOverrunLog time.Time
 	handle := func(p nfq.Packet) (nfq.Verdict, []byte) {
 		start := time.Now()
-		v, out := gw.Handle(p.Payload, start)
+		v, out := gw.HandleQueued(p.Payload, p.Hook, start)
 		m.ObserveVerdict(time.Since(start))
 		switch v {
 		case conntrack.Accept:
@@ -282,7 +282,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	go func() {
 		watchDone <- ct.Watch(qctx, ctnetlink.WatchHandler{NewFlow: gw.DataConnection})
 	}()
-	log.Info("ftpalg running", "queue", cfg.QueueNum, "queue_reader", cfg.QueueReader.String(), "queue_spin", cfg.QueueSpin.String(), "pinholes", cfg.Pinholes.String(), "control_ports", fmt.Sprint(cfg.ControlPorts),
+	log.Info("ftpalg running", "role", cfg.Role.String(), "queue", cfg.QueueNum, "queue_reader", cfg.QueueReader.String(), "queue_spin", cfg.QueueSpin.String(), "pinholes", cfg.Pinholes.String(), "control_ports", fmt.Sprint(cfg.ControlPorts),
 		"install_rules", cfg.InstallRules, "pinhole_timeout", cfg.PinholeTimeout.String(),
 		"data_ports", fmt.Sprintf("%d-%d", cfg.DataPortLo, cfg.DataPortHi), "fail_open", cfg.FailOpen, "queue_bypass", cfg.QueueBypass)
 

@@ -59,34 +59,55 @@ func TestFirewallIncludesFragment(t *testing.T) {
 				t.Fatal(err)
 			}
 			have := tableRules(t, string(b))
-			for table, lines := range tableRules(t, frag) {
-				for _, l := range lines {
-					if f := strings.Fields(l); len(f) > 3 && f[0] == "-I" && f[2] == "1" {
-						l = strings.Join(append([]string{"-A", f[1]}, f[3:]...), " ")
-					}
-					if !slices.Contains(have[table], l) {
-						t.Errorf("%s: table %s lacks %q (from `ftpalg rules`)", tc.file, table, l)
-					}
-				}
-			}
-			// The pinhole jump must precede every rule that accepts or
-			// drops new connections in FORWARD.
-			fwd := []string{}
-			for _, l := range have["filter"] {
-				if strings.HasPrefix(l, "-A FORWARD ") {
-					fwd = append(fwd, l)
-				}
-			}
-			jump := slices.Index(fwd, "-A FORWARD -j "+rules.ChainAccept)
-			for i, l := range fwd {
-				if i < jump && !strings.Contains(l, "INVALID") && !strings.Contains(l, "RELATED,ESTABLISHED") && !strings.Contains(l, "ipv6-icmp") {
-					t.Errorf("%s: FORWARD rule %q comes before the jump to %s", tc.file, l, rules.ChainAccept)
-				}
-			}
-			if jump < 0 || !strings.Contains(fwd[0], "INVALID") {
-				t.Errorf("%s: FORWARD must drop INVALID first and jump to %s: %q", tc.file, rules.ChainAccept, fwd)
-			}
+			checkHasFragment(t, tc.file, have, frag)
+			checkJumpFirst(t, tc.file, have["filter"], "FORWARD")
+			checkJumpFirst(t, tc.file, have["filter"], "INPUT")
 		})
+	}
+}
+
+// checkHasFragment checks that a firewall file (its lines by table) has
+// every line of an `ftpalg rules` fragment, each "-I CHAIN 1" jump written
+// as the "-A" the file places before the rules it must precede.
+func checkHasFragment(t *testing.T, file string, have map[string][]string, frag string) {
+	t.Helper()
+	for table, lines := range tableRules(t, frag) {
+		for _, l := range lines {
+			if f := strings.Fields(l); len(f) > 3 && f[0] == "-I" && f[2] == "1" {
+				l = strings.Join(append([]string{"-A", f[1]}, f[3:]...), " ")
+			}
+			if !slices.Contains(have[table], l) {
+				t.Errorf("%s: table %s lacks %q (from `ftpalg rules`)", file, table, l)
+			}
+		}
+	}
+}
+
+// checkJumpFirst checks that in a filter chain the pinhole jump comes after
+// the INVALID drop and precedes every rule that accepts or drops new
+// connections (only loopback, INVALID, replies and ICMPv6's neighbour
+// discovery may come first).
+func checkJumpFirst(t *testing.T, file string, filter []string, chain string) {
+	t.Helper()
+	var in []string
+	for _, l := range filter {
+		if strings.HasPrefix(l, "-A "+chain+" ") {
+			in = append(in, l)
+		}
+	}
+	jump := slices.Index(in, "-A "+chain+" -j "+rules.ChainAccept)
+	invalid := -1
+	for i, l := range in {
+		if strings.Contains(l, "INVALID") && invalid < 0 {
+			invalid = i
+		}
+		if i < jump && !strings.Contains(l, "INVALID") && !strings.Contains(l, "RELATED,ESTABLISHED") &&
+			!strings.Contains(l, "ipv6-icmp") && !strings.Contains(l, " -i lo ") {
+			t.Errorf("%s: %s rule %q comes before the jump to %s", file, chain, l, rules.ChainAccept)
+		}
+	}
+	if jump < 0 || invalid < 0 || invalid > jump {
+		t.Errorf("%s: %s must drop INVALID and then jump to %s: %q", file, chain, rules.ChainAccept, in)
 	}
 }
 

@@ -140,8 +140,8 @@ func TestFirewallLoads(t *testing.T) {
 		return inNS(t, ns, nil, "iptables-save") + inNS(t, ns, nil, "ip6tables-save")
 	}
 	before := stripCounters(save())
-	if n := strings.Count(before, "-j FTPALG-"); n != 6 {
-		t.Fatalf("want 6 jumps to ftpalg's chains after loading, got %d:\n%s", n, before)
+	if n := strings.Count(before, "-j FTPALG-"); n != 12 {
+		t.Fatalf("want 12 jumps to ftpalg's chains after loading, got %d:\n%s", n, before)
 	}
 
 	d := startDaemon(t, exec.Command("ip", "netns", "exec", ns, bin, "run", "--install-rules=false"))

@@ -104,16 +104,16 @@ func (c *Chains) install(b backend) error {
 			}
 		}
 	}
-	for _, h := range hooks() {
-		ok, err := b.Exists(h.table, h.parent, jumpSpec(h.chain)...)
+	for _, j := range jumpsFor(c.cfg.Role) {
+		ok, err := b.Exists(j.table, j.parent, j.spec...)
 		if err != nil {
-			return fmt.Errorf("looking up jump %s %s -> %s: %w", h.table, h.parent, h.chain, err)
+			return fmt.Errorf("looking up jump %s %s -> %s: %w", j.table, j.parent, j.chain, err)
 		}
 		if ok {
 			continue
 		}
-		if err := b.Insert(h.table, h.parent, 1, jumpSpec(h.chain)...); err != nil {
-			return fmt.Errorf("inserting jump %s %s -> %s: %w", h.table, h.parent, h.chain, err)
+		if err := b.Insert(j.table, j.parent, 1, j.spec...); err != nil {
+			return fmt.Errorf("inserting jump %s %s -> %s: %w", j.table, j.parent, j.chain, err)
 		}
 	}
 	return nil
@@ -127,27 +127,22 @@ func (c *Chains) install(b backend) error {
 // restores what is missing.
 func (c *Chains) Check() (bool, error) {
 	for _, b := range c.active {
-		for _, h := range hooks() {
-			ok, err := c.present(b, h.table, h.parent, jumpSpec(h.chain))
+		for _, j := range jumpsFor(c.cfg.Role) {
+			ok, err := c.present(b, j.table, j.parent, j.spec)
 			if err != nil || !ok {
 				return false, err
 			}
-			if h.chain == ChainAccept {
-				for _, spec := range staticAcceptSpecs(c.cfg) {
-					ok, err := c.present(b, h.table, h.chain, spec)
-					if err != nil || !ok {
-						return false, err
-					}
-				}
+		}
+		for _, spec := range staticAcceptSpecs(c.cfg) {
+			ok, err := c.present(b, "filter", ChainAccept, spec)
+			if err != nil || !ok {
+				return false, err
 			}
-			if h.chain != ChainQueue {
-				continue
-			}
-			for _, spec := range queueSpecs(c.cfg) {
-				ok, err := c.present(b, h.table, h.chain, spec)
-				if err != nil || !ok {
-					return false, err
-				}
+		}
+		for _, spec := range queueSpecs(c.cfg) {
+			ok, err := c.present(b, "mangle", ChainQueue, spec)
+			if err != nil || !ok {
+				return false, err
 			}
 		}
 	}
@@ -255,7 +250,7 @@ func (c *Chains) deleteJumps(b backend, table, chain, target string) error {
 		if err := b.Delete(table, chain, spec...); err != nil && !errors.Is(err, errNotExist) {
 			return fmt.Errorf("deleting jump %q: %w", line, err)
 		}
-		if len(spec) != len(jumpSpec(target)) {
+		if !ownJump(chain, spec) {
 			// Not the jump Install adds: somebody else's rule.
 			c.log.Warn("deleted rule referencing ftpalg chain", "family", b.family(), "table", table, "rule", line)
 		}

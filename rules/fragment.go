@@ -30,6 +30,7 @@ func Fragment(cfg Config, family Family) (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# ftpalg %s chains: load with `%s-restore --noflush`.\n", family, family.command())
 	fmt.Fprintf(&b, "# Control ports queued to NFQUEUE %d; pinhole rules are added at run time.\n", cfg.QueueNum)
+	js := jumpsFor(cfg.Role)
 	for _, h := range restoreOrder() {
 		fmt.Fprintf(&b, "*%s\n", h.table)
 		fmt.Fprintf(&b, ":%s - [0:0]\n", h.chain)
@@ -43,7 +44,11 @@ func Fragment(cfg Config, family Family) (string, error) {
 				fmt.Fprintf(&b, "-A %s %s\n", h.chain, formatRule(spec))
 			}
 		}
-		fmt.Fprintf(&b, "-I %s 1 %s\n", h.parent, formatRule(jumpSpec(h.chain)))
+		for _, j := range js {
+			if j.chain == h.chain {
+				fmt.Fprintf(&b, "-I %s 1 %s\n", j.parent, formatRule(j.spec))
+			}
+		}
 		b.WriteString("COMMIT\n")
 	}
 	return b.String(), nil

@@ -19,6 +19,8 @@ func TestFragmentGolden(t *testing.T) {
 		{"fragment_default_v4.golden", DefaultConfig(), IPv4},
 		{"fragment_default_v6.golden", DefaultConfig(), IPv6},
 		{"fragment_ports_v4.golden", Config{ControlPorts: []uint16{2121, 21, 990}, QueueNum: 5, IPv4: true}, IPv4},
+		{"fragment_router_v4.golden", Config{ControlPorts: []uint16{21}, QueueNum: 21, Bypass: true, IPv4: true, Role: RoleRouter, AcceptMark: DefaultAcceptMark}, IPv4},
+		{"fragment_host_v6.golden", Config{ControlPorts: []uint16{21, 2121}, QueueNum: 21, Bypass: true, IPv6: true, Role: RoleHost, AcceptMark: DefaultAcceptMark}, IPv6},
 	}
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {
@@ -26,20 +28,26 @@ func TestFragmentGolden(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Fragment: %v", err)
 			}
-			path := filepath.Join("testdata", tt.golden)
-			if *update {
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("reading golden file (run with -update to create): %v", err)
-			}
-			if got != string(want) {
-				t.Errorf("Fragment(%+v, %s) mismatch\n got:\n%s\nwant:\n%s", tt.cfg, tt.family, got, want)
-			}
+			checkGolden(t, tt.golden, got)
 		})
+	}
+}
+
+// checkGolden compares got with testdata/name, rewriting it with -update.
+func checkGolden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("reading golden file (run with -update to create): %v", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s mismatch\n got:\n%s\nwant:\n%s", name, got, want)
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 //	set nat_pinholes     peer . target addr . target port . public port
 //	map nat_targets      peer . public addr . public port : target addr . target port
 //	chain pinhole_mark   filter hook forward priority filter - 5
+//	chain pinhole_mark_in  the same rules on hook input, for local endpoints
 //	    ct state new  meta mark set meta mark & ~AcceptMark
 //	    ct state new  ct status dnat unset  saddr . daddr . tcp dport @routed_pinholes
 //	                  meta mark set meta mark | AcceptMark
@@ -135,7 +136,7 @@ func NewNFTable(cfg Config, timeout time.Duration, log *slog.Logger) (*NFTable, 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	k, err := newNFTKernel(cfg.AcceptMark)
+	k, err := newNFTKernel(cfg.AcceptMark, cfg.Role)
 	if err != nil {
 		return nil, err
 	}

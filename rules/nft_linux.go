@@ -22,6 +22,7 @@ const (
 	nftSetNAT      = "nat_pinholes"    // NAT'd pinholes, after DNAT
 	nftMapTargets  = "nat_targets"     // DNATs of NAT'd pinholes
 	nftChainMark   = "pinhole_mark"    // filter forward: marks pinhole packets
+	nftChainMarkIn = "pinhole_mark_in" // filter input: the same for local endpoints
 	nftChainDNAT   = "pinhole_dnat"    // nat prerouting: DNATs pinhole packets
 	ipsDstNAT      = 0x20              // IPS_DST_NAT in ct status
 	ctDirOriginal  = 0                 // IP_CT_DIR_ORIGINAL
@@ -109,6 +110,7 @@ func reg(w uint32) uint32 { return regBase + w }
 // same guarantee).
 type nftConn struct {
 	mark uint32
+	role Role // which mark chains exist: forward, input or both
 	fams map[Family]nftFamily
 	fast *nftSock
 	look *nftLookup
@@ -132,9 +134,10 @@ func (l *nftLookup) close() {
 	}
 }
 
-func newNFTKernel(mark uint32) (nftKernel, error) {
+func newNFTKernel(mark uint32, role Role) (nftKernel, error) {
 	c := &nftConn{
 		mark: mark,
+		role: role,
 		fams: map[Family]nftFamily{IPv4: newNFTFamily(IPv4), IPv6: newNFTFamily(IPv6)},
 		fast: newNFTSock(),
 		look: &nftLookup{},
@@ -178,19 +181,21 @@ func (c *nftConn) install(f Family, elems []nftTimed) error {
 			}
 		}
 		accept := nftables.ChainPolicyAccept
-		mark := cc.AddChain(&nftables.Chain{
-			Name: nftChainMark, Table: nf.table, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookForward, Priority: nftPrioMark, Policy: &accept,
-		})
+		for _, m := range c.markChains() {
+			mark := cc.AddChain(&nftables.Chain{
+				Name: m.name, Table: nf.table, Type: nftables.ChainTypeFilter,
+				Hooknum: m.hook, Priority: nftPrioMark, Policy: &accept,
+			})
+			cc.FlushChain(mark)
+			cc.AddRule(&nftables.Rule{Table: nf.table, Chain: mark, Exprs: c.clearMarkExprs()})
+			cc.AddRule(&nftables.Rule{Table: nf.table, Chain: mark, Exprs: c.markRoutedExprs(nf)})
+			cc.AddRule(&nftables.Rule{Table: nf.table, Chain: mark, Exprs: c.markNATExprs(nf)})
+		}
 		dnat := cc.AddChain(&nftables.Chain{
 			Name: nftChainDNAT, Table: nf.table, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPrerouting, Priority: nftPrioDNAT, Policy: &accept,
 		})
-		cc.FlushChain(mark)
 		cc.FlushChain(dnat)
-		cc.AddRule(&nftables.Rule{Table: nf.table, Chain: mark, Exprs: c.clearMarkExprs()})
-		cc.AddRule(&nftables.Rule{Table: nf.table, Chain: mark, Exprs: c.markRoutedExprs(nf)})
-		cc.AddRule(&nftables.Rule{Table: nf.table, Chain: mark, Exprs: c.markNATExprs(nf)})
 		cc.AddRule(&nftables.Rule{Table: nf.table, Chain: dnat, Exprs: dnatExprs(nf)})
 		for _, el := range elems {
 			if err := c.queueAdd(cc, el.e, el.ttl); err != nil {
@@ -205,6 +210,27 @@ func (c *nftConn) install(f Family, elems []nftTimed) error {
 	// The first Open after Install should not pay for the socket.
 	c.fast.warm()
 	return nil
+}
+
+// nftMarkChain is one of the chains that mark pinhole packets.
+type nftMarkChain struct {
+	name string
+	hook *nftables.ChainHook
+}
+
+// markChains are the mark chains c's Role needs: filter forward for
+// forwarded data connections, filter input for those to a local endpoint.
+// Both hold the same rules; a pinhole's target is local or not, so only
+// one of them can ever match its packets.
+func (c *nftConn) markChains() []nftMarkChain {
+	var ms []nftMarkChain
+	if c.role.Forward() {
+		ms = append(ms, nftMarkChain{nftChainMark, nftables.ChainHookForward})
+	}
+	if c.role.Local() {
+		ms = append(ms, nftMarkChain{nftChainMarkIn, nftables.ChainHookInput})
+	}
+	return ms
 }
 
 // probeUpdate adds an element to routed_pinholes with a long timeout, adds

@@ -7,14 +7,18 @@
 // whose names start with FTPALG, reached by one jump from each built-in chain:
 //
 //	mangle FORWARD    -> FTPALG-QUEUE   NFQUEUE for the control ports (both directions)
+//	mangle INPUT      -> FTPALG-QUEUE   the same for connections ending on this machine
+//	mangle OUTPUT     -> FTPALG-QUEUE   and starting on it (INPUT and OUTPUT skip lo)
 //	nat    PREROUTING -> FTPALG-DNAT    one DNAT per NAT'd pinhole
 //	filter FORWARD    -> FTPALG-ACCEPT  one ACCEPT per pinhole
+//	filter INPUT      -> FTPALG-ACCEPT  the same chain, for local endpoints
 //
-// The queue hook sits in mangle FORWARD, after conntrack and DNAT, so the
-// daemon sees one consistent address view for both directions of a control
-// connection. The filter jump is inserted first so pinholes are reached before
-// a FORWARD policy DROP; pinhole rules only match conntrack state NEW, so
-// INVALID packets still fall through to the administrator's own rules.
+// The queue hooks sit in mangle FORWARD, INPUT and OUTPUT, after conntrack
+// and DNAT and before SNAT, so the daemon sees one consistent address view
+// for both directions of a control connection (see Role). The filter jumps
+// are inserted first so pinholes are reached before a policy DROP; pinhole
+// rules only match conntrack state NEW, so INVALID packets still fall
+// through to the administrator's own rules.
 //
 // The same chains exist for IPv6 through ip6tables. Administrators who manage
 // the whole ruleset themselves use [Fragment] to include the chains in their
@@ -118,6 +122,10 @@ type Config struct {
 	Bypass bool
 	// IPv4 and IPv6 enable the rules for each family.
 	IPv4, IPv6 bool
+	// Role selects the paths queued and the built-in chains jumped from:
+	// forwarded connections, connections ending on this machine, or both
+	// (the zero value).
+	Role Role
 	// AcceptMark, when non-zero, is the single packet mark bit with which
 	// NFTable's nftables chain flags pinhole packets; FTPALG-ACCEPT then
 	// holds one static rule accepting NEW TCP packets with that bit set
@@ -157,6 +165,9 @@ func (c Config) Validate() error {
 	}
 	if !c.IPv4 && !c.IPv6 {
 		return fmt.Errorf("%w: neither IPv4 nor IPv6 enabled", ErrInvalidConfig)
+	}
+	if c.Role > RoleHost {
+		return fmt.Errorf("%w: %v", ErrInvalidConfig, c.Role)
 	}
 	if c.AcceptMark&(c.AcceptMark-1) != 0 {
 		return fmt.Errorf("%w: accept mark %#x is not a single bit", ErrInvalidConfig, c.AcceptMark)

@@ -6,27 +6,23 @@ import (
 	"strings"
 )
 
-// hook is one of ftpalg's chains and the built-in chain that jumps to it.
+// hook is one of ftpalg's chains and its table.
 type hook struct {
-	table  string // iptables table
-	parent string // built-in chain holding the jump
-	chain  string // ftpalg's chain
+	table string // iptables table
+	chain string // ftpalg's chain
 }
 
-// hooks returns ftpalg's chains in install order. The queue comes last so
-// that control packets are only diverted once the pinhole chains are hooked
-// in; removal walks the list backwards.
+// hooks returns ftpalg's chains in install order, whatever the Role: a
+// sweep must find every chain an earlier run may have made. The queue
+// comes last so that control packets are only diverted once the pinhole
+// chains are hooked in; removal walks the list backwards. The jumps into
+// them depend on the Role (jumpsFor).
 func hooks() [3]hook {
 	return [3]hook{
-		{table: "filter", parent: "FORWARD", chain: ChainAccept},
-		{table: "nat", parent: "PREROUTING", chain: ChainDNAT},
-		{table: "mangle", parent: "FORWARD", chain: ChainQueue},
+		{table: "filter", chain: ChainAccept},
+		{table: "nat", chain: ChainDNAT},
+		{table: "mangle", chain: ChainQueue},
 	}
-}
-
-// jumpSpec is the rule in a built-in chain that enters ftpalg's chain.
-func jumpSpec(chain string) []string {
-	return []string{"-j", chain}
 }
 
 // queueSpecs returns the NFQUEUE rules of FTPALG-QUEUE: control packets from

@@ -38,11 +38,14 @@ type Snapshot struct {
 // Conn is one tracked FTP control connection, with addresses as the router
 // sees them between its NAT steps (after DNAT, before SNAT).
 type Conn struct {
-	Session  uint64         `json:"session"`
-	Client   netip.AddrPort `json:"client"`
-	Server   netip.AddrPort `json:"server"`
-	Age      time.Duration  `json:"age_ns"`
-	Rewrites uint32         `json:"rewrites"`
+	Session uint64         `json:"session"`
+	Client  netip.AddrPort `json:"client"`
+	Server  netip.AddrPort `json:"server"`
+	// Path is which end, if any, is this machine: forward, local-server
+	// or local-client.
+	Path     string        `json:"path"`
+	Age      time.Duration `json:"age_ns"`
+	Rewrites uint32        `json:"rewrites"`
 	// OffsetC2S and OffsetS2C are how far the receiver's sequence space is
 	// ahead of the sender's after the rewrites so far, in bytes: the sum of
 	// the length changes of every rewrite in that direction.
@@ -54,6 +57,7 @@ type Conn struct {
 // translated to Target (equal to Public without NAT).
 type Pinhole struct {
 	Session uint64         `json:"session"`
+	Path    string         `json:"path"` // the control connection's path
 	Peer    netip.Addr     `json:"peer"`
 	Public  netip.AddrPort `json:"public"`
 	Target  netip.AddrPort `json:"target"`
@@ -75,9 +79,9 @@ func Render(w io.Writer, s Snapshot) error {
 	slices.SortFunc(conns, func(a, b Conn) int { return cmp.Compare(a.Session, b.Session) })
 	fmt.Fprintf(tw, "\nControl connections: %d\n", len(conns))
 	if len(conns) > 0 {
-		fmt.Fprintln(tw, "SESSION\tCLIENT\tSERVER\tAGE\tREWRITES\tOFFSET C>S\tOFFSET S>C")
+		fmt.Fprintln(tw, "SESSION\tPATH\tCLIENT\tSERVER\tAGE\tREWRITES\tOFFSET C>S\tOFFSET S>C")
 		for _, c := range conns {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%+d\t%+d\n", c.Session, c.Client, c.Server,
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%+d\t%+d\n", c.Session, orDash(c.Path), c.Client, c.Server,
 				roundAge(c.Age), c.Rewrites, c.OffsetC2S, c.OffsetS2C)
 		}
 	}
@@ -86,7 +90,7 @@ func Render(w io.Writer, s Snapshot) error {
 	slices.SortFunc(pins, func(a, b Pinhole) int { return a.Expires.Compare(b.Expires) })
 	fmt.Fprintf(tw, "\nOpen pinholes: %d\n", len(pins))
 	if len(pins) > 0 {
-		fmt.Fprintln(tw, "SESSION\tPEER\tPUBLIC\tTARGET\tOPEN FOR\tCLOSES IN")
+		fmt.Fprintln(tw, "SESSION\tPATH\tPEER\tPUBLIC\tTARGET\tOPEN FOR\tCLOSES IN")
 		for _, p := range pins {
 			target := p.Target.String()
 			if p.Target == p.Public {
@@ -97,7 +101,7 @@ func Render(w io.Writer, s Snapshot) error {
 			if left <= 0 {
 				closes = "due"
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", p.Session, p.Peer, p.Public, target,
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Session, orDash(p.Path), p.Peer, p.Public, target,
 				roundAge(now.Sub(p.Opened)), closes)
 		}
 	}

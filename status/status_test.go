@@ -26,15 +26,15 @@ func sample() Snapshot {
 		Started: t0.Add(-3*time.Hour - 2*time.Minute),
 		Taken:   t0,
 		Conns: []Conn{
-			{Session: 7, Client: netip.MustParseAddrPort("[2001:db8::10]:50000"), Server: netip.MustParseAddrPort("[2001:db8:1::20]:21"),
+			{Session: 7, Client: netip.MustParseAddrPort("[2001:db8::10]:50000"), Server: netip.MustParseAddrPort("[2001:db8:1::20]:21"), Path: "local-server",
 				Age: 1500 * time.Millisecond, Rewrites: 0},
-			{Session: 3, Client: netip.MustParseAddrPort("192.0.2.10:44842"), Server: netip.MustParseAddrPort("198.51.100.20:21"),
+			{Session: 3, Client: netip.MustParseAddrPort("192.0.2.10:44842"), Server: netip.MustParseAddrPort("198.51.100.20:21"), Path: "forward",
 				Age: 4*time.Minute + 5*time.Second, Rewrites: 12, OffsetC2S: 36, OffsetS2C: -2},
 		},
 		Pinholes: []Pinhole{
-			{Session: 3, Peer: netip.MustParseAddr("198.51.100.20"), Public: netip.MustParseAddrPort("198.51.100.1:40379"),
+			{Session: 3, Path: "forward", Peer: netip.MustParseAddr("198.51.100.20"), Public: netip.MustParseAddrPort("198.51.100.1:40379"),
 				Target: netip.MustParseAddrPort("192.0.2.10:40379"), Opened: t0.Add(-2 * time.Second), Expires: t0.Add(28 * time.Second)},
-			{Session: 7, Peer: netip.MustParseAddr("2001:db8::10"), Public: netip.MustParseAddrPort("[2001:db8:1::20]:30001"),
+			{Session: 7, Path: "local-server", Peer: netip.MustParseAddr("2001:db8::10"), Public: netip.MustParseAddrPort("[2001:db8:1::20]:30001"),
 				Target: netip.MustParseAddrPort("[2001:db8:1::20]:30001"), Opened: t0.Add(-200 * time.Millisecond), Expires: t0.Add(-10 * time.Millisecond)},
 		},
 		Counters: map[string]uint64{"packets": 1234, "rewrites": 12, "pinholes_opened": 5, "refusals": 0},
@@ -49,14 +49,14 @@ func TestRender(t *testing.T) {
 	const want = `ftpalg v1.2.3, up 3h02m
 
 Control connections: 2
-SESSION  CLIENT                SERVER               AGE    REWRITES  OFFSET C>S  OFFSET S>C
-3        192.0.2.10:44842      198.51.100.20:21     4m05s  12        +36         -2
-7        [2001:db8::10]:50000  [2001:db8:1::20]:21  1.5s   0         +0          +0
+SESSION  PATH          CLIENT                SERVER               AGE    REWRITES  OFFSET C>S  OFFSET S>C
+3        forward       192.0.2.10:44842      198.51.100.20:21     4m05s  12        +36         -2
+7        local-server  [2001:db8::10]:50000  [2001:db8:1::20]:21  1.5s   0         +0          +0
 
 Open pinholes: 2
-SESSION  PEER           PUBLIC                  TARGET            OPEN FOR  CLOSES IN
-7        2001:db8::10   [2001:db8:1::20]:30001  -                 200ms     due
-3        198.51.100.20  198.51.100.1:40379      192.0.2.10:40379  2s        28s
+SESSION  PATH          PEER           PUBLIC                  TARGET            OPEN FOR  CLOSES IN
+7        local-server  2001:db8::10   [2001:db8:1::20]:30001  -                 200ms     due
+3        forward       198.51.100.20  198.51.100.1:40379      192.0.2.10:40379  2s        28s
 
 Counters:
 packets          1234

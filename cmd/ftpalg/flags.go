@@ -66,6 +66,7 @@ type options struct {
 	stateDir       string
 	statusSocket   string
 	metricsAddr    string
+	role           string
 }
 
 // define registers the flags. The help texts are the reference documentation
@@ -78,6 +79,7 @@ func (o *options) define(fs *flag.FlagSet, run bool) {
 	fs.BoolVar(&o.queueBypass, "queue-bypass", true, "while no ftpalg is attached (restart, crash), let control packets pass unexamined;\nfalse: drop them so TCP retransmits them once ftpalg is back (rewritten sessions stay consistent, all\ncontrol traffic pauses); with --install-rules (the default) ftpalg's own queue rules are gone while it is stopped")
 	fs.StringVar(&o.pinholes, "pinholes", "nftables", "pinhole `backend`: nftables (set elements with kernel timeouts, ~10µs each; a mark bit\nreaches iptables' FORWARD) or iptables (one rule per pinhole, visible in iptables -S, milliseconds each)")
 	fs.StringVar(&o.acceptMark, "accept-mark", "0x20000000", "packet mark `bit` the nftables backend sets on pinholed connections' first packet")
+	fs.StringVar(&o.role, "role", "both", "which control connections to handle: both (forwarded ones and those ending on this machine),\nrouter (forwarded only: mangle/filter FORWARD) or host (an FTP server or client on this machine: INPUT/OUTPUT)")
 	fs.StringVar(&o.configPath, "config", "", "read settings from this TOML `file` (keys mirror the flags); flags given here override it")
 	if !run {
 		return
@@ -121,7 +123,11 @@ func (o *options) rulesConfig() (rules.Config, error) {
 	if o.queueNum > 65535 {
 		return rules.Config{}, fmt.Errorf("%w: --queue-num %d out of range", errUsage, o.queueNum)
 	}
-	rc := rules.Config{ControlPorts: ports, QueueNum: uint16(o.queueNum), Bypass: o.queueBypass, IPv4: o.ipv4, IPv6: o.ipv6}
+	role, err := rules.ParseRole(o.role)
+	if err != nil {
+		return rules.Config{}, fmt.Errorf("%w: --role %q: want both, router or host", errUsage, o.role)
+	}
+	rc := rules.Config{ControlPorts: ports, QueueNum: uint16(o.queueNum), Bypass: o.queueBypass, IPv4: o.ipv4, IPv6: o.ipv6, Role: role}
 	backend, mark, err := o.backend()
 	if err != nil {
 		return rules.Config{}, err
@@ -220,7 +226,7 @@ func (o *options) daemonConfig(log *slog.Logger) (daemon.Config, error) {
 		MaxConnections: o.maxConns,
 		OutsideIf:      o.outsideIf, PublicIPs: pubs, ControlPorts: rc.ControlPorts, QueueNum: rc.QueueNum,
 		PinholeTimeout: o.pinholeTimeout, DataPortLo: lo, DataPortHi: hi, InstallRules: o.installRules,
-		FailOpen: o.failOpen, QueueBypass: o.queueBypass, IPv4: o.ipv4, IPv6: o.ipv6, Log: log,
+		FailOpen: o.failOpen, QueueBypass: o.queueBypass, IPv4: o.ipv4, IPv6: o.ipv6, Role: rc.Role, Log: log,
 	}
 	if err := cfg.Validate(); err != nil {
 		return daemon.Config{}, fmt.Errorf("%w: %w", errUsage, err)

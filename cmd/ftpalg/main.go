@@ -49,8 +49,8 @@ func commands() []command {
 		{"run", "[flags]", "run the gateway (root or CAP_NET_ADMIN)", aboutRun,
 			func(fs *flag.FlagSet) { new(options).define(fs, true) },
 			func(args []string, _, stderr io.Writer) error { return cmdRun(args, stderr) }},
-		{"rules", "[flags]", "print ftpalg's chains as iptables-restore fragments", aboutRules,
-			func(fs *flag.FlagSet) { new(options).define(fs, false) }, cmdRules},
+		{"rules", "[flags]", "print ftpalg's chains (iptables-restore) or nftables fragment (--format nft)", aboutRules,
+			func(fs *flag.FlagSet) { rulesFlags(fs) }, cmdRules},
 		{"status", "[--json]", "show the running gateway: connections, pinholes, counters", aboutStatus,
 			func(fs *flag.FlagSet) { statusFlags(fs) }, cmdStatus},
 		{"config", "check <file>", "validate a configuration file", aboutConfig, nil, cmdConfig},
@@ -152,13 +152,23 @@ func cmdRun(args []string, stderr io.Writer) error {
 	return daemon.Run(ctx, cfg)
 }
 
-const aboutRules = "Print ftpalg's chains and jumps as iptables-restore fragments, for firewall scripts that\n" +
-	"include them and run 'ftpalg run --install-rules=false'. Load each with 'iptables-restore --noflush'."
+const aboutRules = "Print what a firewall script must contain for ftpalg.\n" +
+	"--format iptables: ftpalg's chains and jumps as iptables-restore fragments, for scripts that include\n" +
+	"them and run 'ftpalg run --install-rules=false'; load each with 'iptables-restore --noflush'.\n" +
+	"--format nft: the rule an nftables-native firewall (policy drop) includes in its own input/forward\n" +
+	"chains so ftpalg's pinholes are accepted there."
+
+// rulesFlags defines the flags of `ftpalg rules` on fs.
+func rulesFlags(fs *flag.FlagSet) (o *options, format *string) {
+	o = new(options)
+	o.define(fs, false)
+	format = fs.String("format", "iptables", "`format`: iptables (iptables-restore fragments) or nft (a file to include in your nftables chains)")
+	return o, format
+}
 
 func cmdRules(args []string, stdout, stderr io.Writer) error {
-	var o options
 	fs := newFlagSet("rules", aboutRules, stderr)
-	o.define(fs, false)
+	o, format := rulesFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -169,12 +179,23 @@ func cmdRules(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	for _, fam := range rc.Families() {
-		frag, err := rules.Fragment(rc, fam)
+	switch *format {
+	case "iptables":
+		for _, fam := range rc.Families() {
+			frag, err := rules.Fragment(rc, fam)
+			if err != nil {
+				return fmt.Errorf("%w: %w", errUsage, err)
+			}
+			fmt.Fprint(stdout, frag)
+		}
+	case "nft":
+		frag, err := rules.NFTFragment(rc)
 		if err != nil {
 			return fmt.Errorf("%w: %w", errUsage, err)
 		}
 		fmt.Fprint(stdout, frag)
+	default:
+		return fmt.Errorf("%w: --format %q: want iptables or nft", errUsage, *format)
 	}
 	return nil
 }

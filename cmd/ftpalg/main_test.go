@@ -216,8 +216,8 @@ func TestStartAndStop(t *testing.T) {
 	}
 	d = startDaemon(t, ns, bin)
 	d.waitFor(t, "ftpalg running")
-	if s := saved(t, ns); strings.Count(s, "-j FTPALG-QUEUE") != 2 {
-		t.Fatalf("leftovers not swept (want one jump per family):\n%s", s)
+	if s := saved(t, ns); strings.Count(s, "-j FTPALG-QUEUE") != 6 {
+		t.Fatalf("leftovers not swept (want one jump per family from each of FORWARD, INPUT and OUTPUT):\n%s", s)
 	}
 	d.cmd.Process.Signal(syscall.SIGINT)
 	if code := d.exit(t); code != 0 {

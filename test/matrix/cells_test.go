@@ -51,16 +51,27 @@ func (s server) String() string {
 	return s.kind.String()
 }
 
-// cell is one server × client × mode combination on one topology.
+// cell is one server × client × mode combination on one topology, under
+// one way of writing the firewall host's ruleset.
 type cell struct {
-	topo   rig.Topology
-	srv    server
-	client rig.ClientKind
-	mode   rig.Mode
+	topo    rig.Topology
+	srv     server
+	client  rig.ClientKind
+	mode    rig.Mode
+	ruleset rig.Ruleset
 }
 
 func (c cell) String() string {
-	return fmt.Sprintf("%v/%v/%v/%v", c.topo, c.srv, c.client, c.mode)
+	return fmt.Sprintf("%s/%v/%v/%v", c.net(), c.srv, c.client, c.mode)
+}
+
+// net names the cell's rig: the topology, with "+nft" under the
+// nftables-native ruleset.
+func (c cell) net() string {
+	if c.ruleset == rig.NFTables {
+		return c.topo.String() + "+nft"
+	}
+	return c.topo.String()
 }
 
 // applicable reports whether a cell is meaningful, and if not why. These
@@ -69,7 +80,7 @@ func (c cell) applicable() (bool, string) {
 	if ok, why := c.client.Supports(c.mode, c.topo.Family()); !ok {
 		return false, why
 	}
-	if c.srv.masq && (c.topo != rig.ServerForward || c.srv.kind != rig.ProFTPD) {
+	if c.srv.masq && (!portForward(c.topo) || c.srv.kind != rig.ProFTPD) {
 		return false, "MasqueradeAddress matters only for a server behind the port forward"
 	}
 	if c.srv.masq && c.mode.Active() {
@@ -78,26 +89,37 @@ func (c cell) applicable() (bool, string) {
 	return true, ""
 }
 
+// portForward reports whether the topology publishes its server with DNAT.
+func portForward(t rig.Topology) bool { return t == rig.ServerForward || t == rig.RouterLocalServer }
+
+// clientProtected reports whether the firewall protects the client's
+// side: a masqueraded client, or a client on a host with a strict INPUT.
+func clientProtected(t rig.Topology) bool {
+	return t == rig.ClientNAT || t.ClientNode() == rig.Router
+}
+
 // needsPinhole reports whether the data connection crosses the firewall
-// against its policy, so ftpalg must open a pinhole: toward an inside
-// server in passive mode, toward a masqueraded client in active mode.
-// The other direction is new inside-to-outside traffic, which the
+// against its policy, so ftpalg must open a pinhole: toward a protected
+// server (inside, or on the firewall host) in passive mode, toward a
+// protected client (masqueraded, or on the firewall host) in active mode.
+// The other direction is new traffic from the protected side, which the
 // firewall accepts anyway; ftpalg must merely not break it.
 func (c cell) needsPinhole() bool {
-	if c.topo == rig.ClientNAT {
+	if clientProtected(c.topo) {
 		return c.mode.Active()
 	}
 	return !c.mode.Active()
 }
 
 // needsRewrite reports whether the announced address is a private one the
-// peer cannot reach: PORT/EPRT from behind MASQUERADE, 227 from behind the
-// port forward unless the server already announces the public address.
+// peer cannot reach: PORT/EPRT from behind MASQUERADE (also the router's
+// own client's), 227 from behind the port forward (also the router's own
+// server's) unless the server already announces the public address.
 func (c cell) needsRewrite() bool {
 	switch {
-	case c.topo == rig.ClientNAT:
+	case c.topo == rig.ClientNAT || c.topo == rig.RouterLocalClient:
 		return c.mode.Active()
-	case c.topo == rig.ServerForward:
+	case portForward(c.topo):
 		return c.mode == rig.PASV && !c.srv.masq
 	}
 	return false
@@ -108,10 +130,23 @@ func allServers() []server {
 	return []server{{rig.Vsftpd, false}, {rig.ProFTPD, false}, {rig.PureFTPd, false}, {rig.ProFTPD, true}}
 }
 
-// topologies are the rig's topologies, in the order printed.
+// topologies are the rig's forwarded topologies, in the order printed.
 func topologies() []rig.Topology {
 	return []rig.Topology{rig.ClientNAT, rig.ServerForward, rig.Routed, rig.Routed6}
 }
+
+// ftpalgServesLocal says whether ftpalg handles FTP endpoints on the
+// firewall host itself (issue 13: its queue and pinholes in INPUT and
+// OUTPUT, `ftpalg rules` for the nftables ruleset). While it is false the
+// local cells (localMatrix, localSlice) run only with the kernel helper,
+// FTPALG_MATRIX_HELPER=only; the change that lands that capability sets
+// it to true, and then the slice and `make matrix` run them through
+// ftpalg like every other cell.
+const ftpalgServesLocal = false
+
+// localCells reports whether the run includes the local cells: through
+// ftpalg once it serves them, always with the kernel helper alone.
+func localCells(helper string) bool { return ftpalgServesLocal || helper == "only" }
 
 // job is a cell with the cases to run in it.
 type job struct {
@@ -119,17 +154,29 @@ type job struct {
 	cases []caseKind
 }
 
-// fullMatrix returns every applicable cell with every case.
-func fullMatrix() []job {
-	var out []job
-	for _, t := range topologies() {
+// fullMatrix returns every applicable cell of the forwarded topologies
+// with every case.
+func fullMatrix() []job { return applicableJobs(grid(topologies(), rig.IPTables, rig.Clients())) }
+
+// localMatrix returns every applicable cell of the local topologies with
+// every case: every client under the iptables script, and curl (which
+// has every mode) under the nftables ruleset, whose subject is the
+// firewall, not the client.
+func localMatrix() []job {
+	cells := grid(rig.LocalTopologies(), rig.IPTables, rig.Clients())
+	cells = append(cells, grid(rig.LocalTopologies(), rig.NFTables, []rig.ClientKind{rig.Curl})...)
+	return applicableJobs(cells)
+}
+
+// grid returns every topology × server × client × mode cell under one
+// ruleset, applicable or not.
+func grid(topos []rig.Topology, rs rig.Ruleset, clients []rig.ClientKind) []cell {
+	var out []cell
+	for _, t := range topos {
 		for _, s := range allServers() {
-			for _, c := range rig.Clients() {
+			for _, c := range clients {
 				for _, m := range rig.Modes() {
-					ce := cell{t, s, c, m}
-					if ok, _ := ce.applicable(); ok {
-						out = append(out, job{ce, cases()})
-					}
+					out = append(out, cell{t, s, c, m, rs})
 				}
 			}
 		}
@@ -137,20 +184,27 @@ func fullMatrix() []job {
 	return out
 }
 
-// notApplicable returns the skipped cells of the full grid with reasons,
-// grouped by reason.
-func notApplicable() map[string][]cell {
+func applicableJobs(cells []cell) []job {
+	var out []job
+	for _, ce := range cells {
+		if ok, _ := ce.applicable(); ok {
+			out = append(out, job{ce, cases()})
+		}
+	}
+	return out
+}
+
+// notApplicable returns the skipped cells of the full grid (with the
+// local topologies when local) with reasons, grouped by reason.
+func notApplicable(local bool) map[string][]cell {
+	cells := grid(topologies(), rig.IPTables, rig.Clients())
+	if local {
+		cells = append(cells, grid(rig.LocalTopologies(), rig.IPTables, rig.Clients())...)
+	}
 	out := map[string][]cell{}
-	for _, t := range topologies() {
-		for _, s := range allServers() {
-			for _, c := range rig.Clients() {
-				for _, m := range rig.Modes() {
-					ce := cell{t, s, c, m}
-					if ok, why := ce.applicable(); !ok {
-						out[why] = append(out[why], ce)
-					}
-				}
-			}
+	for _, ce := range cells {
+		if ok, why := ce.applicable(); !ok {
+			out[why] = append(out[why], ce)
 		}
 	}
 	return out
@@ -163,17 +217,40 @@ func notApplicable() map[string][]cell {
 func slice() []job {
 	all := cases()
 	return []job{
-		{cell{rig.ClientNAT, server{rig.Vsftpd, false}, rig.Curl, rig.PORT}, all},
-		{cell{rig.ClientNAT, server{rig.PureFTPd, false}, rig.Tnftp, rig.EPRT}, []caseKind{download, list}},
-		{cell{rig.ClientNAT, server{rig.ProFTPD, false}, rig.Ftplib, rig.EPSV}, []caseKind{download}},
-		{cell{rig.ServerForward, server{rig.Vsftpd, false}, rig.GoFTP, rig.PASV}, []caseKind{download, upload, many}},
-		{cell{rig.ServerForward, server{rig.ProFTPD, true}, rig.Curl, rig.PASV}, []caseKind{download, list}},
-		{cell{rig.ServerForward, server{rig.PureFTPd, false}, rig.Lftp, rig.EPSV}, []caseKind{download, upload}},
-		{cell{rig.Routed, server{rig.ProFTPD, false}, rig.Lftp, rig.PASV}, []caseKind{download, list}},
-		{cell{rig.Routed, server{rig.Vsftpd, false}, rig.Ftplib, rig.PORT}, []caseKind{download, upload}},
-		{cell{rig.Routed6, server{rig.PureFTPd, false}, rig.Curl, rig.EPSV}, []caseKind{download, list}},
-		{cell{rig.Routed6, server{rig.Vsftpd, false}, rig.Tnftp, rig.EPRT}, []caseKind{download, upload}},
-		{cell{rig.Routed6, server{rig.ProFTPD, false}, rig.GoFTP, rig.EPSV}, []caseKind{download}},
+		{cell{rig.ClientNAT, server{rig.Vsftpd, false}, rig.Curl, rig.PORT, rig.IPTables}, all},
+		{cell{rig.ClientNAT, server{rig.PureFTPd, false}, rig.Tnftp, rig.EPRT, rig.IPTables}, []caseKind{download, list}},
+		{cell{rig.ClientNAT, server{rig.ProFTPD, false}, rig.Ftplib, rig.EPSV, rig.IPTables}, []caseKind{download}},
+		{cell{rig.ServerForward, server{rig.Vsftpd, false}, rig.GoFTP, rig.PASV, rig.IPTables}, []caseKind{download, upload, many}},
+		{cell{rig.ServerForward, server{rig.ProFTPD, true}, rig.Curl, rig.PASV, rig.IPTables}, []caseKind{download, list}},
+		{cell{rig.ServerForward, server{rig.PureFTPd, false}, rig.Lftp, rig.EPSV, rig.IPTables}, []caseKind{download, upload}},
+		{cell{rig.Routed, server{rig.ProFTPD, false}, rig.Lftp, rig.PASV, rig.IPTables}, []caseKind{download, list}},
+		{cell{rig.Routed, server{rig.Vsftpd, false}, rig.Ftplib, rig.PORT, rig.IPTables}, []caseKind{download, upload}},
+		{cell{rig.Routed6, server{rig.PureFTPd, false}, rig.Curl, rig.EPSV, rig.IPTables}, []caseKind{download, list}},
+		{cell{rig.Routed6, server{rig.Vsftpd, false}, rig.Tnftp, rig.EPRT, rig.IPTables}, []caseKind{download, upload}},
+		{cell{rig.Routed6, server{rig.ProFTPD, false}, rig.GoFTP, rig.EPSV, rig.IPTables}, []caseKind{download}},
+	}
+}
+
+// localSlice is the representative subset of the local topologies: every
+// local topology, under both rulesets, every server on the host, every
+// client on a host, every mode, and the rewrites of the router's own
+// client and server.
+func localSlice() []job {
+	all := cases()
+	return []job{
+		{cell{rig.HostServer, server{rig.Vsftpd, false}, rig.Curl, rig.PASV, rig.IPTables}, all},
+		{cell{rig.HostServer, server{rig.ProFTPD, false}, rig.Lftp, rig.EPSV, rig.IPTables}, []caseKind{download}},
+		{cell{rig.HostServer, server{rig.PureFTPd, false}, rig.Curl, rig.PASV, rig.NFTables}, []caseKind{download, list}},
+		{cell{rig.HostServer6, server{rig.PureFTPd, false}, rig.GoFTP, rig.EPSV, rig.IPTables}, []caseKind{download}},
+		{cell{rig.HostServer6, server{rig.Vsftpd, false}, rig.Curl, rig.EPRT, rig.NFTables}, []caseKind{download}},
+		{cell{rig.HostClient, server{rig.Vsftpd, false}, rig.Tnftp, rig.PORT, rig.IPTables}, []caseKind{download, upload}},
+		{cell{rig.HostClient, server{rig.ProFTPD, false}, rig.Curl, rig.EPRT, rig.NFTables}, []caseKind{download}},
+		{cell{rig.HostClient6, server{rig.Vsftpd, false}, rig.Lftp, rig.EPRT, rig.IPTables}, []caseKind{download}},
+		{cell{rig.HostClient6, server{rig.PureFTPd, false}, rig.Curl, rig.EPSV, rig.NFTables}, []caseKind{download}},
+		{cell{rig.RouterLocalClient, server{rig.Vsftpd, false}, rig.Ftplib, rig.PORT, rig.IPTables}, []caseKind{download, many}},
+		{cell{rig.RouterLocalClient, server{rig.PureFTPd, false}, rig.Curl, rig.EPRT, rig.NFTables}, []caseKind{download}},
+		{cell{rig.RouterLocalServer, server{rig.Vsftpd, false}, rig.Curl, rig.PASV, rig.IPTables}, []caseKind{download, many}},
+		{cell{rig.RouterLocalServer, server{rig.ProFTPD, true}, rig.Tnftp, rig.PASV, rig.NFTables}, []caseKind{download}},
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ftpalg/ftpalg/rules"
 	"github.com/ftpalg/ftpalg/test/rig"
 )
 
@@ -17,6 +18,42 @@ import (
 const pinholeTimeout = 2 * time.Second
 
 var errGateway = errors.New("ftpalg check failed")
+
+// adminRules returns what the admin adds to the nftables-native ruleset
+// for the ALG under test. The kernel helper needs nothing: its
+// expectations pass the ruleset's own `ct state established,related
+// accept`. ftpalg's pinholes must be part of that ruleset (an accept in
+// ftpalg's own table would not override the admin's policy drop): the
+// rule `ftpalg rules --format nft` prints, in both the input and the
+// forward chain.
+func adminRules(helper bool) (rig.AdminRules, error) {
+	if helper {
+		return rig.AdminRules{}, nil
+	}
+	rule, err := nftFragmentRule()
+	if err != nil {
+		return rig.AdminRules{}, err
+	}
+	return rig.AdminRules{NFTInput: rule, NFTForward: rule}, nil
+}
+
+// nftFragmentRule returns the rule lines (not the comments) of what
+// `ftpalg rules --format nft` prints with the defaults.
+func nftFragmentRule() (string, error) {
+	cfg := rules.DefaultConfig()
+	cfg.AcceptMark = rules.DefaultAcceptMark
+	frag, err := rules.NFTFragment(cfg)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", errGateway, err)
+	}
+	var out []string
+	for l := range strings.Lines(frag) {
+		if !strings.HasPrefix(l, "#") {
+			out = append(out, strings.TrimSpace(l))
+		}
+	}
+	return strings.Join(out, "\n"), nil
+}
 
 // gateway is ftpalg running in a rig's router namespace.
 type gateway struct {

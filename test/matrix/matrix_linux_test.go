@@ -113,11 +113,20 @@ func TestMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	jobs := slice()
+	if localCells(set.helper) {
+		jobs = append(jobs, localSlice()...)
+	}
 	if set.full {
 		jobs = fullMatrix()
-		for why, cells := range notApplicable() {
+		if localCells(set.helper) {
+			jobs = append(jobs, localMatrix()...)
+		}
+		for why, cells := range notApplicable(localCells(set.helper)) {
 			fmt.Printf("N/A (%d cells): %s\n", len(cells), why)
 		}
+	}
+	if !localCells(set.helper) {
+		fmt.Println("local topologies (server or client on the firewall host): not run through ftpalg until it serves them (ftpalgServesLocal); FTPALG_MATRIX_HELPER=only runs them with the kernel helper")
 	}
 	jobs = filter(jobs, set.run)
 	if len(jobs) == 0 {
@@ -132,7 +141,7 @@ func TestMatrix(t *testing.T) {
 	t.Run("cases", func(t *testing.T) {
 		sem := make(chan struct{}, set.parallel)
 		for _, g := range groupJobs(jobs) {
-			t.Run(g.topo.String()+"/"+g.srv.String(), func(t *testing.T) {
+			t.Run(g.net()+"/"+g.srv.String(), func(t *testing.T) {
 				t.Parallel()
 				sem <- struct{}{}
 				defer func() { <-sem }()
@@ -143,19 +152,23 @@ func TestMatrix(t *testing.T) {
 	rep.footer(time.Since(start))
 }
 
-// group is the jobs that share a rig and a server.
+// group is the jobs that share a rig and a server: the same topology,
+// ruleset and server configuration.
 type group struct {
-	topo rig.Topology
-	srv  server
+	cell // the first job's; only the rig's and server's fields matter
 	jobs []job
+}
+
+func (g group) holds(j job) bool {
+	return g.topo == j.topo && g.ruleset == j.ruleset && g.srv == j.srv
 }
 
 func groupJobs(jobs []job) []group {
 	var out []group
 	for _, j := range jobs {
-		i := slices.IndexFunc(out, func(g group) bool { return g.topo == j.topo && g.srv == j.srv })
+		i := slices.IndexFunc(out, func(g group) bool { return g.holds(j) })
 		if i < 0 {
-			out = append(out, group{topo: j.topo, srv: j.srv})
+			out = append(out, group{cell: j.cell})
 			i = len(out) - 1
 		}
 		out[i].jobs = append(out[i].jobs, j)
@@ -175,12 +188,20 @@ type bed struct {
 	listNames   []string
 }
 
-// newBed builds a rig for topo, starts srv in it with the fixtures and
-// registers its teardown with t.
-func newBed(t *testing.T, topo rig.Topology, srv server, helper bool) (*bed, error) {
+// newBed builds a rig for the topology and ruleset of c, starts c's
+// server in it with the fixtures and registers its teardown with t.
+func newBed(t *testing.T, c cell, helper bool) (*bed, error) {
+	topo, srv := c.topo, c.srv
 	var opts []rig.Option
 	if helper {
 		opts = append(opts, rig.WithKernelHelper())
+	}
+	if c.ruleset == rig.NFTables {
+		admin, err := adminRules(helper)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, rig.WithNFTables(), rig.WithAdminRules(admin))
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -238,7 +259,7 @@ func newBed(t *testing.T, topo rig.Topology, srv server, helper bool) (*bed, err
 }
 
 func runGroup(t *testing.T, set settings, g group, rep *report) {
-	b, err := newBed(t, g.topo, g.srv, set.helper == "only")
+	b, err := newBed(t, g.cell, set.helper == "only")
 	if err != nil {
 		for _, j := range g.jobs {
 			for _, k := range j.cases {
@@ -263,7 +284,7 @@ func runGroup(t *testing.T, set settings, g group, rep *report) {
 func compareWithHelper(t *testing.T, c cell, k caseKind) string {
 	var res string
 	t.Run("kernel-helper", func(t *testing.T) {
-		b, err := newBed(t, c.topo, c.srv, true)
+		b, err := newBed(t, c, true)
 		if err != nil {
 			res = "setup failed: " + err.Error()
 			return
@@ -491,7 +512,7 @@ func (rp *report) header(set settings) {
 		via = "kernel FTP helper"
 	}
 	fmt.Fprintf(rp.w, "matrix: %s through %s\n", what, via)
-	fmt.Fprintf(rp.w, "%-13s %-12s %-6s %-4s %-8s %-6s %9s %8s\n", "TOPOLOGY", "SERVER", "CLIENT", "MODE", "CASE", "RESULT", "BYTES", "TIME")
+	fmt.Fprintf(rp.w, "%-21s %-12s %-6s %-4s %-8s %-6s %9s %8s\n", "TOPOLOGY", "SERVER", "CLIENT", "MODE", "CASE", "RESULT", "BYTES", "TIME")
 }
 
 func (rp *report) add(t *testing.T, o outcome) {
@@ -501,7 +522,7 @@ func (rp *report) add(t *testing.T, o outcome) {
 	if o.err != nil {
 		result = "FAIL"
 	}
-	line := fmt.Sprintf("%-13s %-12s %-6s %-4s %-8s %-6s %9d %8s", o.topo, o.srv, o.client, o.mode, o.kase, result,
+	line := fmt.Sprintf("%-21s %-12s %-6s %-4s %-8s %-6s %9d %8s", o.net(), o.srv, o.client, o.mode, o.kase, result,
 		o.bytes, o.dur.Round(time.Millisecond))
 	if o.helper != "" {
 		line += "  kernel helper: " + strings.SplitN(o.helper, ":", 2)[0]

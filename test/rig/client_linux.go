@@ -26,8 +26,10 @@ const clientIdle = 15 * time.Second
 //go:embed ftplib_client.py
 var ftplibScript []byte
 
-// RunClient runs job with client c from the client namespace against the
-// address the client dials (ServerAddr), forcing job.Mode. It returns an
+// RunClient runs job with client c in the topology's client node (the
+// client namespace, or the router where the client runs on the firewall
+// host) against the address the client dials (ServerEndpoint), forcing
+// job.Mode. It returns an
 // error wrapping ErrTransfer when the client fails or a transfer's final
 // reply is not 2xx, and ErrModeNotUsed when the transcript shows another
 // data-connection command than the one forced (a fallback). The Result
@@ -55,12 +57,12 @@ func (r *Rig) RunClient(ctx context.Context, c ClientKind, job Job) (Result, err
 		res, err = r.curlJob(ctx, job)
 		tr = parseCurl(res.Stderr)
 	case Lftp:
-		res, err = r.runLftp(ctx, lftpScript(r.ServerAddr(), job))
+		res, err = r.runLftp(ctx, lftpScript(r.ServerEndpoint(), job))
 		tr = parseArrows(res.Stderr, false)
 	case Tnftp:
 		res, err = r.runScripted(ctx, "tnftp",
 			[]string{"-n", "-i", "-v", "-d", "-q", strconv.Itoa(int(clientIdle.Seconds()))},
-			tnftpScript(r.ServerAddr(), job))
+			tnftpScript(r.ServerEndpoint(), job))
 		tr = parseArrows(res.Stderr, true)
 	case Ftplib:
 		res, err = r.ftplibJob(ctx, job)
@@ -144,7 +146,7 @@ func lastLines(s string, n int) string {
 }
 
 func (r *Rig) curlJob(ctx context.Context, job Job) (Result, error) {
-	base := "ftp://" + netip.AddrPortFrom(r.ServerAddr(), ControlPort).String() + "/"
+	base := "ftp://" + r.ServerEndpoint().String() + "/"
 	args := []string{"--user", job.User + ":" + job.Password}
 	switch job.Op {
 	case Get:
@@ -162,16 +164,11 @@ func (r *Rig) curlJob(ctx context.Context, job Job) (Result, error) {
 	return r.curlCtx(ctx, job.Mode, "", args...)
 }
 
-// urlHost formats addr and the control port for an ftp:// URL.
-func urlHost(addr netip.Addr) string {
-	return netip.AddrPortFrom(addr, ControlPort).String()
-}
-
 // lftpScript returns an lftp script for job. Settings that would hide an
 // ALG's mistake are turned off: ftp:fix-pasv-address (replaces an
 // unreachable 227 address with the control connection's),
 // ftp:auto-passive-mode (switches mode after a failure) and retries.
-func lftpScript(server netip.Addr, job Job) string {
+func lftpScript(server netip.AddrPort, job Job) string {
 	onOff := func(b bool) string {
 		if b {
 			return "on"
@@ -191,7 +188,7 @@ func lftpScript(server netip.Addr, job Job) string {
 		"set ftp:fix-pasv-address no",
 		"set ftp:passive-mode " + onOff(!job.Mode.Active()),
 		"set ftp:prefer-epsv " + onOff(job.Mode == EPSV),
-		fmt.Sprintf("open -u %q,%q ftp://%s", job.User, job.Password, urlHost(server)),
+		fmt.Sprintf("open -u %q,%q ftp://%s", job.User, job.Password, server),
 	}
 	switch job.Op {
 	case Get:
@@ -210,7 +207,7 @@ func lftpScript(server netip.Addr, job Job) string {
 
 // tnftpScript returns tnftp's standard input for job: passive on or off,
 // and the extended commands (epsv4/epsv6) on or off.
-func tnftpScript(server netip.Addr, job Job) string {
+func tnftpScript(server netip.AddrPort, job Job) string {
 	onOff := func(b bool) string {
 		if b {
 			return "on"
@@ -219,7 +216,7 @@ func tnftpScript(server netip.Addr, job Job) string {
 	}
 	extended := job.Mode == EPRT || job.Mode == EPSV
 	lines := []string{
-		"open " + server.String() + " " + strconv.Itoa(ControlPort),
+		"open " + server.Addr().String() + " " + strconv.Itoa(int(server.Port())),
 		"user " + job.User + " " + job.Password,
 		"binary",
 		"passive " + onOff(!job.Mode.Active()),
@@ -243,10 +240,10 @@ func tnftpScript(server netip.Addr, job Job) string {
 	return strings.Join(append(lines, "bye"), "\n") + "\n"
 }
 
-// runScripted runs name in the client namespace with script on its
-// standard input.
+// runScripted runs name in the client node with script on its standard
+// input.
 func (r *Rig) runScripted(ctx context.Context, name string, args []string, script string) (Result, error) {
-	cmd := r.ExecContext(ctx, Client, name, args...)
+	cmd := r.ExecContext(ctx, r.topo.ClientNode(), name, args...)
 	cmd.Stdin = strings.NewReader(script)
 	return runExternal(cmd)
 }
@@ -265,7 +262,7 @@ func (r *Rig) runLftp(ctx context.Context, script string) (Result, error) {
 	if err := f.Close(); err != nil {
 		return Result{}, fmt.Errorf("writing lftp script: %w", err)
 	}
-	return runExternal(r.ExecContext(ctx, Client, "lftp", "-d", "-f", f.Name()))
+	return runExternal(r.ExecContext(ctx, r.topo.ClientNode(), "lftp", "-d", "-f", f.Name()))
 }
 
 func (r *Rig) ftplibJob(ctx context.Context, job Job) (Result, error) {
@@ -274,7 +271,7 @@ func (r *Rig) ftplibJob(ctx context.Context, job Job) (Result, error) {
 		return Result{}, fmt.Errorf("writing ftplib client: %w", err)
 	}
 	arg, err := json.Marshal(map[string]any{
-		"host": r.ServerAddr().String(), "port": ControlPort,
+		"host": r.ServerAddr().String(), "port": r.ControlPort(),
 		"user": job.User, "password": job.Password,
 		"mode": job.Mode.String(), "op": job.Op.String(),
 		"remote": job.Remote, "local": job.Local,
@@ -287,7 +284,7 @@ func (r *Rig) ftplibJob(ctx context.Context, job Job) (Result, error) {
 	if _, err := os.Stat(python); err != nil {
 		python = "python3"
 	}
-	return runExternal(r.ExecContext(ctx, Client, python, "-u", script, string(arg)))
+	return runExternal(r.ExecContext(ctx, r.topo.ClientNode(), python, "-u", script, string(arg)))
 }
 
 // dialer returns a dial function for jlaffaye/ftp that opens every
@@ -296,7 +293,7 @@ func (r *Rig) ftplibJob(ctx context.Context, job Job) (Result, error) {
 func (r *Rig) dialer(ctx context.Context, tr *transcript) func(network, address string) (net.Conn, error) {
 	first := true
 	return func(network, address string) (net.Conn, error) {
-		c, err := r.Dial(ctx, Client, network, address)
+		c, err := r.Dial(ctx, r.topo.ClientNode(), network, address)
 		if err != nil {
 			return nil, err
 		}

@@ -2,6 +2,7 @@ package rig
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -70,4 +71,44 @@ func parseChainListing(out, comment string) (chainCounters, error) {
 		return c, fmt.Errorf("no rule tagged %q: %w", comment, ErrCounter)
 	}
 	return c, nil
+}
+
+// parseNFTCounters reads `nft -j list table inet filter` output and
+// returns the packet counters of the rules whose comment is comment,
+// summed, and how many such rules there are. nft prints each rule as
+// {"rule": {"comment": "...", "expr": [..., {"counter": {"packets": N,
+// "bytes": M}}, ...]}}.
+func parseNFTCounters(out []byte, comment string) (packets uint64, rules int, err error) {
+	var doc struct {
+		Nftables []struct {
+			Rule *struct {
+				Comment string `json:"comment"`
+				Expr    []struct {
+					Counter *struct {
+						Packets uint64 `json:"packets"`
+					} `json:"counter"`
+				} `json:"expr"`
+			} `json:"rule"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return 0, 0, fmt.Errorf("parsing nft -j output: %w: %w", ErrCounter, err)
+	}
+	for _, obj := range doc.Nftables {
+		if obj.Rule == nil || obj.Rule.Comment != comment {
+			continue
+		}
+		found := false
+		for _, e := range obj.Rule.Expr {
+			if e.Counter != nil {
+				packets += e.Counter.Packets
+				found = true
+			}
+		}
+		if !found {
+			return 0, 0, fmt.Errorf("nft rule tagged %q has no counter: %w", comment, ErrCounter)
+		}
+		rules++
+	}
+	return packets, rules, nil
 }

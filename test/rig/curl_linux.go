@@ -81,7 +81,7 @@ func (r *Rig) curlCtx(ctx context.Context, m Mode, writeOut string, args ...stri
 		"-w", writeOut,
 	}, modeArgs...)
 	full = append(full, args...)
-	cmd := r.ExecContext(ctx, Client, "curl", full...)
+	cmd := r.ExecContext(ctx, r.topo.ClientNode(), "curl", full...)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()

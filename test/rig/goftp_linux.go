@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,7 +19,7 @@ import (
 // unrewritten private address fails as it would for a strict client.
 func (r *Rig) goFTPJob(ctx context.Context, job Job) (Result, transcript, error) {
 	var tr transcript
-	addr := netip.AddrPortFrom(r.ServerAddr(), ControlPort).String()
+	addr := r.ServerEndpoint().String()
 	c, err := ftp.Dial(addr,
 		ftp.DialWithDialFunc(r.dialer(ctx, &tr)),
 		ftp.DialWithDisabledEPSV(job.Mode == PASV),

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,13 +32,40 @@ type config struct {
 	prefix       string
 	kernelHelper bool
 	logger       *slog.Logger
+	ruleset      Ruleset
+	ports        []uint16
+	admin        AdminRules
+}
+
+// firewall returns the options the firewall is rendered with.
+func (c config) firewall() FirewallOptions {
+	return FirewallOptions{KernelHelper: c.kernelHelper, ControlPorts: c.ports, Admin: c.admin}
 }
 
 // WithKernelHelper attaches the kernel's FTP conntrack helper to the
-// control port (raw PREROUTING CT --helper ftp). Its expectations pass the
-// firewall's RELATED rule, so tests can compare ftpalg with the kernel's
-// own ALG.
+// control port (raw PREROUTING CT --helper ftp, and raw OUTPUT where the
+// client runs on the firewall host; nft `ct helper set` under
+// WithNFTables). Its expectations pass the firewall's RELATED rule, so
+// tests can compare ftpalg with the kernel's own ALG.
 func WithKernelHelper() Option { return func(c *config) { c.kernelHelper = true } }
+
+// WithNFTables loads the nftables-native ruleset (NFTRules) instead of
+// the iptables scripts: no admin iptables rule at all.
+func WithNFTables() Option { return func(c *config) { c.ruleset = NFTables } }
+
+// WithControlPorts sets the FTP control ports (default 21): the firewall
+// accepts and the kernel helper watches all of them; clients dial the
+// first, and servers listen on it (behind DNAT, which maps each to 21, on
+// 21), like `ftpalg run --control-ports`.
+func WithControlPorts(ports ...uint16) Option {
+	return func(c *config) { c.ports = slices.Clone(ports) }
+}
+
+// WithAdminRules adds an admin's fragment (for example the output of
+// `ftpalg rules`) to the firewall host's ruleset: the nft parts into the
+// admin's table and chains, the iptables parts loaded with
+// iptables-restore --noflush after the rig's script.
+func WithAdminRules(a AdminRules) Option { return func(c *config) { c.admin = a } }
 
 // WithPrefix sets the namespace name prefix (1–6 lowercase letters or
 // digits, ending in a letter). Each engineer's tests use their own so
@@ -59,7 +87,8 @@ type Rig struct {
 	log   *slog.Logger
 	names [3]string // namespace names, indexed by Node-1
 	dir   string    // scratch directory removed by Close
-	rules [2]string // applied rulesets: IPv4, IPv6
+	rules [2]string // applied iptables rulesets: IPv4, IPv6 (IPTables)
+	nft   string    // applied nftables ruleset (NFTables)
 
 	mu      sync.Mutex
 	procs   []*Proc
@@ -73,7 +102,7 @@ type Rig struct {
 func New(t testing.TB, topo Topology, opts ...Option) *Rig {
 	t.Helper()
 	testenv.RequireRoot(t, "the test rig creates network namespaces, veth pairs and firewall rules")
-	cfg := config{prefix: "rig"}
+	cfg := config{prefix: "rig", ruleset: IPTables}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -97,7 +126,7 @@ func New(t testing.TB, topo Topology, opts ...Option) *Rig {
 // Build builds a rig outside of tests (the demo, benchmark programs). The
 // caller must Close it. On error nothing is left behind.
 func Build(ctx context.Context, topo Topology, prefix string, opts ...Option) (*Rig, error) {
-	cfg := config{}
+	cfg := config{ruleset: IPTables}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -201,10 +230,22 @@ func build(ctx context.Context, topo Topology, cfg config) (_ *Rig, err error) {
 	for i, role := range []byte{'c', 'r', 's'} {
 		r.names[i] = base + string(role)
 	}
-	for i, f := range []Family{IPv4, IPv6} {
-		if r.rules[i], err = FirewallRules(topo, f, cfg.kernelHelper); err != nil {
+	if slices.Contains(cfg.ports, 0) {
+		return nil, fmt.Errorf("building rig with control ports %v: %w", cfg.ports, ErrConfig)
+	}
+	switch cfg.ruleset {
+	case IPTables:
+		for i, f := range []Family{IPv4, IPv6} {
+			if r.rules[i], err = IPTablesRules(topo, f, cfg.firewall()); err != nil {
+				return nil, err
+			}
+		}
+	case NFTables:
+		if r.nft, err = NFTRules(topo, cfg.firewall()); err != nil {
 			return nil, err
 		}
+	default:
+		return nil, fmt.Errorf("building rig with %v: %w", cfg.ruleset, ErrConfig)
 	}
 	r.dir, err = os.MkdirTemp("", base+"-")
 	if err != nil {
@@ -218,7 +259,7 @@ func build(ctx context.Context, topo Topology, cfg config) (_ *Rig, err error) {
 	if err := r.setup(ctx); err != nil {
 		return nil, fmt.Errorf("building rig %s: %w", base, err)
 	}
-	log.Debug("rig built", "topology", topo, "namespaces", r.names, "kernel_helper", cfg.kernelHelper)
+	log.Debug("rig built", "topology", topo, "namespaces", r.names, "kernel_helper", cfg.kernelHelper, "ruleset", cfg.ruleset)
 	return r, nil
 }
 
@@ -279,9 +320,9 @@ func (r *Rig) setup(ctx context.Context) error {
 	var routes []route
 	for _, f := range []Family{IPv4, IPv6} {
 		ad := r.topo.Addresses(f)
-		in, out := ad.Client, ad.Server
+		in, out := ad.ClientNS, ad.ServerNS
 		if !r.topo.clientInside() {
-			in, out = ad.Server, ad.Client
+			in, out = ad.ServerNS, ad.ClientNS
 		}
 		addrs = append(addrs,
 			addr{Router, RouterInsideIf, ad.RouterInside, ad.Inside},
@@ -307,20 +348,52 @@ func (r *Rig) setup(ctx context.Context) error {
 			return err
 		}
 	}
+	if r.topo == RouterLocalClient {
+		// The router's own programs leave with its inside address, so
+		// its MASQUERADE translates them like the LAN's.
+		ad := r.topo.Addresses(IPv4)
+		if err := r.host(ctx, nil, "ip", "-n", rt, "route", "replace", ad.Outside.String(),
+			"dev", RouterOutsideIf, "src", ad.RouterInside.String()); err != nil {
+			return err
+		}
+	}
+	forward := "0"
+	if r.topo.forwards() {
+		forward = "1"
+	}
 	if err := r.host(ctx, nil, "ip", "netns", "exec", rt, "sysctl", "-q", "-w",
-		"net.ipv4.ip_forward=1",
-		"net.ipv6.conf.all.forwarding=1",
+		"net.ipv4.ip_forward="+forward,
+		"net.ipv6.conf.all.forwarding="+forward,
 		// Strict TCP window tracking: what the product must survive.
 		"net.netfilter.nf_conntrack_tcp_be_liberal=0",
 	); err != nil {
 		return err
 	}
+	if err := r.loadFirewall(ctx); err != nil {
+		return err
+	}
+	return r.waitOperUp(ctx)
+}
+
+// loadFirewall loads the router's ruleset, then the admin's additions.
+func (r *Rig) loadFirewall(ctx context.Context) error {
+	rt := r.NS(Router)
+	if r.cfg.ruleset == NFTables {
+		return r.host(ctx, strings.NewReader(r.nft), "ip", "netns", "exec", rt, "nft", "-f", "-")
+	}
+	admin := []string{r.cfg.admin.IPTables4, r.cfg.admin.IPTables6}
 	for i, tool := range []string{"iptables-restore", "ip6tables-restore"} {
 		if err := r.host(ctx, strings.NewReader(r.rules[i]), "ip", "netns", "exec", rt, tool); err != nil {
 			return err
 		}
+		if strings.TrimSpace(admin[i]) == "" {
+			continue
+		}
+		if err := r.host(ctx, strings.NewReader(admin[i]), "ip", "netns", "exec", rt, tool, "--noflush"); err != nil {
+			return fmt.Errorf("loading the admin's rules: %w", err)
+		}
 	}
-	return r.waitOperUp(ctx)
+	return nil
 }
 
 // waitOperUp waits until every veth end is operationally up. The kernel
@@ -421,7 +494,8 @@ func (r *Rig) RouterInside() string { return RouterInsideIf }
 func (r *Rig) RouterOutside() string { return RouterOutsideIf }
 
 // Firewall returns the ruleset applied to the router for family f, in
-// iptables-restore format, or "" for an unknown family.
+// iptables-restore format, or "" for an unknown family or under
+// WithNFTables (see NFTRuleset).
 func (r *Rig) Firewall(f Family) string {
 	switch f {
 	case IPv4:
@@ -432,13 +506,37 @@ func (r *Rig) Firewall(f Family) string {
 	return ""
 }
 
+// NFTRuleset returns the nftables ruleset applied to the router under
+// WithNFTables, or "".
+func (r *Rig) NFTRuleset() string { return r.nft }
+
+// Ruleset returns how the router's firewall is written.
+func (r *Rig) Ruleset() Ruleset { return r.cfg.ruleset }
+
 // KernelHelper reports whether the rig attached the kernel's FTP helper.
 func (r *Rig) KernelHelper() bool { return r.cfg.kernelHelper }
+
+// ControlPort returns the control port clients dial (21 unless
+// WithControlPorts).
+func (r *Rig) ControlPort() uint16 { return r.cfg.firewall().ports()[0] }
+
+// ControlPorts returns every configured control port.
+func (r *Rig) ControlPorts() []uint16 { return slices.Clone(r.cfg.firewall().ports()) }
+
+// ServerPort returns the port the FTP servers listen on: ControlPort,
+// except behind DNAT, where it is 21.
+func (r *Rig) ServerPort() uint16 { return listenPort(r.topo, r.ControlPort()) }
+
+// ServerEndpoint returns the address and port the client dials for the
+// control connection.
+func (r *Rig) ServerEndpoint() netip.AddrPort {
+	return netip.AddrPortFrom(r.ServerAddr(), r.ControlPort())
+}
 
 // URL returns an ftp:// URL for path (relative to the server's FTP root)
 // on the address the client dials.
 func (r *Rig) URL(path string) string {
-	return "ftp://" + netip.AddrPortFrom(r.ServerAddr(), ControlPort).String() + "/" + strings.TrimPrefix(path, "/")
+	return "ftp://" + r.ServerEndpoint().String() + "/" + strings.TrimPrefix(path, "/")
 }
 
 // Exec returns a command that runs name in node's namespace through
@@ -469,36 +567,101 @@ func (r *Rig) Run(ctx context.Context, n Node, name string, args ...string) (str
 	return string(out), nil
 }
 
-// InvalidDrops returns how many packets the router's FORWARD rule tagged
-// InvalidDropComment has dropped, IPv4 and IPv6 together. It must stay 0
-// for any flow an ALG touches.
+// InvalidDrops returns how many packets the router's rules tagged
+// InvalidDropComment have dropped: in FORWARD and, where an FTP endpoint
+// runs on the firewall host, INPUT; IPv4 and IPv6 together; from the
+// iptables or the nftables ruleset. It must stay 0 for any flow an ALG
+// touches.
 func (r *Rig) InvalidDrops() (uint64, error) {
-	c, err := r.forwardCounters()
+	c, err := r.filterCounters()
 	return c.rulePackets, err
 }
 
-// PolicyDrops returns how many packets fell through to the FORWARD DROP
-// policy, IPv4 and IPv6 together: connections the firewall refused.
+// PolicyDrops returns how many packets fell through to the DROP policy of
+// FORWARD and a strict INPUT, IPv4 and IPv6 together: connections the
+// firewall refused. Under WithNFTables it reads the counter rule tagged
+// PolicyDropComment that ends each strict chain.
 func (r *Rig) PolicyDrops() (uint64, error) {
-	c, err := r.forwardCounters()
+	c, err := r.filterCounters()
 	return c.policyPackets, err
 }
 
-func (r *Rig) forwardCounters() (chainCounters, error) {
+// InputCounters returns the INVALID and policy drops of the firewall
+// host's INPUT alone (zero where INPUT is open).
+func (r *Rig) InputCounters() (invalid, policy uint64, err error) {
+	if !r.topo.strictInput() {
+		return 0, 0, nil
+	}
+	c, err := r.chainCounters("INPUT", "input")
+	return c.rulePackets, c.policyPackets, err
+}
+
+func (r *Rig) filterCounters() (chainCounters, error) {
+	if r.cfg.ruleset == NFTables {
+		return r.nftCounters("")
+	}
 	var sum chainCounters
-	for _, tool := range []string{"iptables", "ip6tables"} {
-		out, err := r.Run(context.Background(), Router, tool, "-L", "FORWARD", "-v", "-n", "-x")
+	var chains []string
+	if r.topo.forwards() {
+		chains = append(chains, "FORWARD")
+	}
+	if r.topo.strictInput() {
+		chains = append(chains, "INPUT")
+	}
+	for _, chain := range chains {
+		c, err := r.chainCounters(chain, "")
 		if err != nil {
-			return sum, fmt.Errorf("reading FORWARD counters: %w", err)
-		}
-		c, err := parseChainListing(out, InvalidDropComment)
-		if err != nil {
-			return sum, fmt.Errorf("reading %s FORWARD counters: %w", tool, err)
+			return sum, err
 		}
 		sum.rulePackets += c.rulePackets
 		sum.policyPackets += c.policyPackets
 	}
 	return sum, nil
+}
+
+// chainCounters reads one iptables chain of both families, or under
+// WithNFTables the nft chain nftChain.
+func (r *Rig) chainCounters(chain, nftChain string) (chainCounters, error) {
+	if r.cfg.ruleset == NFTables {
+		return r.nftCounters(nftChain)
+	}
+	var sum chainCounters
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		out, err := r.Run(context.Background(), Router, tool, "-L", chain, "-v", "-n", "-x")
+		if err != nil {
+			return sum, fmt.Errorf("reading %s counters: %w", chain, err)
+		}
+		c, err := parseChainListing(out, InvalidDropComment)
+		if err != nil {
+			return sum, fmt.Errorf("reading %s %s counters: %w", tool, chain, err)
+		}
+		sum.rulePackets += c.rulePackets
+		sum.policyPackets += c.policyPackets
+	}
+	return sum, nil
+}
+
+// nftCounters reads the tagged counters of the admin's nft table: of one
+// chain, or of all when chain is "".
+func (r *Rig) nftCounters(chain string) (chainCounters, error) {
+	args := []string{"-j", "list", "table", "inet", NFTTable}
+	if chain != "" {
+		args = []string{"-j", "list", "chain", "inet", NFTTable, chain}
+	}
+	out, err := r.Run(context.Background(), Router, "nft", args...)
+	if err != nil {
+		return chainCounters{}, fmt.Errorf("reading nft counters: %w", err)
+	}
+	var c chainCounters
+	var n int
+	if c.rulePackets, n, err = parseNFTCounters([]byte(out), InvalidDropComment); err == nil && n == 0 {
+		err = fmt.Errorf("no nft rule tagged %q: %w", InvalidDropComment, ErrCounter)
+	}
+	if err != nil {
+		return c, err
+	}
+	c.policyPackets, _, err = parseNFTCounters([]byte(out), PolicyDropComment)
+	return c, err
 }
 
 // Dump returns diagnostics for a failed test: the router's rules with
@@ -517,7 +680,7 @@ func (r *Rig) Dump() string {
 			fmt.Fprintf(&b, "(%v)\n", err)
 		}
 	}
-	fmt.Fprintf(&b, "topology %v, kernel helper %v, namespaces %v\n", r.topo, r.cfg.kernelHelper, r.names)
+	fmt.Fprintf(&b, "topology %v, kernel helper %v, ruleset %v, namespaces %v\n", r.topo, r.cfg.kernelHelper, r.cfg.ruleset, r.names)
 	for _, tool := range []string{"iptables", "ip6tables"} {
 		for _, table := range []string{"raw", "nat", "filter"} {
 			if tool == "ip6tables" && table == "nat" {
@@ -526,6 +689,7 @@ func (r *Rig) Dump() string {
 			section(Router, tool, "-t", table, "-L", "-v", "-n", "-x")
 		}
 	}
+	section(Router, "nft", "list", "ruleset")
 	section(Router, "conntrack", "-L", "-f", "ipv4")
 	section(Router, "conntrack", "-L", "-f", "ipv6")
 	section(Router, "conntrack", "-L", "expect")

@@ -91,39 +91,7 @@ func TestCloseRemovesEverything(t *testing.T) {
 // server namespace and checks the server sees the router's address.
 func TestClientNATMasquerades(t *testing.T) {
 	r := New(t, ClientNAT, WithPrefix(testPrefix))
-	srv := netip.AddrPortFrom(r.ServerHostAddr(), 4000)
-	l, err := r.Listen(Server, "tcp", srv.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	accepted := make(chan net.Addr, 1)
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			accepted <- nil
-			return
-		}
-		accepted <- c.RemoteAddr()
-		c.Close()
-	}()
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	defer cancel()
-	c, err := r.Dial(ctx, Client, "tcp", netip.AddrPortFrom(r.ServerAddr(), 4000).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if got := netip.MustParseAddrPort(c.LocalAddr().String()).Addr(); got != r.ClientAddr() {
-		t.Errorf("client dialled from %v, want %v", got, r.ClientAddr())
-	}
-	peer := <-accepted
-	if peer == nil {
-		t.Fatal("accept failed")
-	}
-	if got := netip.MustParseAddrPort(peer.String()).Addr(); got != r.ClientPublicAddr() {
-		t.Errorf("server saw client as %v, want %v", got, r.ClientPublicAddr())
-	}
+	checkConnection(t, r, netip.AddrPortFrom(r.ServerHostAddr(), 4000), netip.AddrPortFrom(r.ServerAddr(), 4000))
 }
 
 // TestFirewallCounters proves InvalidDrops and PolicyDrops read the real
@@ -138,7 +106,7 @@ func TestFirewallCounters(t *testing.T) {
 	}
 	for _, f := range []Family{IPv4, IPv6} {
 		ad := Routed.Addresses(f)
-		if err := sendSynAck(r, ad.Client, ad.Server); err != nil {
+		if err := sendSynAck(r, Client, ad.Client, ad.Server); err != nil {
 			t.Fatalf("IPv%d: %v", f, err)
 		}
 	}
@@ -196,8 +164,8 @@ func waitCounter(t *testing.T, get func() (uint64, error), want uint64) uint64 {
 }
 
 // sendSynAck injects a TCP SYN/ACK from src to dst:21 through a raw socket
-// in the client namespace.
-func sendSynAck(r *Rig, src, dst netip.Addr) error {
+// in node n.
+func sendSynAck(r *Rig, n Node, src, dst netip.Addr) error {
 	tcp := &layers.TCP{SrcPort: 40000, DstPort: ControlPort, Seq: 1000, Ack: 2000, SYN: true, ACK: true, Window: 1024}
 	network := "ip4:tcp"
 	var ip gopacket.NetworkLayer = &layers.IPv4{SrcIP: src.AsSlice(), DstIP: dst.AsSlice(), Protocol: layers.IPProtocolTCP}
@@ -212,7 +180,7 @@ func sendSynAck(r *Rig, src, dst netip.Addr) error {
 	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true, FixLengths: true}, tcp); err != nil {
 		return err
 	}
-	c, err := r.ListenPacket(Client, network, src.String())
+	c, err := r.ListenPacket(n, network, src.String())
 	if err != nil {
 		return err
 	}

@@ -54,14 +54,22 @@ func TestAddresses(t *testing.T) {
 }
 
 // forwardRules returns the -A FORWARD lines of a ruleset, in order.
-func forwardRules(rules string) []string {
-	var out []string
-	for l := range strings.Lines(rules) {
-		if strings.HasPrefix(l, "-A FORWARD ") {
-			out = append(out, strings.TrimSpace(l))
+func forwardRules(rules string) []string { return chainRules(rules, "FORWARD") }
+
+// checkContains checks that rules contains every string of has and none
+// of not.
+func checkContains(t *testing.T, rules string, has, not []string) {
+	t.Helper()
+	for _, s := range has {
+		if !strings.Contains(rules, s) {
+			t.Errorf("ruleset lacks %q:\n%s", s, rules)
 		}
 	}
-	return out
+	for _, s := range not {
+		if strings.Contains(rules, s) {
+			t.Errorf("ruleset has %q:\n%s", s, rules)
+		}
+	}
 }
 
 func TestFirewallRules(t *testing.T) {
@@ -132,22 +140,13 @@ func TestFirewallRules(t *testing.T) {
 			if !strings.Contains(rules, ":FORWARD DROP [0:0]\n") {
 				t.Error("FORWARD policy is not DROP")
 			}
-			for _, s := range tc.has {
-				if !strings.Contains(rules, s) {
-					t.Errorf("ruleset lacks %q:\n%s", s, rules)
-				}
-			}
-			for _, s := range tc.hasNot {
-				if strings.Contains(rules, s) {
-					t.Errorf("ruleset has %q:\n%s", s, rules)
-				}
-			}
+			checkContains(t, rules, tc.has, tc.hasNot)
 			if n := strings.Count(rules, "COMMIT\n"); n != strings.Count(rules, "\n*")+1 {
 				t.Errorf("%d COMMITs for %d tables", n, strings.Count(rules, "\n*")+1)
 			}
 		})
 	}
-	if _, err := FirewallRules(Topology(9), IPv4, false); !errors.Is(err, ErrTopology) {
+	if _, err := FirewallRules(Topology(99), IPv4, false); !errors.Is(err, ErrTopology) {
 		t.Errorf("unknown topology: err %v, want ErrTopology", err)
 	}
 	if _, err := FirewallRules(Routed, Family(0), false); !errors.Is(err, ErrFamily) {

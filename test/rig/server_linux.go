@@ -15,9 +15,11 @@ import (
 // of about 3 MB, plus apt-get update on a fresh machine.
 const fetchTimeout = 5 * time.Minute
 
-// StartServer starts server program kind in the server namespace with
-// opts and waits for its 220 banner. proftpd and pure-ftpd come from
-// FetchPackages(DefaultCacheDir()), which downloads them on first use.
+// StartServer starts server program kind in the topology's server node
+// (the server namespace, or the router where the server runs on the
+// firewall host) with opts and waits for its 220 banner. proftpd and
+// pure-ftpd come from FetchPackages(DefaultCacheDir()), which downloads
+// them on first use.
 //
 // Every server serves the same layout: files put into FTPServer.Root, and
 // with opts.Upload a writable Root/upload. Each is configured as shipped
@@ -91,7 +93,7 @@ func (r *Rig) StartServer(kind ServerKind, opts ServerOptions) (*FTPServer, erro
 			return nil, err
 		}
 	}
-	cmd := r.Exec(Server, args[0], args[1:]...)
+	cmd := r.Exec(r.topo.ServerNode(), args[0], args[1:]...)
 	cmd.Env = pkgs.Env()
 	p, err := r.StartCmd(cmd)
 	if err != nil {
@@ -128,7 +130,7 @@ func (r *Rig) proftpdConf(dir string, s *FTPServer, opts ServerOptions) string {
 		"ServerType standalone",
 		`ServerName "ftpalg test rig"`,
 		"DefaultServer on",
-		"Port " + strconv.Itoa(ControlPort),
+		"Port " + strconv.Itoa(int(r.ServerPort())),
 		"UseIPv6 " + onOff(r.topo.IPv6()),
 		"User nobody",
 		"Group nogroup",
@@ -205,7 +207,7 @@ func (r *Rig) pureFTPdArgs(ctx context.Context, pkgs *Packages, dir string, s *F
 		return nil, fmt.Errorf("creating pure-ftpd user database: %w: %w: %s", ErrCommand, err, strings.TrimSpace(string(out)))
 	}
 	args := []string{pkgs.PureFTPd,
-		"-S", r.ServerHostAddr().String() + "," + strconv.Itoa(ControlPort),
+		"-S", r.ServerHostAddr().String() + "," + strconv.Itoa(int(r.ServerPort())),
 		"-l", "puredb:" + pdb,
 		"-E",      // no anonymous logins
 		"-A",      // chroot everyone

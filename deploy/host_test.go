@@ -1,0 +1,81 @@
+package deploy
+
+import (
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/ftpalg/ftpalg/rules"
+)
+
+// hostConfig is `ftpalg run --role host` with the other defaults.
+var hostConfig = rules.Config{ControlPorts: []uint16{21}, QueueNum: 21, Bypass: true, IPv4: true, IPv6: true,
+	AcceptMark: rules.DefaultAcceptMark, Role: rules.RoleHost}
+
+// host.rules contains exactly what `ftpalg rules --role host --ipv6=false`
+// prints (jumps written as the "-A" placed where they belong), and the
+// pinhole jump comes before every rule that accepts or drops new
+// connections in INPUT.
+func TestHostFirewallIncludesFragment(t *testing.T) {
+	frag, err := rules.Fragment(hostConfig, rules.IPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("host.rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := tableRules(t, string(b))
+	checkHasFragment(t, "host.rules", have, frag)
+	for _, l := range have["mangle"] {
+		if strings.Contains(l, "FORWARD") && strings.Contains(l, "FTPALG") {
+			t.Errorf("host.rules queues forwarded packets: %q", l)
+		}
+	}
+	checkJumpFirst(t, "host.rules", have["filter"], "INPUT")
+}
+
+// ftpalg.nft is exactly what `ftpalg rules --format nft --role host`
+// prints, and nftables.conf includes it inside its input chain, after the
+// INVALID drop and before the first rule accepting new connections.
+func TestNFTablesConfIncludesFragment(t *testing.T) {
+	want, err := rules.NFTFragment(hostConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile("ftpalg.nft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != want {
+		t.Errorf("ftpalg.nft differs from `ftpalg rules --format nft --role host`:\n%s", want)
+	}
+	conf, err := os.ReadFile("nftables.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var input []string
+	in := false
+	for _, l := range strings.Split(string(conf), "\n") {
+		l = strings.TrimSpace(l)
+		switch {
+		case strings.HasPrefix(l, "chain input"):
+			in = true
+		case in && l == "}":
+			in = false
+		case in && l != "" && !strings.HasPrefix(l, "#"):
+			input = append(input, l)
+		}
+	}
+	inc := slices.Index(input, `include "/etc/nftables.d/ftpalg.nft"`)
+	inv := slices.IndexFunc(input, func(l string) bool { return strings.HasPrefix(l, "ct state invalid") })
+	if !strings.Contains(strings.Join(input, "\n"), "policy drop") || inc < 0 || inv < 0 || inv > inc {
+		t.Fatalf("nftables.conf input chain must have policy drop, drop INVALID, then include ftpalg.nft: %q", input)
+	}
+	for _, l := range input[:inc] {
+		if strings.Contains(l, "accept") && !strings.HasPrefix(l, "ct state established") && l != `iif "lo" accept` {
+			t.Errorf("nftables.conf: %q accepts before ftpalg's rule", l)
+		}
+	}
+}

@@ -1,0 +1,103 @@
+package rules
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// NFTFragment renders what an nftables-native firewall (an /etc/nftables.conf
+// with `policy drop`, firewalld, OpenWrt's fw4) must contain for ftpalg's
+// pinholes to work: one rule, to be included in the administrator's own
+// filter chains on hook input (RoleHost), forward (RoleRouter) or both.
+//
+// Why a rule in their chain: nftables runs every base chain on a hook in
+// priority order, and an accept only ends the chain it is in; a drop in
+// any of them drops the packet. So neither ftpalg's own chain nor an
+// iptables ACCEPT (iptables-nft's filter INPUT is just another base chain)
+// can override their `policy drop`. ftpalg's table marks the first packet
+// of each admitted data connection (chain pinhole_mark / pinhole_mark_in,
+// priority filter - 5, after clearing the bit on every new packet so that
+// nothing else can forge it), and the administrator's chain, at priority
+// filter or later, accepts what carries the mark.
+//
+// The queue rules stay iptables rules on kernels without nftables' queue
+// expression (CONFIG_NFT_QUEUE), which ftpalg installs itself; the fragment
+// ends with an nft queue table for kernels that have it, commented out and
+// marked untested.
+func NFTFragment(cfg Config) (string, error) {
+	if err := cfg.Validate(); err != nil {
+		return "", fmt.Errorf("rendering nftables fragment: %w", err)
+	}
+	if cfg.AcceptMark == 0 {
+		return "", fmt.Errorf("rendering nftables fragment: %w: an nftables-native firewall needs --pinholes=nftables (the accept mark)", ErrInvalidConfig)
+	}
+	var hooks []string
+	if cfg.Role.Forward() {
+		hooks = append(hooks, "forward")
+	}
+	if cfg.Role.Local() {
+		hooks = append(hooks, "input")
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# ftpalg pinholes for an nftables-native firewall (role %s).\n", cfg.Role)
+	fmt.Fprintf(&b, "# Include this file inside your filter chain on hook %s\n", strings.Join(hooks, " and your chain on hook "))
+	b.WriteString("# (priority filter or later), after `ct state invalid drop` and before any rule\n")
+	b.WriteString("# that drops or rejects new connections:\n")
+	fmt.Fprintf(&b, "#     chain %s {\n", hooks[0])
+	fmt.Fprintf(&b, "#         type filter hook %s priority filter; policy drop;\n", hooks[0])
+	b.WriteString("#         ct state invalid drop\n")
+	b.WriteString("#         ct state established,related accept\n")
+	b.WriteString("#         include \"/etc/nftables.d/ftpalg.nft\"\n")
+	b.WriteString("#         ...\n")
+	b.WriteString("# ftpalg's own table marks the first packet of each data connection it admits;\n")
+	b.WriteString("# an accept anywhere else cannot override your chain's drop.\n")
+	b.WriteString(nftAcceptRule(cfg.AcceptMark) + "\n")
+	b.WriteString(nftQueueComment(cfg))
+	return b.String(), nil
+}
+
+// nftAcceptRule is the rule NFTFragment asks for, in nft syntax.
+func nftAcceptRule(mark uint32) string {
+	m := "0x" + strconv.FormatUint(uint64(mark), 16)
+	return fmt.Sprintf("meta l4proto tcp ct state new meta mark & %s == %s accept comment \"ftpalg pinholes\"", m, m)
+}
+
+// nftQueueComment is the queue table for kernels with CONFIG_NFT_QUEUE,
+// as comment lines: it cannot be loaded on the kernel ftpalg is tested on,
+// so it is untested.
+func nftQueueComment(cfg Config) string {
+	ports := cfg.controlPorts()
+	list := make([]string, len(ports))
+	for i, p := range ports {
+		list[i] = strconv.Itoa(int(p))
+	}
+	set := "{ " + strings.Join(list, ", ") + " }"
+	verdict := fmt.Sprintf("queue num %d", cfg.QueueNum)
+	if cfg.Bypass {
+		verdict += " bypass"
+	}
+	var b strings.Builder
+	b.WriteString("#\n# UNTESTED: on kernels with nftables' queue expression (CONFIG_NFT_QUEUE; the\n")
+	b.WriteString("# kernel ftpalg is tested on lacks it) the queue rules can be nftables too: run\n")
+	b.WriteString("# `ftpalg run --install-rules=false` and load this table instead of ftpalg's\n")
+	b.WriteString("# iptables chains (priority mangle: after conntrack and DNAT, before SNAT).\n")
+	b.WriteString("# table inet ftpalg_queue {\n")
+	chain := func(name, hook, skip string) {
+		fmt.Fprintf(&b, "#     chain %s {\n", name)
+		fmt.Fprintf(&b, "#         type filter hook %s priority mangle; policy accept;\n", hook)
+		for _, dir := range []string{"dport", "sport"} {
+			fmt.Fprintf(&b, "#         %stcp %s %s %s\n", skip, dir, set, verdict)
+		}
+		b.WriteString("#     }\n")
+	}
+	if cfg.Role.Forward() {
+		chain("forward", "forward", "")
+	}
+	if cfg.Role.Local() {
+		chain("input", "input", "iif != \"lo\" ")
+		chain("output", "output", "oif != \"lo\" ")
+	}
+	b.WriteString("# }\n")
+	return b.String()
+}
