@@ -93,6 +93,7 @@ func localCases(full bool) []localCase {
 	add(localCase{topo: rig.HostClient, mode: rig.PASV, server: rig.PureFTPd, client: rig.Lftp}, false)
 	add(localCase{topo: rig.HostClient6, mode: rig.EPRT, server: rig.Vsftpd, client: rig.Curl,
 		failure: "425 ", policy: true, helped: `"EPRT |2|2001:db8:2::1|`}, true)
+	add(localCase{topo: rig.HostClient6, mode: rig.EPSV, server: rig.ProFTPD, client: rig.Tnftp}, false)
 	// The router's own client behind its own MASQUERADE: the server
 	// refuses the untranslated PORT; told to try it, the router's INPUT
 	// drops it.

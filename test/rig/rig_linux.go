@@ -330,7 +330,14 @@ func (r *Rig) setup(ctx context.Context) error {
 			addr{insideHost, HostIf, in, ad.Inside},
 			addr{outsideHost, HostIf, out, ad.Outside},
 		)
-		routes = append(routes, route{insideHost, ad.RouterInside}, route{outsideHost, ad.RouterOutside})
+		// A plain host (the Host topologies) is no gateway: its
+		// neighbours reach it on their link and have no default route,
+		// so what they send elsewhere fails at once (ENETUNREACH)
+		// instead of dying at a host that does not forward. proftpd's
+		// start-up name lookups would otherwise wait 20 s for DNS.
+		if r.topo.forwards() {
+			routes = append(routes, route{insideHost, ad.RouterInside}, route{outsideHost, ad.RouterOutside})
+		}
 	}
 	for _, a := range addrs {
 		args := []string{"-n", r.NS(a.node), "addr", "add", netip.PrefixFrom(a.a, a.p.Bits()).String(), "dev", a.dev}
