@@ -124,13 +124,8 @@ func parse(t testing.TB, b []byte) pkt {
 	return p
 }
 
-// through runs a packet through the engine and returns what leaves it
-// (nil for a drop).
-func through(t testing.TB, e *Engine, in []byte) ([]byte, Result) {
-	t.Helper()
-	return throughAt(t, e, in, testNow)
-}
-
+// throughAt runs a packet through the engine at now and returns what
+// leaves it (nil for a drop).
 func throughAt(t testing.TB, e *Engine, in []byte, now time.Time) ([]byte, Result) {
 	t.Helper()
 	res := e.Process(in, now)
