@@ -19,7 +19,7 @@ FUZZ_TARGETS := \
 	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack/seqnum:FuzzShiftRoundTrip ./config:FuzzParse \
 	./nfq:FuzzParse ./rules:FuzzParseNFTAcks ./rules:FuzzAppendNFTBatch
 
-.PHONY: all build test unit fuzz bench bench-pinholes lint deps demo matrix install clean
+.PHONY: all build test unit fuzz bench bench-pinholes lint deps demo matrix loss install clean
 
 all: build
 
@@ -59,6 +59,10 @@ demo: deps build
 # Every server x client x mode x topology; one line per case.
 matrix: deps build
 	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_MATRIX=full $(GO) test -count=1 -timeout 60m -run TestMatrix -v ./test/matrix
+
+# Lossy links: SYN, SYN/ACK and reply loss, ftpalg (both backends) and the kernel helper.
+loss: deps build
+	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_LOSS=full $(GO) test -count=1 -timeout 20m -run TestLossyLinks -v ./test/e2e
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
