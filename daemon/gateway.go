@@ -41,13 +41,13 @@ type Gateway struct {
 	liberal  Liberaler
 	marker   Marker // nil: data connections are not marked
 	dataMark uint32
-	metrics *metrics.Metrics // nil-safe
-	log     *slog.Logger
-	errors  uint64
-	started time.Time
-	version string
-	state   stateSaver // nil: no persistence
-	queue   queueStats // the kernel's counters for our queue, polled
+	metrics  *metrics.Metrics // nil-safe
+	log      *slog.Logger
+	errors   uint64
+	started  time.Time
+	version  string
+	state    stateSaver // nil: no persistence
+	queue    queueStats // the kernel's counters for our queue, polled
 }
 
 // queueStats are the kernel's counters for one NFQUEUE
