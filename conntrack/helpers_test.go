@@ -126,11 +126,6 @@ func parse(t testing.TB, b []byte) pkt {
 
 // through runs a packet through the engine and returns what leaves it
 // (nil for a drop).
-func through(t testing.TB, e *Engine, in []byte) ([]byte, Result) {
-	t.Helper()
-	return throughAt(t, e, in, testNow)
-}
-
 func throughAt(t testing.TB, e *Engine, in []byte, now time.Time) ([]byte, Result) {
 	t.Helper()
 	res := e.Process(in, now)
