@@ -69,7 +69,7 @@ FUZZ_TARGETS := \
 	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack/seqnum:FuzzShiftRoundTrip ./config:FuzzParse \
 	./nfq:FuzzParse ./rules:FuzzParseNFTAcks ./rules:FuzzAppendNFTBatch
 
-.PHONY: all build man test unit fuzz bench bench-pinholes lint deps demo matrix baseline install deb release cross-test clean
+.PHONY: all build man test unit fuzz bench bench-pinholes lint deps demo matrix baseline loss install deb release cross-test clean
 
 all: build
 
@@ -127,6 +127,10 @@ matrix: deps build
 # script and the nftables-native ruleset.
 baseline: deps build
 	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_BASELINE=full $(GO) test -count=1 -timeout 20m -run 'TestBaseline' -v ./test/e2e
+
+# Lossy links: SYN, SYN/ACK and reply loss, ftpalg (both backends) and the kernel helper.
+loss: deps build
+	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_LOSS=full $(GO) test -count=1 -timeout 20m -run TestLossyLinks -v ./test/e2e
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
