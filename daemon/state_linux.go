@@ -72,11 +72,13 @@ func openStateStore(dir string, log *slog.Logger) (*stateStore, error) {
 		return nil, fmt.Errorf("creating state directory %s: %w", dir, err)
 	}
 	var fs unix.Statfs_t
-	if err := unix.Statfs(dir, &fs); err == nil && fs.Type != unix.TMPFS_MAGIC && fs.Type != unix.RAMFS_MAGIC {
+	// f_type is a 32-bit magic; Statfs_t.Type is int32 on 32-bit CPUs
+	// (armv7, mips), where RAMFS_MAGIC does not fit in it as a constant.
+	if err := unix.Statfs(dir, &fs); err == nil && uint32(fs.Type) != unix.TMPFS_MAGIC && uint32(fs.Type) != unix.RAMFS_MAGIC {
 		// A rewrite waits for its state file before its packet is
 		// released: 6 µs on tmpfs, 95 µs on the ext4 of a test VM.
 		log.Warn("state directory is not on tmpfs: every rewrite waits for a file write; use a directory under /run or /dev/shm",
-			"state_dir", dir, "fs_magic", fmt.Sprintf("%#x", fs.Type))
+			"state_dir", dir, "fs_magic", fmt.Sprintf("%#x", uint32(fs.Type)))
 	}
 	return &stateStore{dir: dir, log: log, pending: map[uint64]conntrack.FlowState{}}, nil
 }
