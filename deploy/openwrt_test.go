@@ -73,8 +73,9 @@ func TestOpenWrtSnippetLoads(t *testing.T) {
 		}
 	}
 	mark := fmt.Sprintf("%#x", rules.DefaultAcceptMark)
-	if len(body) < 2 || !strings.Contains(body[0], "meta mark & "+mark+" == "+mark) || !strings.Contains(body[0], "accept") ||
-		!strings.HasPrefix(body[1], "ct state vmap") {
-		t.Errorf("ftpalg's rule is not first in fw4's forward chain:\n%s", out)
+	if len(body) < 3 || !strings.Contains(body[0], "meta mark & "+mark+" == "+mark) || !strings.Contains(body[0], "accept") ||
+		!strings.Contains(body[1], "ct mark & "+mark+" == "+mark) || !strings.Contains(body[1], "accept") ||
+		!strings.HasPrefix(body[2], "ct state vmap") {
+		t.Errorf("ftpalg's two rules are not first in fw4's forward chain:\n%s", out)
 	}
 }

@@ -51,16 +51,32 @@ func NFTFragment(cfg Config) (string, error) {
 	b.WriteString("#         include \"/etc/nftables.d/ftpalg.nft\"\n")
 	b.WriteString("#         ...\n")
 	b.WriteString("# ftpalg's own table marks the first packet of each data connection it admits;\n")
-	b.WriteString("# an accept anywhere else cannot override your chain's drop.\n")
-	b.WriteString(nftAcceptRule(cfg.AcceptMark) + "\n")
+	b.WriteString("# an accept anywhere else cannot override your chain's drop. Once a data\n")
+	b.WriteString("# connection has started, ftpalg marks its conntrack entry, so that its\n")
+	b.WriteString("# retransmitted SYNs still pass after the one-shot pinhole closed.\n")
+	for _, r := range nftAcceptRules(cfg) {
+		b.WriteString(r + "\n")
+	}
 	b.WriteString(nftQueueComment(cfg))
 	return b.String(), nil
 }
 
-// nftAcceptRule is the rule NFTFragment asks for, in nft syntax.
-func nftAcceptRule(mark uint32) string {
+// nftAcceptRules are the rules NFTFragment asks for, in nft syntax: the
+// pinholes' packet mark, and the data connections' conntrack mark (see
+// Config.DataMark), the nft form of staticAcceptSpecs.
+func nftAcceptRules(cfg Config) []string {
+	rules := []string{nftMarkRule("meta", cfg.AcceptMark, "ftpalg pinholes")}
+	if cfg.DataMark != 0 {
+		rules = append(rules, nftMarkRule("ct", cfg.DataMark, "ftpalg data connections"))
+	}
+	return rules
+}
+
+// nftMarkRule accepts new TCP connections whose packet ("meta") or
+// conntrack ("ct") mark has the bit mark set.
+func nftMarkRule(key string, mark uint32, comment string) string {
 	m := "0x" + strconv.FormatUint(uint64(mark), 16)
-	return fmt.Sprintf("meta l4proto tcp ct state new meta mark & %s == %s accept comment \"ftpalg pinholes\"", m, m)
+	return fmt.Sprintf("meta l4proto tcp ct state new %s mark & %s == %s accept comment %q", key, m, m, comment)
 }
 
 // nftQueueComment is the queue table for kernels with CONFIG_NFT_QUEUE,

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -11,8 +12,8 @@ func TestNFTFragmentGolden(t *testing.T) {
 		golden string
 		cfg    Config
 	}{
-		{"nft_host.golden", Config{ControlPorts: []uint16{21, 2121}, QueueNum: 21, Bypass: true, IPv4: true, IPv6: true, Role: RoleHost, AcceptMark: DefaultAcceptMark}},
-		{"nft_both.golden", Config{ControlPorts: []uint16{21}, QueueNum: 21, Bypass: true, IPv4: true, IPv6: true, AcceptMark: DefaultAcceptMark}},
+		{"nft_host.golden", Config{ControlPorts: []uint16{21, 2121}, QueueNum: 21, Bypass: true, IPv4: true, IPv6: true, Role: RoleHost, AcceptMark: DefaultAcceptMark, DataMark: DefaultAcceptMark}},
+		{"nft_both.golden", Config{ControlPorts: []uint16{21}, QueueNum: 21, Bypass: true, IPv4: true, IPv6: true, AcceptMark: DefaultAcceptMark, DataMark: DefaultAcceptMark}},
 	} {
 		t.Run(tt.golden, func(t *testing.T) {
 			got, err := NFTFragment(tt.cfg)
@@ -20,14 +21,14 @@ func TestNFTFragmentGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			checkGolden(t, tt.golden, got)
-			// Exactly one line is not a comment: the rule to include.
+			// The uncommented lines are exactly the rules to include.
 			var rules []string
 			for _, l := range strings.Split(strings.TrimSpace(got), "\n") {
 				if !strings.HasPrefix(l, "#") {
 					rules = append(rules, l)
 				}
 			}
-			if len(rules) != 1 || rules[0] != nftAcceptRule(DefaultAcceptMark) {
+			if !slices.Equal(rules, nftAcceptRules(tt.cfg)) {
 				t.Errorf("uncommented lines %q", rules)
 			}
 		})
