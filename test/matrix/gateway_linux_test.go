@@ -131,8 +131,10 @@ func (g *gateway) waitNoPinholes(ctx context.Context) error {
 				return fmt.Errorf("listing %s %s %s: %w", c.tool, c.table, c.chain, err)
 			}
 			for line := range strings.Lines(out) {
-				// The nftables backend's one static rule is not a pinhole.
-				if strings.HasPrefix(line, "-A ") && !strings.Contains(line, "ftpalg nftables pinholes") {
+				// The static rules (the nftables pinholes' packet mark,
+				// the data connections' conntrack mark) are not pinholes.
+				if strings.HasPrefix(line, "-A ") && !strings.Contains(line, "ftpalg nftables pinholes") &&
+					!strings.Contains(line, "ftpalg data connections") {
 					left = append(left, c.tool+" -t "+c.table+" "+strings.TrimSpace(line))
 				}
 			}
