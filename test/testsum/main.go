@@ -127,21 +127,29 @@ func (s *summary) handle(e event) {
 	k := testKey{e.Package, e.Test}
 	switch e.Action {
 	case "output":
-		if e.Test != "" {
-			s.output[k] = append(s.output[k], e.Output)
-			return
-		}
-		// Package-level output: benchmark results, build errors, the
-		// ok/FAIL line, panics outside a test.
+		// A benchmark ends with its result line, not with an action
+		// (test2json names it in Test, or not, depending on Go's
+		// version): count and print that line.
 		out := e.Output
 		switch {
 		case benchResult.MatchString(out):
 			s.counts.passed++
 			fmt.Fprint(s.w, out)
+			delete(s.output, k)
+			return
 		case benchFail.MatchString(out):
 			s.counts.failed++
 			s.pkgFailedTests[e.Package]++
 			fmt.Fprint(s.w, out)
+			return
+		}
+		if e.Test != "" {
+			s.output[k] = append(s.output[k], e.Output)
+			return
+		}
+		// Package-level output: build errors, the ok/FAIL line, panics
+		// outside a test.
+		switch {
 		case strings.HasPrefix(out, "ok  \t"), strings.HasPrefix(out, "FAIL\t"), strings.HasPrefix(out, "?   \t"),
 			out == "PASS\n", out == "FAIL\n", strings.HasPrefix(out, "goos:"), strings.HasPrefix(out, "goarch:"),
 			strings.HasPrefix(out, "pkg:"), strings.HasPrefix(out, "cpu:"):
@@ -176,6 +184,11 @@ func (s *summary) handle(e event) {
 func (s *summary) packageDone(e event) {
 	switch e.Action {
 	case "pass":
+		for k := range s.output {
+			if k.pkg == e.Package {
+				delete(s.output, k) // a benchmark's "=== RUN" lines
+			}
+		}
 		fmt.Fprintf(s.w, "ok  \t%s\t%.3fs\n", e.Package, e.Elapsed)
 	case "skip":
 		fmt.Fprintf(s.w, "?   \t%s\t[no test files]\n", e.Package)

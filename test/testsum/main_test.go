@@ -30,7 +30,10 @@ const run = `{"Action":"start","Package":"p/a"}
 {"Action":"output","Package":"p/a","Output":"FAIL\tp/a\t0.010s\n"}
 {"Action":"fail","Package":"p/a","Elapsed":0.01}
 {"Action":"start","Package":"p/b"}
-{"Action":"output","Package":"p/b","Output":"BenchmarkX-2   \t       1\t      7966 ns/op\t      16 B/op\n"}
+{"Action":"run","Package":"p/b","Test":"BenchmarkX"}
+{"Action":"output","Package":"p/b","Test":"BenchmarkX","Output":"=== RUN   BenchmarkX\n"}
+{"Action":"output","Package":"p/b","Test":"BenchmarkX","Output":"BenchmarkX-2   \t       1\t      7966 ns/op\t      16 B/op\n"}
+{"Action":"output","Package":"p/b","Output":"BenchmarkY-2   \t       1\t      100 ns/op\n"}
 {"Action":"output","Package":"p/b","Output":"PASS\n"}
 {"Action":"pass","Package":"p/b","Elapsed":0.02}
 {"ImportPath":"p/c","Action":"build-output","Output":"p/c/c.go:3:1: syntax error\n"}
@@ -53,9 +56,10 @@ func TestSummary(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := s.finish()
-	// TestOK, BenchmarkX pass; TestParent/bad and TestParent fail, plus
-	// p/c (build) and p/d (timeout) count as one failure each.
-	if want := (counts{passed: 2, failed: 4, skipped: 1}); c != want {
+	// TestOK, BenchmarkX (named in Test, as Go 1.26 does) and BenchmarkY
+	// (not named) pass; TestParent/bad and TestParent fail, plus p/c
+	// (build) and p/d (timeout) count as one failure each.
+	if want := (counts{passed: 3, failed: 4, skipped: 1}); c != want {
 		t.Errorf("counts %+v, want %+v", c, want)
 	}
 	if s.brokenPackages != 2 {
@@ -70,7 +74,7 @@ func TestSummary(t *testing.T) {
 		"still running when the package failed: TestHang",
 		"FAIL\tp/a\t0.010s", "ok  \tp/b\t0.020s", "?   \tp/e\t[no test files]",
 		"go: warning: something on stderr",
-		"tests: 2 passed, 4 failed (2 of them packages that failed outside their tests), 1 skipped",
+		"tests: 3 passed, 4 failed (2 of them packages that failed outside their tests), 1 skipped",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
