@@ -95,13 +95,16 @@ type summary struct {
 	skips          []string
 	brokenPackages int // packages that failed outside any test (build errors, panics in init, timeouts)
 	pkgFailedTests map[string]int
+	benchRuns      int // benchmarks started; they report no pass action
+	benchFailed    int
 }
 
 func newSummary(w io.Writer) *summary {
 	return &summary{w: w, output: map[testKey][]string{}, pkgFailedTests: map[string]int{}}
 }
 
-// benchResult matches a benchmark's result line: "BenchmarkX-2  1  7966 ns/op".
+// benchResult matches a benchmark's result line when test2json files it
+// under no test: "BenchmarkX-2  1  7966 ns/op".
 var benchResult = regexp.MustCompile(`^Benchmark\S+\s+\d+\s+[0-9.]+ ns/op`)
 
 // benchFail matches a failed benchmark's line.
@@ -127,19 +130,21 @@ func (s *summary) handle(e event) {
 	k := testKey{e.Package, e.Test}
 	switch e.Action {
 	case "output":
-		// A benchmark ends with its result line, not with an action
-		// (test2json names it in Test, or not, depending on Go's
-		// version): count and print that line.
+		// A benchmark ends with no action of its own: it is counted at
+		// its "run" and, if it fails, at its FAIL line. Its result line
+		// is printed; test2json may deliver it in pieces (the name
+		// first, the figures when the run is done).
 		out := e.Output
 		switch {
-		case benchResult.MatchString(out):
-			s.counts.passed++
-			fmt.Fprint(s.w, out)
-			delete(s.output, k)
+		case strings.HasPrefix(e.Test, "Benchmark") && strings.Contains(out, " ns/op"):
+			fmt.Fprint(s.w, strings.TrimLeft(out, " \t"))
 			return
 		case benchFail.MatchString(out):
-			s.counts.failed++
+			s.benchFailed++
 			s.pkgFailedTests[e.Package]++
+			fmt.Fprint(s.w, out)
+			return
+		case benchResult.MatchString(out):
 			fmt.Fprint(s.w, out)
 			return
 		}
@@ -156,6 +161,10 @@ func (s *summary) handle(e event) {
 			// Printed from the pass/fail/skip action below, or noise.
 		default:
 			fmt.Fprint(s.w, out)
+		}
+	case "run":
+		if strings.HasPrefix(e.Test, "Benchmark") {
+			s.benchRuns++
 		}
 	case "build-output":
 		fmt.Fprint(s.w, e.Output)
@@ -237,7 +246,8 @@ func (s *summary) finish() counts {
 	// A package that failed outside its tests (did not build, timed out)
 	// ran an unknown number of them: count it as one failure.
 	c := s.counts
-	c.failed += s.brokenPackages
+	c.passed += max(s.benchRuns-s.benchFailed, 0)
+	c.failed += s.benchFailed + s.brokenPackages
 	broken := ""
 	if s.brokenPackages > 0 {
 		broken = fmt.Sprintf(" (%d of them packages that failed outside their tests)", s.brokenPackages)
