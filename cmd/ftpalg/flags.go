@@ -78,7 +78,7 @@ func (o *options) define(fs *flag.FlagSet, run bool) {
 	fs.BoolVar(&o.ipv6, "ipv6", true, "handle IPv6 (ip6tables)")
 	fs.BoolVar(&o.queueBypass, "queue-bypass", true, "while no ftpalg is attached (restart, crash), let control packets pass unexamined;\nfalse: drop them so TCP retransmits them once ftpalg is back (rewritten sessions stay consistent, all\ncontrol traffic pauses); with --install-rules (the default) ftpalg's own queue rules are gone while it is stopped")
 	fs.StringVar(&o.pinholes, "pinholes", "nftables", "pinhole `backend`: nftables (set elements with kernel timeouts, ~10µs each; a mark bit\nreaches iptables' FORWARD) or iptables (one rule per pinhole, visible in iptables -S, milliseconds each)")
-	fs.StringVar(&o.acceptMark, "accept-mark", "0x20000000", "packet mark `bit` the nftables backend sets on pinholed connections' first packet")
+	fs.StringVar(&o.acceptMark, "accept-mark", "0x20000000", "mark `bit`: set on a pinholed connection's first packet (nftables backend) and in its conntrack mark once it started (its retransmitted SYNs)")
 	fs.StringVar(&o.role, "role", "both", "which control connections to handle: both (forwarded ones and those ending on this machine),\nrouter (forwarded only: mangle/filter FORWARD) or host (an FTP server or client on this machine: INPUT/OUTPUT)")
 	fs.StringVar(&o.configPath, "config", "", "read settings from this TOML `file` (keys mirror the flags); flags given here override it")
 	if !run {
