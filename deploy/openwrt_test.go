@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ftpalg/ftpalg/internal/testenv"
 	"github.com/ftpalg/ftpalg/rules"
 )
 
@@ -53,9 +54,7 @@ func TestOpenWrtFiles(t *testing.T) {
 // fw4's forward chain, ahead of its drop.
 func TestOpenWrtSnippetLoads(t *testing.T) {
 	requireRoot(t, "nft in a network namespace")
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("nft not installed")
-	}
+	testenv.RequireTool(t, "nft")
 	abs, err := filepath.Abs("openwrt/ftpalg.nft")
 	if err != nil {
 		t.Fatal(err)

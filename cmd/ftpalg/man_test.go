@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/ftpalg/ftpalg/config"
+	"github.com/ftpalg/ftpalg/internal/testenv"
 )
 
 // helpFlags returns the flags `ftpalg <name> -help` lists: what the command
@@ -70,9 +71,7 @@ func manpageRoff(t *testing.T) []byte {
 // `man -l` shows the page as an admin sees it, without one groff warning.
 func TestManPageRenders(t *testing.T) {
 	for _, tool := range []string{"man", "groff"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (test/deps.sh installs man-db and groff-base)", tool)
-		}
+		testenv.RequireTool(t, tool)
 	}
 	file := filepath.Join(t.TempDir(), "ftpalg.8")
 	if err := os.WriteFile(file, manpageRoff(t), 0o644); err != nil {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/testenv"
 )
 
 func TestFlagsOf(t *testing.T) {
@@ -102,9 +104,7 @@ func TestRender(t *testing.T) {
 
 // The rendered page is valid man(7) for groff: no warning at all.
 func TestRenderGroff(t *testing.T) {
-	if _, err := exec.LookPath("groff"); err != nil {
-		t.Skip("groff not installed (test/deps.sh installs groff-base)")
-	}
+	testenv.RequireTool(t, "groff")
 	cmd := exec.Command("groff", "-man", "-Tutf8", "-ww", "-z")
 	cmd.Stdin = strings.NewReader(string(Render(testPage())))
 	if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {

@@ -9,6 +9,7 @@ package testenv
 
 import (
 	"os"
+	"os/exec"
 	"testing"
 )
 
@@ -26,4 +27,20 @@ func RequireRoot(tb testing.TB, why string) {
 		tb.Fatalf("requires root (%s), and CI=true: run CI as root", why)
 	}
 	tb.Skip("requires root: " + why)
+}
+
+// RequireTool skips tb when the program name is not installed, or fails
+// it in CI, where test/deps.sh must have installed it. It returns the
+// program's path.
+func RequireTool(tb testing.TB, name string) string {
+	tb.Helper()
+	path, err := exec.LookPath(name)
+	if err == nil {
+		return path
+	}
+	if InCI() {
+		tb.Fatalf("%s is not installed, and CI=true: test/deps.sh installs it", name)
+	}
+	tb.Skipf("%s not installed (make deps)", name)
+	return ""
 }

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/ftpalg/ftpalg/internal/testenv"
 )
 
 // TestDebPackage builds the package with `make deb`, checks it with
@@ -20,13 +22,9 @@ import (
 // in the rig, purges it and requires the root to hold exactly what it
 // held before.
 func TestDebPackage(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("requires root: network namespaces")
-	}
+	testenv.RequireRoot(t, "network namespaces")
 	for _, tool := range []string{"dpkg", "dpkg-deb"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (make deps)", tool)
-		}
+		testenv.RequireTool(t, tool)
 	}
 	out, err := exec.Command("make", "-C", "../..", "--no-print-directory", "deb").CombinedOutput()
 	m := regexp.MustCompile(`(?m)^deb: (dist/\S+\.deb)$`).FindSubmatch(out)
@@ -40,9 +38,7 @@ func TestDebPackage(t *testing.T) {
 
 	t.Run("contents", func(t *testing.T) { checkDebContents(t, deb) })
 	t.Run("lintian", func(t *testing.T) {
-		if _, err := exec.LookPath("lintian"); err != nil {
-			t.Skip("lintian not installed (make deps)")
-		}
+		testenv.RequireTool(t, "lintian")
 		// The package's own overrides (deploy/debian/lintian-overrides)
 		// explain what is left; anything else fails.
 		out, err := exec.Command("lintian", "--pedantic", "--fail-on", "error,warning,info,pedantic", deb).CombinedOutput()
