@@ -1,9 +1,11 @@
 package rules
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os/exec"
+	"strconv"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -26,14 +28,19 @@ func newBackend(f Family) (backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("setting up %s: %w", f.command(), err)
 	}
-	return goIPTables{ipt: ipt, fam: f}, nil
+	path, err := exec.LookPath(f.command())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s (install the iptables package)", ErrIPTablesMissing, f.command())
+	}
+	return goIPTables{ipt: ipt, fam: f, path: path}, nil
 }
 
 // goIPTables adapts go-iptables to backend, translating its "does not
 // exist" errors to errNotExist.
 type goIPTables struct {
-	ipt *iptables.IPTables
-	fam Family
+	ipt  *iptables.IPTables
+	fam  Family
+	path string // the iptables or ip6tables binary, for ListChains
 }
 
 func (g goIPTables) family() Family { return g.fam }
@@ -60,9 +67,22 @@ func (g goIPTables) List(table, chain string) ([]string, error) {
 	return rules, g.wrap(err)
 }
 
+// ListChains runs `iptables -t table -S` itself instead of go-iptables'
+// ListChains, which (v0.8.0) stops at the first line that is neither -P nor
+// -N. iptables-nft 1.8.9 prints "# Table `nat' contains incompatible
+// base-chains, use 'nft' tool to list them." first whenever an nftables
+// ruleset has its own base chains in the same table (an nftables.conf's
+// `table ip nat`): go-iptables then returned no chain at all, so Remove and
+// Sweep left FTPALG-DNAT and its jump behind (measured in the rig's
+// RouterLocal topologies under the nftables-native ruleset).
 func (g goIPTables) ListChains(table string) ([]string, error) {
-	chains, err := g.ipt.ListChains(table)
-	return chains, g.wrap(err)
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(g.path, "-t", table, "-S", "--wait", strconv.Itoa(lockTimeout))
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("listing %s table %s: %w: %s", g.path, table, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return chainNames(stdout.String()), nil
 }
 
 func (g goIPTables) ChainExists(table, chain string) (bool, error) {

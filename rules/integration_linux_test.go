@@ -6,11 +6,14 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpalg/ftpalg/internal/testenv"
 )
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -512,4 +515,55 @@ func pct(ds []time.Duration, p int) time.Duration {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	i := (p*len(s)+99)/100 - 1
 	return s[max(i, 0)].Round(10 * time.Microsecond)
+}
+
+// TestChainsRemoveBesideNFTNat installs and removes the chains next to an
+// nftables ruleset that has its own base chains in table ip nat and ip6
+// nat (an nftables.conf with NAT): iptables-nft then warns first in its
+// listing, and Remove must still delete FTPALG-DNAT and its jump, leaving
+// the admin's chains as they were.
+func TestChainsRemoveBesideNFTNat(t *testing.T) {
+	if !inFreshNetns(t, "nn") {
+		return
+	}
+	testenv.RequireTool(t, "nft")
+	admin := `table ip nat {
+	chain prerouting { type nat hook prerouting priority dstnat; policy accept; }
+	chain postrouting { type nat hook postrouting priority srcnat; policy accept; oifname "outside" masquerade; }
+}
+table ip6 nat {
+	chain prerouting { type nat hook prerouting priority dstnat; policy accept; }
+}
+`
+	path := filepath.Join(t.TempDir(), "admin.nft")
+	if err := os.WriteFile(path, []byte(admin), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "nft", "-f", path)
+	c, err := NewChains(Config{ControlPorts: []uint16{21}, Bypass: true, IPv4: true, IPv6: true}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Install(); err != nil {
+		t.Fatalf("Install: %v", err)
+	}
+	for _, f := range families {
+		if s := save(t, f); !strings.Contains(s, "-A PREROUTING -j FTPALG-DNAT") {
+			t.Fatalf("%s-save lacks the nat jump after Install:\n%s", f.command(), s)
+		}
+	}
+	if err := c.Remove(); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	for _, f := range families {
+		checkGone(t, f)
+	}
+	if got := run(t, "nft", "list", "table", "ip", "nat"); !strings.Contains(got, "chain prerouting") ||
+		!strings.Contains(got, `oifname "outside" masquerade`) {
+		t.Errorf("the admin's table ip nat lost its chains:\n%s", got)
+	}
+	// A sweep at the next start finds nothing either.
+	if err := c.Sweep(); err != nil {
+		t.Fatalf("Sweep: %v", err)
+	}
 }

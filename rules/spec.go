@@ -219,3 +219,18 @@ func jumpTarget(args []string) (chain, target string, spec []string, ok bool) {
 	}
 	return "", "", nil, false
 }
+
+// chainNames returns the chains that `iptables -t TABLE -S` declares, built-in
+// (-P) and user-defined (-N), in order. Comment lines are skipped wherever
+// they appear: iptables-nft puts a warning first when the table also holds
+// base chains of an nftables ruleset.
+func chainNames(listing string) []string {
+	var out []string
+	for line := range strings.Lines(listing) {
+		f := strings.Fields(line)
+		if len(f) >= 2 && (f[0] == "-P" || f[0] == "-N") {
+			out = append(out, f[1])
+		}
+	}
+	return out
+}

@@ -202,3 +202,27 @@ func TestJumpTarget(t *testing.T) {
 		}
 	}
 }
+
+func TestChainNames(t *testing.T) {
+	tests := []struct {
+		name    string
+		listing string
+		want    []string
+	}{
+		{"iptables-legacy", "-P PREROUTING ACCEPT\n-P OUTPUT ACCEPT\n-N FTPALG-DNAT\n-A PREROUTING -j FTPALG-DNAT\n",
+			[]string{"PREROUTING", "OUTPUT", "FTPALG-DNAT"}},
+		// iptables-nft 1.8.9 when an nftables ruleset has its own base
+		// chains in table ip nat: the warning comes first.
+		{"nft warning first", "# Table `nat' contains incompatible base-chains, use 'nft' tool to list them.\n" +
+			"-P PREROUTING ACCEPT\n-P INPUT ACCEPT\n-N FTPALG-DNAT\n-A PREROUTING -j FTPALG-DNAT\n",
+			[]string{"PREROUTING", "INPUT", "FTPALG-DNAT"}},
+		{"no trailing newline", "-P INPUT DROP", []string{"INPUT"}},
+		{"empty", "", nil},
+		{"truncated declaration", "-N\n-P\n", nil},
+	}
+	for _, tt := range tests {
+		if got := chainNames(tt.listing); !slices.Equal(got, tt.want) {
+			t.Errorf("%s: chainNames = %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
