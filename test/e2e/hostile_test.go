@@ -29,9 +29,15 @@ type ftpConn struct {
 
 func dialFTP(t *testing.T, r *rig.Rig, addr string) *ftpConn {
 	t.Helper()
+	return dialFTPFrom(t, r, rig.Client, addr)
+}
+
+// dialFTPFrom is dialFTP from node n (the firewall host for a local client).
+func dialFTPFrom(t *testing.T, r *rig.Rig, n rig.Node, addr string) *ftpConn {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	c, err := r.Dial(ctx, rig.Client, "tcp", addr)
+	c, err := r.Dial(ctx, n, "tcp", addr)
 	if err != nil {
 		t.Fatalf("dialing %s: %v", addr, err)
 	}
@@ -190,7 +196,12 @@ type hostile struct {
 }
 
 func newHostile(t *testing.T, topo rig.Topology, mode rig.Mode, setup func(r *rig.Rig), args ...string) *hostile {
-	r := rig.New(t, topo, rig.WithPrefix(nsPrefix))
+	return newHostileWith(t, topo, nil, mode, setup, args...)
+}
+
+// newHostileWith is newHostile with rig options.
+func newHostileWith(t *testing.T, topo rig.Topology, opts []rig.Option, mode rig.Mode, setup func(r *rig.Rig), args ...string) *hostile {
+	r := rig.New(t, topo, append([]rig.Option{rig.WithPrefix(nsPrefix)}, opts...)...)
 	s, err := r.StartVsftpd(rig.VsftpdOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -390,42 +401,7 @@ func TestHostileServer(t *testing.T) {
 	}, "--control-ports", "21,"+evilPort)
 	r := h.r
 	srv := r.ServerHostAddr().String()
-
-	// The hostile server: greets, accepts any login, and answers commands
-	// with the reply the test gives it.
-	answers := make(chan string, 1)
-	l, err := r.Listen(rig.Server, "tcp", net.JoinHostPort(srv, evilPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				fmt.Fprint(c, "220 evil\r\n")
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					switch verb := strings.ToUpper(strings.Fields(line + " x")[0]); verb {
-					case "USER":
-						fmt.Fprint(c, "331 pw\r\n")
-					case "PASS":
-						fmt.Fprint(c, "230 ok\r\n")
-					default:
-						fmt.Fprint(c, <-answers)
-					}
-				}
-			}()
-		}
-	}()
+	answers := startEvilServer(t, r, rig.Server, net.JoinHostPort(srv, evilPort))
 	comma := strings.ReplaceAll(srv, ".", ",")
 	cases := []struct {
 		name, cmd, reply string
@@ -457,6 +433,47 @@ func TestHostileServer(t *testing.T) {
 			})
 		})
 	}
+}
+
+// startEvilServer runs a hostile FTP server on node n at addr: it greets,
+// accepts any login, and answers every other command with the next reply
+// the test sends on the returned channel.
+func startEvilServer(t *testing.T, r *rig.Rig, n rig.Node, addr string) chan<- string {
+	t.Helper()
+	answers := make(chan string, 1)
+	l, err := r.Listen(n, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				fmt.Fprint(c, "220 evil\r\n")
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					switch verb := strings.ToUpper(strings.Fields(line + " x")[0]); verb {
+					case "USER":
+						fmt.Fprint(c, "331 pw\r\n")
+					case "PASS":
+						fmt.Fprint(c, "230 ok\r\n")
+					default:
+						fmt.Fprint(c, <-answers)
+					}
+				}
+			}()
+		}
+	}()
+	return answers
 }
 
 // pinholeRules counts ftpalg's ACCEPT pinholes that mention addr.

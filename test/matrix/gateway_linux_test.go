@@ -139,14 +139,12 @@ func (g *gateway) waitNoPinholes(ctx context.Context) error {
 				}
 			}
 		}
-		for _, fam := range []string{"ip", "ip6"} {
-			elems, err := nftElements(ctx, g.r, fam)
-			if err != nil {
-				return err
-			}
-			for _, e := range elems {
-				left = append(left, "nft "+fam+" ftpalg element "+e)
-			}
+		elems, err := g.r.PinholeElements(ctx)
+		if err != nil {
+			return err
+		}
+		for _, e := range elems {
+			left = append(left, "nft ftpalg element "+e)
 		}
 		if len(left) == 0 {
 			return nil
@@ -191,38 +189,4 @@ func tail(s string, n int) string {
 		return s
 	}
 	return "..." + s[len(s)-n:]
-}
-
-// nftElements lists the elements of ftpalg's nftables sets and map in
-// family fam (none when the table does not exist), without the all-zero
-// element Install adds and closes at once to probe the kernel.
-func nftElements(ctx context.Context, r *rig.Rig, fam string) ([]string, error) {
-	out, err := r.Run(ctx, rig.Router, "nft", "-j", "list", "table", fam, "ftpalg")
-	if err != nil {
-		if strings.Contains(out, "No such file or directory") {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("listing nft table %s ftpalg: %w: %s", fam, err, out)
-	}
-	var doc struct {
-		Nftables []map[string]struct {
-			Elem []json.RawMessage `json:"elem"`
-		} `json:"nftables"`
-	}
-	if err := json.Unmarshal([]byte(out), &doc); err != nil {
-		return nil, fmt.Errorf("parsing nft -j output: %w", err)
-	}
-	var elems []string
-	for _, obj := range doc.Nftables {
-		for _, kind := range []string{"set", "map"} {
-			for _, raw := range obj[kind].Elem {
-				e := string(raw)
-				if strings.Contains(e, `"0.0.0.0","0.0.0.0",0`) || strings.Contains(e, `"::","::",0`) {
-					continue
-				}
-				elems = append(elems, e)
-			}
-		}
-	}
-	return elems, nil
 }
