@@ -50,20 +50,29 @@ func TestFirewallIncludesFragment(t *testing.T) {
 		t.Run(tc.file, func(t *testing.T) {
 			cfg := rules.Config{ControlPorts: []uint16{21}, QueueNum: 21, Bypass: true, IPv4: true, IPv6: true, AcceptMark: rules.DefaultAcceptMark,
 				DataMark: rules.DefaultAcceptMark}
-			frag, err := rules.Fragment(cfg, tc.fam)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, err := os.ReadFile(tc.file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			have := tableRules(t, string(b))
-			checkHasFragment(t, tc.file, have, frag)
+			have := checkFileFragment(t, tc.file, cfg, tc.fam)
 			checkJumpFirst(t, tc.file, have["filter"], "FORWARD")
 			checkJumpFirst(t, tc.file, have["filter"], "INPUT")
 		})
 	}
+}
+
+// checkFileFragment reads a firewall file, checks that it has every line
+// of `ftpalg rules` for cfg and fam (checkHasFragment), and returns its
+// lines by table.
+func checkFileFragment(t *testing.T, file string, cfg rules.Config, fam rules.Family) map[string][]string {
+	t.Helper()
+	frag, err := rules.Fragment(cfg, fam)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := tableRules(t, string(b))
+	checkHasFragment(t, file, have, frag)
+	return have
 }
 
 // checkHasFragment checks that a firewall file (its lines by table) has

@@ -8,27 +8,37 @@ import (
 	"testing"
 )
 
-// host.rules loads, and ftpalg run --role host --install-rules=false starts
-// on top of it and leaves it as it was when it stops.
+// host.rules (with iptables-restore) and host6.rules (with
+// ip6tables-restore) load, and ftpalg run --role host --install-rules=false
+// starts on top of each and leaves it as it was when it stops.
 func TestHostFirewallLoads(t *testing.T) {
 	requireRoot(t, "iptables-restore in a network namespace")
 	bin := ftpalgBinary(t)
-	ns := netns(t, "h")
-	b, err := os.ReadFile("host.rules")
-	if err != nil {
-		t.Fatal(err)
-	}
-	inNS(t, ns, nil, "iptables-restore", "--test", "host.rules")
-	inNS(t, ns, b, "iptables-restore")
-	before := stripCounters(inNS(t, ns, nil, "iptables-save"))
-	if n := strings.Count(before, "-j FTPALG-"); n != 4 {
-		t.Fatalf("want 4 jumps to ftpalg's chains after loading, got %d:\n%s", n, before)
-	}
-	d := startDaemon(t, exec.Command("ip", "netns", "exec", ns, bin, "run", "--role", "host", "--ipv6=false", "--install-rules=false"))
-	d.waitLog(t, "ftpalg running")
-	d.stop(t)
-	if after := stripCounters(inNS(t, ns, nil, "iptables-save")); after != before {
-		t.Errorf("ftpalg --install-rules=false changed the firewall:\nbefore:\n%s\nafter:\n%s", before, after)
+	for _, tc := range []struct {
+		file, tool, only string
+	}{
+		{"host.rules", "iptables", "--ipv6=false"},
+		{"host6.rules", "ip6tables", "--ipv4=false"},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			ns := netns(t, "h"+tc.tool[:3])
+			b, err := os.ReadFile(tc.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			inNS(t, ns, nil, tc.tool+"-restore", "--test", tc.file)
+			inNS(t, ns, b, tc.tool+"-restore")
+			before := stripCounters(inNS(t, ns, nil, tc.tool+"-save"))
+			if n := strings.Count(before, "-j FTPALG-"); n != 4 {
+				t.Fatalf("want 4 jumps to ftpalg's chains after loading, got %d:\n%s", n, before)
+			}
+			d := startDaemon(t, exec.Command("ip", "netns", "exec", ns, bin, "run", "--role", "host", tc.only, "--install-rules=false"))
+			d.waitLog(t, "ftpalg running")
+			d.stop(t)
+			if after := stripCounters(inNS(t, ns, nil, tc.tool+"-save")); after != before {
+				t.Errorf("ftpalg --install-rules=false changed the firewall:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+		})
 	}
 }
 

@@ -13,27 +13,25 @@ import (
 var hostConfig = rules.Config{ControlPorts: []uint16{21}, QueueNum: 21, Bypass: true, IPv4: true, IPv6: true,
 	AcceptMark: rules.DefaultAcceptMark, DataMark: rules.DefaultAcceptMark, Role: rules.RoleHost}
 
-// host.rules contains exactly what `ftpalg rules --role host --ipv6=false`
-// prints (jumps written as the "-A" placed where they belong), and the
-// pinhole jump comes before every rule that accepts or drops new
-// connections in INPUT.
+// host.rules and host6.rules contain exactly what `ftpalg rules --role
+// host` prints for their family (jumps written as the "-A" placed where
+// they belong), and the pinhole jump comes before every rule that accepts
+// or drops new connections in INPUT.
 func TestHostFirewallIncludesFragment(t *testing.T) {
-	frag, err := rules.Fragment(hostConfig, rules.IPv4)
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		file string
+		fam  rules.Family
+	}{{"host.rules", rules.IPv4}, {"host6.rules", rules.IPv6}} {
+		t.Run(tc.file, func(t *testing.T) {
+			have := checkFileFragment(t, tc.file, hostConfig, tc.fam)
+			for _, l := range have["mangle"] {
+				if strings.Contains(l, "FORWARD") && strings.Contains(l, "FTPALG") {
+					t.Errorf("%s queues forwarded packets: %q", tc.file, l)
+				}
+			}
+			checkJumpFirst(t, tc.file, have["filter"], "INPUT")
+		})
 	}
-	b, err := os.ReadFile("host.rules")
-	if err != nil {
-		t.Fatal(err)
-	}
-	have := tableRules(t, string(b))
-	checkHasFragment(t, "host.rules", have, frag)
-	for _, l := range have["mangle"] {
-		if strings.Contains(l, "FORWARD") && strings.Contains(l, "FTPALG") {
-			t.Errorf("host.rules queues forwarded packets: %q", l)
-		}
-	}
-	checkJumpFirst(t, "host.rules", have["filter"], "INPUT")
 }
 
 // ftpalg.nft is exactly what `ftpalg rules --format nft --role host`
