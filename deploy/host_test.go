@@ -77,3 +77,38 @@ func TestNFTablesConfIncludesFragment(t *testing.T) {
 		}
 	}
 }
+
+// firewalld.nft inserts exactly the rules of `ftpalg rules --format nft
+// --role host` into firewalld's input dispatch chain (the last insert goes
+// first, so the order is reversed).
+func TestFirewalldIncludesFragment(t *testing.T) {
+	frag, err := rules.NFTFragment(hostConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, l := range strings.Split(frag, "\n") {
+		if l != "" && !strings.HasPrefix(l, "#") {
+			want = append(want, l)
+		}
+	}
+	b, err := os.ReadFile("firewalld.nft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const prefix = "insert rule inet firewalld filter_INPUT_ZONES "
+	var got []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		rule, ok := strings.CutPrefix(l, prefix)
+		if !ok {
+			t.Fatalf("firewalld.nft: %q does not start with %q", l, prefix)
+		}
+		got = append([]string{rule}, got...)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("firewalld.nft inserts\n%q\nwant (from `ftpalg rules --format nft --role host`)\n%q", got, want)
+	}
+}

@@ -10,12 +10,17 @@ declare -A want=(
 	[sysctl]=procps [ss]=iproute2 [tcpdump]=tcpdump [nft]=nftables
 	[dpkg-deb]=dpkg [lintian]=lintian [man]=man-db [groff]=groff-base [gzip]=gzip
 	[qemu-aarch64-static]=qemu-user-static [qemu-arm-static]=qemu-user-static
-	[qemu-mips-static]=qemu-user-static
+	[qemu-mips-static]=qemu-user-static [dbus-daemon]=dbus-daemon
 )
 missing=()
 for cmd in "${!want[@]}"; do
 	command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${want[$cmd]}")
 done
+# firewalld, which the rig unpacks rather than installs (test/rig/firewalld_linux.go),
+# runs on Debian's python3 with these modules.
+if ! /usr/bin/python3 -c 'import dbus, gi; gi.require_version("GLib", "2.0"); from gi.repository import GLib' 2>/dev/null; then
+	missing+=(python3 python3-dbus python3-gi gir1.2-glib-2.0)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
 	mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 	echo "deps: installing ${missing[*]}"

@@ -199,9 +199,10 @@ func newHostile(t *testing.T, topo rig.Topology, mode rig.Mode, setup func(r *ri
 	return newHostileWith(t, topo, nil, mode, setup, args...)
 }
 
-// newHostileWith is newHostile with rig options.
-func newHostileWith(t *testing.T, topo rig.Topology, opts []rig.Option, mode rig.Mode, setup func(r *rig.Rig), args ...string) *hostile {
-	r := rig.New(t, topo, append([]rig.Option{rig.WithPrefix(nsPrefix)}, opts...)...)
+// startVsftpd1M starts an anonymous vsftpd in r serving 1m.bin, 1 MiB of
+// random bytes, and returns the file's SHA-256.
+func startVsftpd1M(t *testing.T, r *rig.Rig) string {
+	t.Helper()
 	s, err := r.StartVsftpd(rig.VsftpdOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -210,6 +211,13 @@ func newHostileWith(t *testing.T, topo rig.Topology, opts []rig.Option, mode rig
 	if err != nil {
 		t.Fatal(err)
 	}
+	return sum
+}
+
+// newHostileWith is newHostile with rig options.
+func newHostileWith(t *testing.T, topo rig.Topology, opts []rig.Option, mode rig.Mode, setup func(r *rig.Rig), args ...string) *hostile {
+	r := rig.New(t, topo, append([]rig.Option{rig.WithPrefix(nsPrefix)}, opts...)...)
+	sum := startVsftpd1M(t, r)
 	if setup != nil {
 		setup(r)
 	}

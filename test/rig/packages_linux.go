@@ -57,19 +57,11 @@ func DefaultCacheDir() string {
 // several processes at once (a lock file serialises them); a completed
 // cache is reused without touching apt. Requires root on Debian.
 func FetchPackages(ctx context.Context, dir string) (*Packages, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("creating package cache %s: %w", dir, err)
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	unlock, err := lockCache(dir)
 	if err != nil {
-		return nil, fmt.Errorf("locking package cache %s: %w", dir, err)
+		return nil, err
 	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return nil, fmt.Errorf("locking package cache %s: %w", dir, err)
-	}
-	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
-
+	defer unlock()
 	root := filepath.Join(dir, "root")
 	p := &Packages{
 		Root:     root,
@@ -77,35 +69,67 @@ func FetchPackages(ctx context.Context, dir string) (*Packages, error) {
 		PureFTPd: filepath.Join(root, "usr/sbin/pure-ftpd"),
 		PurePw:   filepath.Join(root, "usr/bin/pure-pw"),
 	}
-	stamp := filepath.Join(dir, "complete")
-	if _, err := os.Stat(stamp); err == nil {
+	err = unpackOnce(ctx, dir, root, serverPackages, func() error {
 		p.LibPath = libPath(root)
-		return p, p.check(ctx)
-	}
-	debs := filepath.Join(dir, "debs")
-	if err := os.MkdirAll(debs, 0o755); err != nil {
-		return nil, fmt.Errorf("creating %s: %w", debs, err)
-	}
-	files, err := downloadClosure(ctx, debs, serverPackages)
+		return p.check(ctx)
+	})
 	if err != nil {
 		return nil, err
 	}
+	return p, nil
+}
+
+// lockCache creates the package cache dir if needed and takes its lock,
+// which serialises test processes that fill it.
+func lockCache(dir string) (unlock func(), err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating package cache %s: %w", dir, err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("locking package cache %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("locking package cache %s: %w", dir, err)
+	}
+	return func() {
+		syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+		lock.Close()
+	}, nil
+}
+
+// unpackOnce unpacks pkgs and the lib* packages they need into root,
+// downloading them into dir/debs, unless dir's stamp says it was done; check
+// then verifies the result. The caller holds dir's lock.
+func unpackOnce(ctx context.Context, dir, root string, pkgs []string, check func() error) error {
+	stamp := filepath.Join(dir, "complete")
+	if _, err := os.Stat(stamp); err == nil {
+		return check()
+	}
+	debs := filepath.Join(dir, "debs")
+	if err := os.MkdirAll(debs, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", debs, err)
+	}
+	files, err := downloadClosure(ctx, debs, pkgs)
+	if err != nil {
+		return err
+	}
 	if err := os.RemoveAll(root); err != nil {
-		return nil, fmt.Errorf("clearing %s: %w", root, err)
+		return fmt.Errorf("clearing %s: %w", root, err)
 	}
 	for _, f := range files {
 		if out, err := exec.CommandContext(ctx, "dpkg", "-x", f, root).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("unpacking %s: %w: %w: %s", f, ErrCommand, err, bytes.TrimSpace(out))
+			return fmt.Errorf("unpacking %s: %w: %w: %s", f, ErrCommand, err, bytes.TrimSpace(out))
 		}
 	}
-	p.LibPath = libPath(root)
-	if err := p.check(ctx); err != nil {
-		return nil, err
+	if err := check(); err != nil {
+		return err
 	}
 	if err := os.WriteFile(stamp, []byte(strings.Join(files, "\n")+"\n"), 0o644); err != nil {
-		return nil, fmt.Errorf("marking package cache complete: %w", err)
+		return fmt.Errorf("marking package cache complete: %w", err)
 	}
-	return p, nil
+	return nil
 }
 
 // downloadClosure downloads pkgs and, transitively, the lib* packages they
