@@ -78,8 +78,8 @@ func startFtpalg(t *testing.T, r *rig.Rig, args ...string) *gateway {
 	return g
 }
 
-// stop sends SIGINT (stop for good) and requires a clean exit that
-// leaves no rule or chain of ftpalg's behind.
+// stop sends SIGINT (stop for good) and requires a clean exit that leaves no rule or
+// chain of ftpalg's behind.
 func (g *gateway) stop() {
 	g.t.Helper()
 	if err := syscall.Kill(g.p.Pid(), syscall.SIGINT); err != nil {
