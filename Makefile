@@ -118,9 +118,10 @@ bench-pinholes:
 demo: deps build
 	FTPALG_BIN=$(CURDIR)/$(BIN) $(GO) run ./test/demo
 
-# Every server x client x mode x topology; one line per case.
+# Every server x client x mode x topology, the local ones included (about
+# an hour on 2 cores); one line per case.
 matrix: deps build
-	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_MATRIX=full $(GO) test -count=1 -timeout 60m -run TestMatrix -v ./test/matrix
+	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_MATRIX=full $(GO) test -count=1 -timeout 120m -run TestMatrix -v ./test/matrix
 
 # Every case of the local topologies (FTP server or client on the firewall
 # host) without an ALG and with the kernel helper, under the iptables

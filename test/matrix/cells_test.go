@@ -74,6 +74,18 @@ func (c cell) net() string {
 	return c.topo.String()
 }
 
+// controlPorts returns the cell's rig.WithControlPorts, or nil for port
+// 21 alone: the local cells under the nftables ruleset dial port 2121
+// with 21 also watched (ftpalg's --control-ports 21,2121), so every local
+// path is proven on a second control port too, and on 21 under the
+// iptables script.
+func (c cell) controlPorts() []uint16 {
+	if c.topo.Local() && c.ruleset == rig.NFTables {
+		return []uint16{2121, 21}
+	}
+	return nil
+}
+
 // applicable reports whether a cell is meaningful, and if not why. These
 // are the N/A cells of the matrix (see test/README.md).
 func (c cell) applicable() (bool, string) {
@@ -135,19 +147,6 @@ func topologies() []rig.Topology {
 	return []rig.Topology{rig.ClientNAT, rig.ServerForward, rig.Routed, rig.Routed6}
 }
 
-// ftpalgServesLocal says whether ftpalg handles FTP endpoints on the
-// firewall host itself (issue 13: its queue and pinholes in INPUT and
-// OUTPUT, `ftpalg rules` for the nftables ruleset). While it is false the
-// local cells (localMatrix, localSlice) run only with the kernel helper,
-// FTPALG_MATRIX_HELPER=only; the change that lands that capability sets
-// it to true, and then the slice and `make matrix` run them through
-// ftpalg like every other cell.
-const ftpalgServesLocal = false
-
-// localCells reports whether the run includes the local cells: through
-// ftpalg once it serves them, always with the kernel helper alone.
-func localCells(helper string) bool { return ftpalgServesLocal || helper == "only" }
-
 // job is a cell with the cases to run in it.
 type job struct {
 	cell
@@ -194,13 +193,11 @@ func applicableJobs(cells []cell) []job {
 	return out
 }
 
-// notApplicable returns the skipped cells of the full grid (with the
-// local topologies when local) with reasons, grouped by reason.
-func notApplicable(local bool) map[string][]cell {
+// notApplicable returns the skipped cells of the full grid, the local
+// topologies included, with reasons, grouped by reason.
+func notApplicable() map[string][]cell {
 	cells := grid(topologies(), rig.IPTables, rig.Clients())
-	if local {
-		cells = append(cells, grid(rig.LocalTopologies(), rig.IPTables, rig.Clients())...)
-	}
+	cells = append(cells, grid(rig.LocalTopologies(), rig.IPTables, rig.Clients())...)
 	out := map[string][]cell{}
 	for _, ce := range cells {
 		if ok, why := ce.applicable(); !ok {

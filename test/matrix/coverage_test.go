@@ -147,6 +147,15 @@ func TestLocalCells(t *testing.T) {
 		if j.ruleset == rig.NFTables {
 			nft++
 		}
+		// The nft cells prove a second control port on every local path.
+		if want := j.ruleset == rig.NFTables; (j.controlPorts() != nil) != want {
+			t.Errorf("%v: control ports %v", j.cell, j.controlPorts())
+		}
+	}
+	for _, j := range fullMatrix() {
+		if j.controlPorts() != nil {
+			t.Errorf("forwarded %v: control ports %v, want 21 alone", j.cell, j.controlPorts())
+		}
 	}
 	if n != 330 || nft != 62 {
 		t.Errorf("local matrix has %d cells, %d under nft; want 330, 62", n, nft)

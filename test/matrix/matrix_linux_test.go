@@ -96,7 +96,7 @@ func loadSettings() (settings, error) {
 // INVALID-drop counter did not move, ftpalg logged the rewrites and
 // pinholes the cell needs (200 of each in one session for the 200-file
 // case), no pinhole rule is left once the pinhole timeout has passed,
-// and ftpalg exits 0 on SIGTERM leaving no rule behind.
+// and ftpalg exits 0 on SIGINT (stop for good) leaving no rule behind.
 //
 // FTPALG_MATRIX_HELPER=only runs the cases with the kernel's FTP helper
 // instead of ftpalg (the ftpalg checks are skipped); =compare reruns every
@@ -112,21 +112,12 @@ func TestMatrix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	jobs := slice()
-	if localCells(set.helper) {
-		jobs = append(jobs, localSlice()...)
-	}
+	jobs := append(slice(), localSlice()...)
 	if set.full {
-		jobs = fullMatrix()
-		if localCells(set.helper) {
-			jobs = append(jobs, localMatrix()...)
-		}
-		for why, cells := range notApplicable(localCells(set.helper)) {
+		jobs = append(fullMatrix(), localMatrix()...)
+		for why, cells := range notApplicable() {
 			fmt.Printf("N/A (%d cells): %s\n", len(cells), why)
 		}
-	}
-	if !localCells(set.helper) {
-		fmt.Println("local topologies (server or client on the firewall host): not run through ftpalg until it serves them (ftpalgServesLocal); FTPALG_MATRIX_HELPER=only runs them with the kernel helper")
 	}
 	jobs = filter(jobs, set.run)
 	if len(jobs) == 0 {
@@ -202,6 +193,9 @@ func newBed(t *testing.T, c cell, helper bool) (*bed, error) {
 			return nil, err
 		}
 		opts = append(opts, rig.WithNFTables(), rig.WithAdminRules(admin))
+	}
+	if ports := c.controlPorts(); ports != nil {
+		opts = append(opts, rig.WithControlPorts(ports...))
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
