@@ -78,20 +78,20 @@ func startFtpalg(t *testing.T, r *rig.Rig, args ...string) *gateway {
 	return g
 }
 
-// stop sends SIGTERM and requires a clean exit that leaves no rule or
+// stop sends SIGINT (stop for good) and requires a clean exit that leaves no rule or
 // chain of ftpalg's behind.
 func (g *gateway) stop() {
 	g.t.Helper()
-	if err := syscall.Kill(g.p.Pid(), syscall.SIGTERM); err != nil {
+	if err := syscall.Kill(g.p.Pid(), syscall.SIGINT); err != nil {
 		g.t.Fatal(err)
 	}
 	select {
 	case <-g.p.Done():
 	case <-time.After(10 * time.Second):
-		g.t.Fatalf("ftpalg did not exit within 10s of SIGTERM:\n%s", g.p.Output())
+		g.t.Fatalf("ftpalg did not exit within 10s of SIGINT:\n%s", g.p.Output())
 	}
 	if err := g.p.Err(); err != nil {
-		g.t.Fatalf("ftpalg exited with %v after SIGTERM:\n%s", err, g.p.Output())
+		g.t.Fatalf("ftpalg exited with %v after SIGINT:\n%s", err, g.p.Output())
 	}
 	for _, save := range [][]string{{"iptables-save"}, {"ip6tables-save"}, {"nft", "list", "tables"}} {
 		out, err := g.r.Run(g.t.Context(), rig.Router, save[0], save[1:]...)
