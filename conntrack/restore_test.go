@@ -62,3 +62,19 @@ func TestRestoreKeepsLineStart(t *testing.T) {
 		t.Fatalf("the PORT after the restart was not rewritten (verdict %v): %q", res.Verdict, out)
 	}
 }
+
+// TestPickupReadsFirstLine is a restart with no saved state for a
+// connection (it was never rewritten, so nothing was saved): the new
+// process first sees the client's ACK, then a PORT. That PORT starts a
+// line and is rewritten; ignoring the first line after a pickup let it
+// reach the server unrewritten.
+func TestPickupReadsFirstLine(t *testing.T) {
+	e := New(Config{}, &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic})
+	c, s := seqnum.Value(70000), seqnum.Value(90000)
+	throughAt(t, e, pkt{src: simClient, dst: simServer, seq: c, ack: s, flags: flagACK}.build(t), testNow)
+	out, res := throughAt(t, e, pkt{src: simClient, dst: simServer, seq: c, ack: s, flags: flagACK,
+		payload: []byte("PORT 192,0,2,10,19,137\r\n")}.build(t), testNow)
+	if res.Verdict != AcceptModified || !bytes.Contains(out, []byte("PORT 198,51,100,1,")) {
+		t.Fatalf("the first PORT after a pickup was not rewritten (verdict %v): %q", res.Verdict, out)
+	}
+}

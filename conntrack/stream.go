@@ -69,9 +69,15 @@ type lineHandler interface {
 func (h *half) start(seg *segment) {
 	h.init = true
 	h.next = seg.seq
+	// A stream picked up without its SYN (ftpalg started, or restarted,
+	// while the connection was open, and has no saved state for it)
+	// starts a line where its bytes resume: FTP clients and servers send
+	// whole lines per segment, and a connection that was never rewritten
+	// has no offsets to get wrong. Ignoring that first line instead let a
+	// PORT sent while no ftpalg was bound reach the server unrewritten.
+	h.sync = true
 	if seg.has(flagSYN) {
 		h.next = seg.seq.Add(1)
-		h.sync = true
 		h.syn, h.isn = true, seg.seq
 	}
 	h.sent = h.next
