@@ -78,3 +78,35 @@ func TestPickupReadsFirstLine(t *testing.T) {
 		t.Fatalf("the first PORT after a pickup was not rewritten (verdict %v): %q", res.Verdict, out)
 	}
 }
+
+// TestRewrittenDialogDurable: once a connection was rewritten, a command
+// that only moves its dialog on is reported as durable (FlowState.Mapping),
+// so the daemon saves it before the packet is released: a successor after
+// a crash must know that a PASV awaits its 227.
+func TestRewrittenDialogDurable(t *testing.T) {
+	e := New(Config{}, &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic})
+	c, s := seqnum.Value(1000), seqnum.Value(5000)
+	send := func(fromClient bool, data string) {
+		p := pkt{src: simServer, dst: simClient, seq: s, ack: c, flags: flagACK, payload: []byte(data)}
+		if fromClient {
+			p = pkt{src: simClient, dst: simServer, seq: c, ack: s, flags: flagACK, payload: []byte(data)}
+			c = c.Add(seqnum.Size(len(data)))
+		} else {
+			s = s.Add(seqnum.Size(len(data)))
+		}
+		throughAt(t, e, p.build(t), testNow)
+	}
+	send(true, "NOOP\r\n")
+	send(false, "200 ok\r\n")
+	if st := e.Changed(); len(st) != 0 {
+		t.Fatalf("a connection never rewritten is saved: %+v", st)
+	}
+	send(true, "PORT 192,0,2,10,19,137\r\n")
+	e.Changed()
+	send(false, "200 ok\r\n")
+	send(true, "PASV\r\n")
+	st := e.Changed()
+	if len(st) != 1 || !st[0].Mapping {
+		t.Fatalf("the PASV of a rewritten connection is not durable: %+v", st)
+	}
+}
