@@ -112,7 +112,7 @@ func (h *half) resync(p seqnum.Value) {
 // last save were whole lines. Without this, the first line after every
 // restart was ignored, and a PORT sent while no ftpalg was bound reached
 // the server unrewritten (500 Illegal PORT command, measured in
-// TestRestartBusy).
+// TestMeasureRestartBusy).
 func (h *half) boundaryAfterSave() bool {
 	return h.sync && h.lineLen == 0 && len(h.line) == 0
 }
