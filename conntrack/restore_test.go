@@ -110,3 +110,44 @@ func TestRewrittenDialogDurable(t *testing.T) {
 		t.Fatalf("the PASV of a rewritten connection is not durable: %+v", st)
 	}
 }
+
+// TestRestoreAckBeyondDroppedCommand is the gap of a restart: the saved
+// state ends after TYPE I's reply; the client's PORT was dropped while no
+// ftpalg was bound, and the client's next pure ACK carries the sequence
+// number after it. The retransmitted PORT must still be parsed and
+// rewritten, not passed on as bytes the previous process released.
+func TestRestoreAckBeyondDroppedCommand(t *testing.T) {
+	nat := &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic}
+	e := New(Config{}, nat)
+	c, s := seqnum.Value(1000), seqnum.Value(5000)
+	send := func(e *Engine, fromClient bool, data string) ([]byte, Result) {
+		p := pkt{src: simServer, dst: simClient, seq: s, ack: c, flags: flagACK, payload: []byte(data)}
+		if fromClient {
+			p = pkt{src: simClient, dst: simServer, seq: c, ack: s, flags: flagACK, payload: []byte(data)}
+			c = c.Add(seqnum.Size(len(data)))
+		} else {
+			s = s.Add(seqnum.Size(len(data)))
+		}
+		return throughAt(t, e, p.build(t), testNow)
+	}
+	send(e, true, "PORT 192,0,2,10,19,137\r\n")
+	send(e, false, "200 ok\r\n")
+	send(e, true, "TYPE I\r\n")
+	send(e, false, "200 binary\r\n")
+	var saved FlowState
+	for _, st := range e.Changed() {
+		saved = st
+	}
+	e2 := New(Config{}, nat)
+	if err := e2.Restore(saved, testNow); err != nil {
+		t.Fatal(err)
+	}
+	port := "PORT 192,0,2,10,19,138\r\n"
+	at := c
+	c = c.Add(seqnum.Size(len(port))) // sent, dropped in the gap
+	throughAt(t, e2, pkt{src: simClient, dst: simServer, seq: c, ack: s, flags: flagACK}.build(t), testNow)
+	out, res := throughAt(t, e2, pkt{src: simClient, dst: simServer, seq: at, ack: s, flags: flagACK, payload: []byte(port)}.build(t), testNow)
+	if res.Verdict != AcceptModified || !bytes.Contains(out, []byte("PORT 198,51,100,1,")) {
+		t.Fatalf("the retransmitted PORT was not rewritten (verdict %v): %q", res.Verdict, out)
+	}
+}

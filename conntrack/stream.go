@@ -142,12 +142,15 @@ func (h *half) push(seg *segment, out, scratch []byte, now time.Time, cfg *Confi
 	}
 	e := s.Add(seqnum.Size(len(data)))
 	he := h.heldEnd()
-	if len(data) == 0 && h.restored && !h.restoredHeld && he.LessThan(s) {
-		// As for data below: the previous process released up to s.
-		h.next, h.sent, h.sync = s, seqnum.Max(h.sent, s), h.boundaryAfterSave()
-		h.restored = false
-		he = s
-	}
+	// A pure ACK beyond a restored stream's release point says where the
+	// sender is, not what the receiver got: while no ftpalg was bound, the
+	// queue rule dropped the sender's last segment (a PORT, a PASV), and
+	// the sender's next ACK carries the sequence number after it. Taking
+	// that as released made the retransmitted command a replay, passed on
+	// unparsed: the server got the PORT unrewritten (500 Illegal PORT
+	// command) or the PASV unseen (its 227 refused), measured in
+	// TestMeasureRestartBusy. The ACK passes at its own position (below);
+	// the receiver's ACK (resync) or the sender's data moves the stream on.
 	switch {
 	case len(data) == 0 && he.LessThan(s):
 		// Beyond a hole: bytes before it were lost on the way here.
