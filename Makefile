@@ -134,9 +134,9 @@ loss: deps build
 
 # Restarts under busy sessions: 20 PORT sessions behind NAT and 20 PASV
 # sessions to a forwarded server, each 150 files back to back, SIGTERM and
-# SIGKILL. A measurement until it passes (see README): not in make test.
+# SIGKILL (make test runs 6 sessions of 40 files).
 restart: deps build
-	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_RESTART=full $(GO) test -count=1 -timeout 20m -run '^TestMeasureRestartBusy$$' -v ./test/e2e
+	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_RESTART=full $(GO) test -count=1 -timeout 20m -run '^TestRestartBusy$$' -v ./test/e2e
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -112,7 +112,7 @@ func (h *half) resync(p seqnum.Value) {
 // last save were whole lines. Without this, the first line after every
 // restart was ignored, and a PORT sent while no ftpalg was bound reached
 // the server unrewritten (500 Illegal PORT command, measured in
-// TestMeasureRestartBusy).
+// TestRestartBusy).
 func (h *half) boundaryAfterSave() bool {
 	return h.sync && h.lineLen == 0 && len(h.line) == 0
 }
@@ -149,7 +149,7 @@ func (h *half) push(seg *segment, out, scratch []byte, now time.Time, cfg *Confi
 	// that as released made the retransmitted command a replay, passed on
 	// unparsed: the server got the PORT unrewritten (500 Illegal PORT
 	// command) or the PASV unseen (its 227 refused), measured in
-	// TestMeasureRestartBusy. The ACK passes at its own position (below);
+	// TestRestartBusy. The ACK passes at its own position (below);
 	// the receiver's ACK (resync) or the sender's data moves the stream on.
 	switch {
 	case len(data) == 0 && he.LessThan(s):
