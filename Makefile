@@ -69,7 +69,7 @@ FUZZ_TARGETS := \
 	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack/seqnum:FuzzShiftRoundTrip ./config:FuzzParse \
 	./nfq:FuzzParse ./rules:FuzzParseNFTAcks ./rules:FuzzAppendNFTBatch
 
-.PHONY: all build man test unit fuzz bench bench-pinholes lint deps demo matrix baseline loss install deb release cross-test clean
+.PHONY: all build man test unit fuzz bench bench-pinholes lint deps demo matrix baseline loss restart install deb release cross-test clean
 
 all: build
 
@@ -132,6 +132,12 @@ baseline: deps build
 # Lossy links: SYN, SYN/ACK and reply loss, ftpalg (both backends) and the kernel helper.
 loss: deps build
 	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_LOSS=full $(GO) test -count=1 -timeout 20m -run TestLossyLinks -v ./test/e2e
+
+# Restarts under busy sessions: 20 PORT sessions behind NAT and 20 PASV
+# sessions to a forwarded server, each 150 files back to back, SIGTERM and
+# SIGKILL (make test runs 6 sessions of 40 files).
+restart: deps build
+	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_RESTART=full $(GO) test -count=1 -timeout 20m -run '^TestRestartBusy$$' -v ./test/e2e
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -21,10 +21,11 @@ type FlowState struct {
 	Dialog  []byte       // alg.Dialog.MarshalBinary
 	Liberal bool         // conntrack was told to be liberal on it
 	Halves  [2]HalfState // the client's stream, then the server's
-	// Mapping is set when a sequence mapping changed: the state must be
-	// durable before the packet is released. Otherwise only the dialog
-	// moved on, which decides whether a later line is acted on, not
-	// whether bytes are right, and may be written lazily.
+	// Mapping is set when the state must be durable before the packet is
+	// released: a sequence mapping changed, or the dialog of a connection
+	// that was rewritten moved on (which decides which command a later
+	// passive reply answers). Otherwise only the dialog of a connection
+	// saved for SaveDialogs moved on, and may be written lazily.
 	Mapping bool `json:"-"`
 }
 
@@ -51,8 +52,8 @@ type EditState struct {
 	Repl   []byte
 }
 
-// markChanged queues f for Changed; mapping says its sequence mapping
-// changed (as opposed to only its dialog).
+// markChanged queues f for Changed; mapping says the state must be durable
+// before the packet is released (FlowState.Mapping).
 func (e *Engine) markChanged(f *flow, mapping bool) {
 	f.saved = true
 	f.mappingChanged = f.mappingChanged || mapping

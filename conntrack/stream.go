@@ -69,9 +69,15 @@ type lineHandler interface {
 func (h *half) start(seg *segment) {
 	h.init = true
 	h.next = seg.seq
+	// A stream picked up without its SYN (ftpalg started, or restarted,
+	// while the connection was open, and has no saved state for it)
+	// starts a line where its bytes resume: FTP clients and servers send
+	// whole lines per segment, and a connection that was never rewritten
+	// has no offsets to get wrong. Ignoring that first line instead let a
+	// PORT sent while no ftpalg was bound reach the server unrewritten.
+	h.sync = true
 	if seg.has(flagSYN) {
 		h.next = seg.seq.Add(1)
-		h.sync = true
 		h.syn, h.isn = true, seg.seq
 	}
 	h.sent = h.next
@@ -93,9 +99,22 @@ func (h *half) isSYN(seq seqnum.Value) bool {
 // resync moves a restored stream's release point to p, which the receiver
 // is known to have (its ACK says so): the bytes before it carried no edits.
 func (h *half) resync(p seqnum.Value) {
-	h.next, h.sent, h.sync = p, seqnum.Max(h.sent, p), false
+	h.next, h.sent, h.sync = p, seqnum.Max(h.sent, p), h.boundaryAfterSave()
 	h.held = h.held[:0]
 	h.restored, h.restoredHeld = false, false
+}
+
+// boundaryAfterSave says whether a restored stream that the previous
+// process carried on beyond its saved release point is still at a line
+// start there. It is when the state was saved at a line start: a segment
+// that begins or ends inside a line makes the engine save durably (see
+// Engine.Changed), so whatever the previous process released after its
+// last save were whole lines. Without this, the first line after every
+// restart was ignored, and a PORT sent while no ftpalg was bound reached
+// the server unrewritten (500 Illegal PORT command, measured in
+// TestRestartBusy).
+func (h *half) boundaryAfterSave() bool {
+	return h.sync && h.lineLen == 0 && len(h.line) == 0
 }
 
 // heldEnd is the sender position after the held bytes.
@@ -123,12 +142,15 @@ func (h *half) push(seg *segment, out, scratch []byte, now time.Time, cfg *Confi
 	}
 	e := s.Add(seqnum.Size(len(data)))
 	he := h.heldEnd()
-	if len(data) == 0 && h.restored && !h.restoredHeld && he.LessThan(s) {
-		// As for data below: the previous process released up to s.
-		h.next, h.sent, h.sync = s, seqnum.Max(h.sent, s), false
-		h.restored = false
-		he = s
-	}
+	// A pure ACK beyond a restored stream's release point says where the
+	// sender is, not what the receiver got: while no ftpalg was bound, the
+	// queue rule dropped the sender's last segment (a PORT, a PASV), and
+	// the sender's next ACK carries the sequence number after it. Taking
+	// that as released made the retransmitted command a replay, passed on
+	// unparsed: the server got the PORT unrewritten (500 Illegal PORT
+	// command) or the PASV unseen (its 227 refused), measured in
+	// TestRestartBusy. The ACK passes at its own position (below);
+	// the receiver's ACK (resync) or the sender's data moves the stream on.
 	switch {
 	case len(data) == 0 && he.LessThan(s):
 		// Beyond a hole: bytes before it were lost on the way here.
@@ -169,8 +191,9 @@ func (h *half) push(seg *segment, out, scratch []byte, now time.Time, cfg *Confi
 	case h.restored && !h.restoredHeld && he.LessThan(s):
 		// Saved by a previous process before more bytes without edits
 		// were released: the mapping beyond is the total shift, so the
-		// stream simply continues here, at an unknown line position.
-		h.next, h.sent, h.sync = s, seqnum.Max(h.sent, s), false
+		// stream simply continues here, at a line start if it was saved
+		// at one (boundaryAfterSave).
+		h.next, h.sent, h.sync = s, seqnum.Max(h.sent, s), h.boundaryAfterSave()
 		he = s
 	case he.LessThan(s):
 		r.gap = true

@@ -61,7 +61,14 @@ func (e *Engine) track(f *flow, pkt []byte, seg *segment, now time.Time) Result 
 		snd.m.added = false
 		e.markChanged(f, true)
 	case (f.saved || e.cfg.SaveDialogs) && f.dialog != dialog:
-		e.markChanged(f, false)
+		// Durable too for a connection that is saved (it was rewritten):
+		// a successor after a crash that missed a PASV, or the reply
+		// that answered an earlier command, matches the next 227 to the
+		// wrong command and refuses it (measured: 1 of 6 busy PASV
+		// sessions lost to a SIGKILL while dialogs followed within
+		// 100 ms). Costs one state write per command and reply of a
+		// rewritten connection.
+		e.markChanged(f, f.saved)
 	}
 	if pr.gap {
 		return Result{Verdict: Drop}

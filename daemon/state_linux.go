@@ -55,8 +55,9 @@ func netnsID() (id string, initial bool) {
 // stateStore keeps each rewritten control connection's state in a file of
 // its own (session.json) under a directory on tmpfs, so that a restarted
 // ftpalg can take the connection over. A file is written before the packet
-// that changed a sequence mapping is released; dialog-only changes are
-// written within flushEvery; a file is removed when its connection ends.
+// that changed a sequence mapping or the dialog is released (see
+// conntrack.FlowState.Mapping); other changes are written within
+// flushEvery; a file is removed when its connection ends.
 type stateStore struct {
 	dir     string
 	log     *slog.Logger

@@ -48,7 +48,7 @@ func TestFirewallIncludesFragment(t *testing.T) {
 		{"firewall6.rules", rules.IPv6},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
-			cfg := rules.Config{ControlPorts: []uint16{21}, QueueNum: 21, Bypass: true, IPv4: true, IPv6: true, AcceptMark: rules.DefaultAcceptMark,
+			cfg := rules.Config{ControlPorts: []uint16{21}, QueueNum: 21, IPv4: true, IPv6: true, AcceptMark: rules.DefaultAcceptMark,
 				DataMark: rules.DefaultAcceptMark}
 			have := checkFileFragment(t, tc.file, cfg, tc.fam)
 			checkJumpFirst(t, tc.file, have["filter"], "FORWARD")

@@ -10,7 +10,7 @@ import (
 )
 
 // hostConfig is `ftpalg run --role host` with the other defaults.
-var hostConfig = rules.Config{ControlPorts: []uint16{21}, QueueNum: 21, Bypass: true, IPv4: true, IPv6: true,
+var hostConfig = rules.Config{ControlPorts: []uint16{21}, QueueNum: 21, IPv4: true, IPv6: true,
 	AcceptMark: rules.DefaultAcceptMark, DataMark: rules.DefaultAcceptMark, Role: rules.RoleHost}
 
 // host.rules and host6.rules contain exactly what `ftpalg rules --role
