@@ -333,6 +333,9 @@ func (e *Engine) Len() int { return len(e.tab.m) }
 
 func (e *Engine) isControl(port uint16) bool { return slices.Contains(e.cfg.ControlPorts, port) }
 
+// IsControl reports whether port is a control connections' server port.
+func (e *Engine) IsControl(port uint16) bool { return e.isControl(port) }
+
 func (e *Engine) emit(ev Event) {
 	if ev.Kind == EventRefusal {
 		e.stats.Refusals++

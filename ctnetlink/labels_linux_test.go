@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -118,6 +119,30 @@ func TestLabels(t *testing.T) {
 		if moved := after[bit] > before[bit]; moved != set {
 			t.Errorf("connlabel --label %d matched: %v, want %v (counts %v -> %v)", bit, moved, set, before, after)
 		}
+	}
+
+	// What a write costs a packet's verdict: one round trip (the daemon
+	// keeps each connection's original tuple), with BE_LIBERAL in it.
+	const n = 2000
+	writes, gets := make([]time.Duration, n), make([]time.Duration, n)
+	for i := range n {
+		start := time.Now()
+		if err := c.SetLabels(e.Orig, labelBytes(i%60, 127), allLabels, true); err != nil {
+			t.Fatal(err)
+		}
+		writes[i] = time.Since(start)
+		start = time.Now()
+		if _, _, err := c.Lookup(cn.seen()); err != nil {
+			t.Fatal(err)
+		}
+		gets[i] = time.Since(start)
+	}
+	slices.Sort(writes)
+	slices.Sort(gets)
+	t.Logf("SetLabels with BE_LIBERAL: min %v p50 %v p99 %v; Lookup (GET, labels included): min %v p50 %v p99 %v",
+		writes[0], writes[n/2], writes[n*99/100], gets[0], gets[n/2], gets[n*99/100])
+	if err := c.SetLabels(e.Orig, want, allLabels, true); err != nil {
+		t.Fatal(err)
 	}
 
 	// A second update changes only the bits under its mask.
