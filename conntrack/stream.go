@@ -47,8 +47,9 @@ type half struct {
 	// neither where lines start nor whether the previous process held
 	// bytes back; unsure: no data segment was accepted since (see decide).
 	resume, unsure bool
-	dropped        bool // decide dropped a segment starting at dropAt
+	dropped        bool // decide dropped a segment starting at dropAt, at droppedAt
 	dropAt         seqnum.Value
+	droppedAt      time.Time
 	// replaying: the line at replayAt is a retransmission of the line the
 	// previous process rewrote (a resumed map's last edit).
 	replaying bool
@@ -111,6 +112,9 @@ func (h *half) start(seg *segment) {
 		h.m.floor = h.next - resumeReach
 	}
 }
+
+// minRTO is Linux's lowest TCP retransmission timeout (TCP_RTO_MIN).
+const minRTO = 200 * time.Millisecond
 
 // resumeReach is how far before its first segment a resumed direction
 // without edits still maps exactly: far more than any window.
@@ -176,7 +180,7 @@ func (h *half) push(seg *segment, out, scratch []byte, now time.Time, cfg *Confi
 			if h.next.LessThan(h.acked) {
 				h.next, h.sent, he = h.acked, seqnum.Max(h.sent, h.acked), h.acked
 			}
-		case !h.decide(s, data, fn):
+		case !h.decide(s, data, now, fn):
 			r.gap = true
 			return r, scratch
 		default:
@@ -416,19 +420,23 @@ func (h *half) replay(seg *segment, r pushResult, s, e seqnum.Value, scratch []b
 // The held bytes always start a line, so their retransmission passes
 // alg.LineStart; a segment that does not is released only where the
 // receiver is known to have everything before it (its ACK), or when the
-// sender sends it again from the same place (so it is the sender's oldest
-// unacknowledged byte: nothing before it is missing), and there it starts
-// a line if it may (alg.MayStartLine). Otherwise it is dropped and TCP
-// sends it again.
-func (h *half) decide(s seqnum.Value, data []byte, fn lineHandler) bool {
-	exact := h.ackValid && s == h.acked || h.dropped && s == h.dropAt
+// sender sends it again from the same place after a retransmission timeout
+// (so it is the sender's oldest unacknowledged byte: nothing before it is
+// missing; a copy sooner is a network duplicate, or a retransmission the
+// receiver's SACKs asked for, whose ACKs would have told), and there it
+// starts a line if it may (alg.MayStartLine). Otherwise it is dropped and
+// TCP sends it again.
+func (h *half) decide(s seqnum.Value, data []byte, now time.Time, fn lineHandler) bool {
+	exact := h.ackValid && s == h.acked || h.dropped && s == h.dropAt && now.Sub(h.droppedAt) >= minRTO
 	switch {
 	case fn.lineStart(data, exact):
 		h.sync = true
 	case exact, h.ackValid && s.LessThan(h.acked):
 		h.sync = false
 	default:
-		h.dropped, h.dropAt = true, s
+		if !h.dropped || s != h.dropAt {
+			h.dropped, h.dropAt, h.droppedAt = true, s, now
+		}
 		return false
 	}
 	h.unsure = false
