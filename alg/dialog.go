@@ -261,8 +261,14 @@ func (d *Dialog) clientLine(line []byte, first bool) Found {
 	}
 	c, f := parseCommand(line)
 	f.Verb = c.verb()
-	if first && c == cmdOther && f.Kind == KindNone {
+	switch {
+	case first && c == cmdOther && f.Kind == KindNone:
 		d.Cut()
+		return f
+	case first && c.verb() == VerbPASV && c == d.peek() && d.Pending() == 1:
+		// The passive command the labels said is outstanding, come
+		// again: a retransmission, not a second one (a client waits
+		// for the answer before it asks again).
 		return f
 	}
 	d.push(c)

@@ -138,5 +138,7 @@ func (d *Dialog) Cut() { d.flags |= flagCut }
 // gets, which may be the tail of a line whose start went through the
 // previous process ("V" of an "EPSV" cut after "EPS"). A line that is none
 // of the commands ftpalg acts on counts as cut (see Cut), not as a command
-// of its own: the reply that answers it may be passive.
+// of its own: the reply that answers it may be passive. The passive command
+// the labels say is outstanding, sent again, is taken as a retransmission of
+// it, not as a second command.
 func (d *Dialog) ClientFirstLine(line []byte) Found { return d.clientLine(line, true) }

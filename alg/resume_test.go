@@ -199,4 +199,15 @@ func TestClientFirstLine(t *testing.T) {
 	if d.Answer() != AnswerPASV {
 		t.Errorf("PASV as first line not queued")
 	}
+	// The EPSV the labels said is outstanding, retransmitted: one answer.
+	d = Resume(Config{}, true, AnswerEPSV)
+	d.ClientFirstLine([]byte("EPSV"))
+	if d.Pending() != 1 {
+		t.Errorf("a retransmitted EPSV counted twice: %d pending", d.Pending())
+	}
+	d = Resume(Config{}, true, AnswerEPSV)
+	d.ClientFirstLine([]byte("PASV"))
+	if d.Pending() != 2 {
+		t.Errorf("a PASV after an outstanding EPSV not queued: %d pending", d.Pending())
+	}
 }
