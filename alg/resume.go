@@ -101,17 +101,44 @@ func LineStart(side Side, b []byte) bool {
 		return false
 	}
 	if side == Client {
-		c := b[0] | 0x20
-		return c >= 'a' && c <= 'z'
+		return commandStart(b)
 	}
 	return len(b) >= 4 && b[0] >= '1' && b[0] <= '6' && isDigit(b[1]) && isDigit(b[2]) && (b[3] == ' ' || b[3] == '-')
+}
+
+// commandStart reports whether b starts with a word of 3 or 4 letters (every
+// FTP verb) that ends at a space, a line end or the end of b, and is not the
+// tail of a verb whose start ftpalg may have held back (PORT, EPRT, LPRT,
+// AUTH cut after "P", "E", "L" or "A": "ORT", "PRT", "UTH"). A shorter
+// word could be any verb's tail ("T" of "POR" + "T").
+func commandStart(b []byte) bool {
+	w := 0
+	for w < len(b) && (b[w]|0x20 >= 'a' && b[w]|0x20 <= 'z') {
+		w++
+	}
+	if w < 3 || w > 4 || w < len(b) && b[w] != ' ' && b[w] != '\r' && b[w] != '\n' {
+		return false
+	}
+	var word [4]byte
+	for i := range w {
+		word[i] = b[i] &^ 0x20
+	}
+	switch string(word[:w]) {
+	case "ORT", "PRT", "UTH":
+		return false
+	}
+	return true
 }
 
 // MayStartLine is LineStart for bytes that start exactly where the receiver's
 // acknowledgement says it is, so that nothing held back can precede them: it also accepts a segment too short to tell, whose bytes so far
 // begin a line ("2", "22", "227").
 func MayStartLine(side Side, b []byte) bool {
-	if side == Client || len(b) >= 4 {
+	if side == Client {
+		c := b[0] | 0x20
+		return len(b) > 0 && c >= 'a' && c <= 'z'
+	}
+	if len(b) >= 4 {
 		return LineStart(side, b)
 	}
 	for i, c := range b {

@@ -118,7 +118,10 @@ func TestLineStart(t *testing.T) {
 		want bool
 	}{
 		{Client, "PORT 1", true}, {Client, "port", true}, {Client, "", false}, {Client, "1,2", false}, {Client, " PORT", false},
-		{Client, "\xff\xf4", false},
+		{Client, "\xff\xf4", false}, {Client, "PASV\r\n", true}, {Client, "POR", true}, {Client, "RETR file", true},
+		// tails of a verb whose start may have been held back
+		{Client, "T 192,0,2,10,40,88\r\n", false}, {Client, "RT 192", false}, {Client, "ORT 192", false},
+		{Client, "PRT |1|", false}, {Client, "uth TLS", false}, {Client, "V\r\n", false}, {Client, "STORE x", false},
 		{Server, "227 x", true}, {Server, "230-", true}, {Server, "227", false}, {Server, "22 x", false},
 		{Server, "700 x", false}, {Server, "2a7 x", false}, {Server, "ntering", false}, {Server, "", false},
 	} {
