@@ -341,9 +341,10 @@ func (c *Client) SetLabels(orig Tuple, labels, mask [16]byte, liberal bool) erro
 }
 
 // Dump returns every TCP entry of the namespace's conntrack table, labels
-// included. The kernel's dump filter (CTA_FILTER, mark and status) cannot
-// select by label, so callers filter; a dump walks the whole table (about
-// 3 ms with 262144 buckets), so it is for start-up, not per packet.
+// included; callers select by label themselves (ftpalg does not ask the
+// kernel to: whether its dump filter can select by label was not tried).
+// A dump walks the whole table (about 3 ms with 262144 buckets), so it is
+// for start-up, not per packet.
 func (c *Client) Dump() ([]Entry, error) {
 	req, err := dumpRequest()
 	if err != nil {
