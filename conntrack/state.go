@@ -125,6 +125,11 @@ func (e *Engine) Restore(s FlowState, now time.Time) error {
 			h.m.add(ed.Start, int(ed.OldLen), ed.Repl)
 			prev = ed.Start.Add(seqnum.Size(ed.OldLen))
 		}
+		if !h.m.hasLast && h.m.base != 0 {
+			// Its edits were all acknowledged: what the labels need is
+			// only the shift, from floor on.
+			h.m.lastAt, h.m.lastStep, h.m.hasLast = h.m.floor, 0, true
+		}
 	}
 	if old := e.tab.m[s.Conn]; old != nil {
 		e.tab.remove(old)
