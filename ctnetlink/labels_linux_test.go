@@ -170,6 +170,9 @@ func TestLabels(t *testing.T) {
 			if d.Labels != got.Labels {
 				t.Errorf("dumped labels %x, want %x", d.Labels, got.Labels)
 			}
+			if d.TCPState != TCPEstablished {
+				t.Errorf("dumped TCP state %d, want ESTABLISHED", d.TCPState)
+			}
 		case e0.Orig:
 			found++
 			if d.HasLabels {

@@ -41,6 +41,7 @@ const (
 	ctaProtoDstPort = 3 // CTA_PROTO_DST_PORT
 
 	ctaProtoinfoTCP           = 1 // CTA_PROTOINFO_TCP
+	ctaProtoinfoTCPState      = 1 // CTA_PROTOINFO_TCP_STATE
 	ctaProtoinfoTCPFlagsOrig  = 4 // CTA_PROTOINFO_TCP_FLAGS_ORIGINAL
 	ctaProtoinfoTCPFlagsReply = 5 // CTA_PROTOINFO_TCP_FLAGS_REPLY
 
@@ -246,6 +247,23 @@ func decodeEntry(m netlink.Message) (Entry, error) {
 		case ctaLabels:
 			copy(e.Labels[:], ad.Bytes())
 			e.HasLabels = true
+		case ctaProtoinfo:
+			ad.Nested(func(ad *netlink.AttributeDecoder) error {
+				for ad.Next() {
+					if ad.Type() != ctaProtoinfoTCP {
+						continue
+					}
+					ad.Nested(func(ad *netlink.AttributeDecoder) error {
+						for ad.Next() {
+							if ad.Type() == ctaProtoinfoTCPState {
+								e.TCPState = TCPState(ad.Uint8())
+							}
+						}
+						return nil
+					})
+				}
+				return nil
+			})
 		}
 	}
 	if err := ad.Err(); err != nil {

@@ -120,7 +120,24 @@ type Entry struct {
 	// are all zero look the same here.
 	Labels    [16]byte
 	HasLabels bool
+	// TCPState is conntrack's TCP state of the entry (0 when not sent).
+	TCPState TCPState
 }
+
+// TCPState is enum tcp_conntrack (include/uapi/linux/netfilter/nf_conntrack_tcp.h).
+type TCPState uint8
+
+// TCP states a connection can still carry data in: from ESTABLISHED until
+// both FINs are acknowledged.
+const (
+	TCPEstablished TCPState = 3
+	TCPFinWait     TCPState = 4
+	TCPCloseWait   TCPState = 5
+	TCPLastAck     TCPState = 6
+)
+
+// Open reports whether a connection in state s may still carry data.
+func (s TCPState) Open() bool { return s >= TCPEstablished && s <= TCPLastAck }
 
 // ForwardView returns the tuple a packet travelling in direction d has in
 // mangle FORWARD (post-DNAT, pre-SNAT).
