@@ -127,17 +127,16 @@ type Entry struct {
 // TCPState is enum tcp_conntrack (include/uapi/linux/netfilter/nf_conntrack_tcp.h).
 type TCPState uint8
 
-// TCP states a connection can still carry data in: from ESTABLISHED until
-// both FINs are acknowledged.
+// TCP states of a connection that has ended: both FINs seen and
+// acknowledged, or reset.
 const (
 	TCPEstablished TCPState = 3
-	TCPFinWait     TCPState = 4
-	TCPCloseWait   TCPState = 5
-	TCPLastAck     TCPState = 6
+	TCPTimeWait    TCPState = 7
+	TCPClose       TCPState = 8
 )
 
-// Open reports whether a connection in state s may still carry data.
-func (s TCPState) Open() bool { return s >= TCPEstablished && s <= TCPLastAck }
+// Closed reports whether a connection in state s has ended.
+func (s TCPState) Closed() bool { return s == TCPTimeWait || s == TCPClose }
 
 // ForwardView returns the tuple a packet travelling in direction d has in
 // mangle FORWARD (post-DNAT, pre-SNAT).

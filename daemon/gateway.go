@@ -102,8 +102,8 @@ func (g *Gateway) Resume(dump []ctnetlink.Entry, now time.Time) int {
 	defer g.mu.Unlock()
 	n := 0
 	for _, e := range dump {
-		if !e.HasLabels || !e.TCPState.Open() {
-			continue // closing connections are not taken over
+		if !e.HasLabels || e.TCPState.Closed() {
+			continue // ended connections are not taken over
 		}
 		l, err := conntrack.LabelsFromBytes(e.Labels[:])
 		if err != nil || !l.Bit(conntrack.LabelRewritten) {

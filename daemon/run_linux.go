@@ -342,7 +342,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			ps := pins.Stats()
 			log.Info("ftpalg stopping", "packets", s.Packets, "modified", s.Modified, "dropped", s.Dropped,
 				"rewrites", s.Rewrites, "refusals", s.Refusals, "pinholes_opened", ps.Opened, "pinholes_used", ps.Used,
-				"pinholes_expired", ps.Expired)
+				"pinholes_expired", ps.Expired, "connections_seen", s.Flows, "connections_resumed", s.Resumed)
 			return nil
 		}
 	}

@@ -52,7 +52,7 @@ func TestRestartMidSession(t *testing.T) {
 			state := filepath.Join(t.TempDir(), "state")
 			args := []string{"--state-dir", state}
 			if tc.labels {
-				args = nil
+				args = []string{"--state-dir="} // empty disables the default one
 			}
 			g := startFtpalg(t, r, args...)
 			const sessions, size = 20, 8 << 20
@@ -108,7 +108,7 @@ func TestRestartMidSession(t *testing.T) {
 				}
 			}
 			took := g2.events(from)
-			if len(took) != 1 || took[0]["connections"] != float64(sessions) {
+			if !tc.labels && (len(took) != 1 || took[0]["connections"] != float64(sessions)) {
 				t.Errorf("the new process took over %v, want %d connections", took, sessions)
 			}
 			if n, err := r.InvalidDrops(); err != nil || n != 0 {
@@ -119,6 +119,19 @@ func TestRestartMidSession(t *testing.T) {
 			}
 			g2.stop()
 			if tc.labels {
+				// Every connection the new process saw was taken over
+				// from its labels (by the dump at start, or at its first
+				// packet), none picked up plain. Sessions that ended
+				// while no process was bound (--queue-bypass) are not
+				// seen at all: how many were is logged, not asserted
+				// (the restart gap is issue 14 part 1).
+				stopping := g2.events("ftpalg stopping")
+				if len(stopping) != 1 || stopping[0]["connections_resumed"] == float64(0) ||
+					stopping[0]["connections_resumed"] != stopping[0]["connections_seen"] {
+					t.Errorf("the new process: %v (at start: %v), want every connection seen resumed", stopping, took)
+				} else {
+					t.Logf("resumed from labels: %v of %d sessions (%v at start)", stopping[0]["connections_resumed"], sessions, took)
+				}
 				return
 			}
 			left, _ := exec.Command("ls", state).CombinedOutput()
