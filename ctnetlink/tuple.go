@@ -112,7 +112,31 @@ func (d Direction) String() string {
 // Client.Lookup.
 type Entry struct {
 	Orig, Reply Tuple
+	// Labels is the entry's CTA_LABELS as the kernel sends it (host-order
+	// unsigned longs, see conntrack.Labels), zero-extended to 16 bytes.
+	// HasLabels says the kernel sent it, which it does only when some bit
+	// is set (measured on 6.18): an entry without the label extension
+	// (created before any connlabel rule was loaded) and one whose labels
+	// are all zero look the same here.
+	Labels    [16]byte
+	HasLabels bool
+	// TCPState is conntrack's TCP state of the entry (0 when not sent).
+	TCPState TCPState
 }
+
+// TCPState is enum tcp_conntrack (include/uapi/linux/netfilter/nf_conntrack_tcp.h).
+type TCPState uint8
+
+// TCP states of a connection that has ended: both FINs seen and
+// acknowledged, or reset.
+const (
+	TCPEstablished TCPState = 3
+	TCPTimeWait    TCPState = 7
+	TCPClose       TCPState = 8
+)
+
+// Closed reports whether a connection in state s has ended.
+func (s TCPState) Closed() bool { return s == TCPTimeWait || s == TCPClose }
 
 // ForwardView returns the tuple a packet travelling in direction d has in
 // mangle FORWARD (post-DNAT, pre-SNAT).
