@@ -93,9 +93,22 @@ func (h *half) isSYN(seq seqnum.Value) bool {
 // resync moves a restored stream's release point to p, which the receiver
 // is known to have (its ACK says so): the bytes before it carried no edits.
 func (h *half) resync(p seqnum.Value) {
-	h.next, h.sent, h.sync = p, seqnum.Max(h.sent, p), false
+	h.next, h.sent, h.sync = p, seqnum.Max(h.sent, p), h.boundaryAfterSave()
 	h.held = h.held[:0]
 	h.restored, h.restoredHeld = false, false
+}
+
+// boundaryAfterSave says whether a restored stream that the previous
+// process carried on beyond its saved release point is still at a line
+// start there. It is when the state was saved at a line start: a segment
+// that begins or ends inside a line makes the engine save durably (see
+// Engine.Changed), so whatever the previous process released after its
+// last save were whole lines. Without this, the first line after every
+// restart was ignored, and a PORT sent while no ftpalg was bound reached
+// the server unrewritten (500 Illegal PORT command, measured in
+// TestRestartBusy).
+func (h *half) boundaryAfterSave() bool {
+	return h.sync && h.lineLen == 0 && len(h.line) == 0
 }
 
 // heldEnd is the sender position after the held bytes.
@@ -125,7 +138,7 @@ func (h *half) push(seg *segment, out, scratch []byte, now time.Time, cfg *Confi
 	he := h.heldEnd()
 	if len(data) == 0 && h.restored && !h.restoredHeld && he.LessThan(s) {
 		// As for data below: the previous process released up to s.
-		h.next, h.sent, h.sync = s, seqnum.Max(h.sent, s), false
+		h.next, h.sent, h.sync = s, seqnum.Max(h.sent, s), h.boundaryAfterSave()
 		h.restored = false
 		he = s
 	}
@@ -169,8 +182,9 @@ func (h *half) push(seg *segment, out, scratch []byte, now time.Time, cfg *Confi
 	case h.restored && !h.restoredHeld && he.LessThan(s):
 		// Saved by a previous process before more bytes without edits
 		// were released: the mapping beyond is the total shift, so the
-		// stream simply continues here, at an unknown line position.
-		h.next, h.sent, h.sync = s, seqnum.Max(h.sent, s), false
+		// stream simply continues here, at a line start if it was saved
+		// at one (boundaryAfterSave).
+		h.next, h.sent, h.sync = s, seqnum.Max(h.sent, s), h.boundaryAfterSave()
 		he = s
 	case he.LessThan(s):
 		r.gap = true

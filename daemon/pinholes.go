@@ -329,6 +329,21 @@ func (k *Pinholes) Stats() PinholeStats {
 	return s
 }
 
+// Detach stops the close worker after the closes already queued, and
+// leaves the open pinholes in the kernel for a successor (a handover):
+// their nftables elements expire by their kernel timeouts, their
+// iptables rules are removed by the successor (rules.Table.AdoptLeftovers).
+func (k *Pinholes) Detach() {
+	k.mu.Lock()
+	for _, ph := range k.open {
+		ph.timer.Stop()
+	}
+	clear(k.open)
+	k.mu.Unlock()
+	close(k.closing)
+	k.wg.Wait()
+}
+
 // Stop closes every open pinhole and waits for the closes to finish.
 func (k *Pinholes) Stop() {
 	k.mu.Lock()

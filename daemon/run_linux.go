@@ -69,9 +69,13 @@ type kernelRules interface {
 	Install() error
 }
 
-// Run checks the environment, installs ftpalg's chains (unless the admin
-// keeps them in a firewall script), serves the queue until ctx is done, and
-// then removes everything it installed.
+// Run checks the environment, adopts or installs ftpalg's chains and
+// nftables tables (unless the admin keeps the chains in a firewall script),
+// serves the queue until ctx is done, and then either hands over or stops
+// for good. A context cancelled with cause ErrHandover (SIGTERM) leaves
+// every rule, table and pinhole in place for a successor; any other
+// cancellation (SIGINT) removes everything. An error return leaves the
+// rules too, like a crash: fail closed, and the next start adopts them.
 func Run(ctx context.Context, cfg Config) (err error) {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -230,9 +234,20 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 
 	// Everything exclusive is ours now (the queue, the sockets): only
-	// now touch the kernel's rules. Chains of a crashed run go first.
+	// now touch the kernel's rules. What a predecessor left is adopted,
+	// never removed first: its queue rules keep control packets away
+	// from the unexamined path until ours replace them.
 	var removals []func() error
 	defer func() {
+		if !stopForGood(ctx) {
+			pins.Detach()
+			if err == nil {
+				log.Info("handing over: rules, tables and pinholes stay for the next ftpalg; control packets are dropped (TCP retransmits them) until it starts or `ftpalg cleanup` runs")
+			} else {
+				log.Warn("exiting on an error: rules, tables and pinholes stay; control packets are dropped until ftpalg starts again or `ftpalg cleanup` runs")
+			}
+			return
+		}
 		pins.Stop() // pinholes close before their chains and tables go
 		for i := len(removals) - 1; i >= 0; i-- {
 			if rerr := removals[i](); rerr != nil {
@@ -242,28 +257,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}()
 	var repair []kernelRules
-	if cfg.InstallRules {
-		if err := chains.Sweep(); err != nil {
-			return fmt.Errorf("sweeping leftover chains: %w", err)
-		}
-		if err := chains.Install(); err != nil {
-			return fmt.Errorf("installing chains: %w", err)
-		}
-		removals = append(removals, func() error {
-			if rerr := chains.Remove(); rerr != nil {
-				return fmt.Errorf("removing chains: %w", rerr)
-			}
-			return nil
-		})
-		repair = append(repair, chains)
-	} else if iptTab != nil {
-		if err := iptTab.CloseAll(); err != nil {
-			return fmt.Errorf("emptying pinhole chains (are they in your firewall script? see `ftpalg rules`): %w", err)
-		}
-	}
 	if nft != nil {
-		// ftpalg's own nftables tables, whatever --install-rules says.
-		if err := nft.Sweep(); err != nil {
+		// ftpalg's own nftables tables, whatever --install-rules says,
+		// and before any queue rule: a PORT rewritten before the table
+		// exists gets no pinhole (measured: a predecessor that removed
+		// everything, then a start whose queue rule came 0.36 s before
+		// its table, and data connections were dropped).
+		if err := nft.SweepDisabled(); err != nil {
 			return fmt.Errorf("sweeping leftover nftables tables: %w", err)
 		}
 		if err := nft.Install(); err != nil {
@@ -276,6 +276,40 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return nil
 		})
 		repair = append(repair, nft)
+	}
+	if cfg.InstallRules {
+		if err := chains.SweepDisabled(); err != nil {
+			return fmt.Errorf("sweeping leftover chains: %w", err)
+		}
+		if err := chains.Install(); err != nil {
+			return fmt.Errorf("installing chains: %w", err)
+		}
+		removals = append(removals, func() error {
+			if rerr := chains.Remove(); rerr != nil {
+				return fmt.Errorf("removing chains: %w", rerr)
+			}
+			return nil
+		})
+		repair = append(repair, chains)
+	}
+	var leftoversUntil time.Time
+	if iptTab != nil {
+		n, err := iptTab.AdoptLeftovers()
+		if err != nil {
+			return fmt.Errorf("reading pinholes of the previous run (are the chains in your firewall script? see `ftpalg rules`): %w", err)
+		}
+		if n > 0 {
+			leftoversUntil = time.Now().Add(cfg.PinholeTimeout)
+			log.Info("keeping the previous run's pinhole rules until the pinhole timeout", "rules", n, "until", leftoversUntil.Format(time.RFC3339))
+		}
+		if !cfg.InstallRules {
+			removals = append(removals, func() error {
+				if rerr := iptTab.CloseAll(); rerr != nil {
+					return fmt.Errorf("emptying pinhole chains: %w", rerr)
+				}
+				return nil
+			})
+		}
 	}
 
 	watchDone := make(chan error, 1)
@@ -298,6 +332,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			gw.FlushState()
 		case now := <-tick.C:
 			gw.Expire(now)
+			if !leftoversUntil.IsZero() && now.After(leftoversUntil) {
+				leftoversUntil = time.Time{}
+				if err := iptTab.RemoveLeftovers(); err != nil {
+					log.Error("removing the previous run's pinhole rules", "err", err)
+				} else {
+					log.Info("removed the previous run's pinhole rules")
+				}
+			}
 			repairRules(repair, log)
 			if qs, ok := readQueueStats(cfg.QueueNum); ok {
 				gw.setQueueStats(qs)
@@ -320,8 +362,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				return fmt.Errorf("watching conntrack events: %w", werr)
 			}
 		case <-ctx.Done():
-			// Stop taking packets first: once unbound, --queue-bypass
-			// lets control traffic pass while the rules are removed.
+			// Stop taking packets first. Until a successor binds (or,
+			// on a stop for good, until the rules are gone), the queue
+			// rules drop control packets, or with --queue-bypass let
+			// them pass unexamined.
 			stopQueue()
 			if cerr := closeQueue(); cerr != nil {
 				log.Warn("closing NFQUEUE", "err", cerr)
@@ -329,12 +373,18 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			gw.FlushState() // a successor takes the connections over
 			s := gw.Stats()
 			ps := pins.Stats()
-			log.Info("ftpalg stopping", "packets", s.Packets, "modified", s.Modified, "dropped", s.Dropped,
+			log.Info("ftpalg stopping", "for_good", stopForGood(ctx), "packets", s.Packets, "modified", s.Modified, "dropped", s.Dropped,
 				"rewrites", s.Rewrites, "refusals", s.Refusals, "pinholes_opened", ps.Opened, "pinholes_used", ps.Used,
 				"pinholes_expired", ps.Expired)
 			return nil
 		}
 	}
+}
+
+// stopForGood says whether Run's context asks for everything to be
+// removed: cancelled, and not with ErrHandover.
+func stopForGood(ctx context.Context) bool {
+	return ctx.Err() != nil && !errors.Is(context.Cause(ctx), ErrHandover)
 }
 
 // repairRules re-installs rules an admin's firewall reload removed (an

@@ -44,7 +44,7 @@ func TestHostFirewallLoads(t *testing.T) {
 
 // nftables.conf, with ftpalg.nft at the path it includes, passes nft -c
 // and loads; ftpalg run --role host starts on it, adds its own tables and
-// iptables chains, and on SIGTERM leaves exactly the admin's ruleset.
+// iptables chains, and on SIGINT (stop for good) leaves exactly the admin's ruleset.
 func TestNFTablesConfLoads(t *testing.T) {
 	requireRoot(t, "nft in a network namespace")
 	bin := ftpalgBinary(t)
@@ -79,7 +79,7 @@ func TestNFTablesConfLoads(t *testing.T) {
 	d.stop(t)
 	if after := inNS(t, ns, nil, "nft", "list", "ruleset"); !strings.Contains(after, "table inet filter") ||
 		strings.Contains(after, "FTPALG") || strings.Contains(after, "table ip ftpalg") || strings.Contains(after, "table ip6 ftpalg") {
-		t.Errorf("after SIGTERM the ruleset is not the admin's alone:\n%s", after)
+		t.Errorf("after SIGINT the ruleset is not the admin's alone:\n%s", after)
 	}
 }
 

@@ -228,18 +228,19 @@ func (d *daemon) waitLog(t *testing.T, s string) {
 	}
 }
 
-// stop sends SIGTERM and requires exit status 0.
+// stop sends SIGINT (stop for good: remove everything) and requires exit
+// status 0.
 func (d *daemon) stop(t *testing.T) {
 	t.Helper()
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := d.cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case <-d.done:
 		if d.err != nil {
-			t.Fatalf("ftpalg exited with %v after SIGTERM:\n%s", d.err, d.out.String())
+			t.Fatalf("ftpalg exited with %v after SIGINT:\n%s", d.err, d.out.String())
 		}
 	case <-time.After(15 * time.Second):
-		t.Fatalf("ftpalg did not stop within 15s of SIGTERM:\n%s", d.out.String())
+		t.Fatalf("ftpalg did not stop within 15s of SIGINT:\n%s", d.out.String())
 	}
 }

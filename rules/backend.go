@@ -22,6 +22,10 @@ type backend interface {
 	// ClearChain empties a chain, creating it if needed.
 	ClearChain(table, chain string) error
 	DeleteChain(table, chain string) error
+	// ReplaceChain makes chain hold exactly specs, creating it if needed,
+	// in one kernel transaction: packets see either the old rules or the
+	// new ones, never an empty chain.
+	ReplaceChain(table, chain string, specs [][]string) error
 }
 
 // errNotExist marks backend errors about a missing rule or chain.

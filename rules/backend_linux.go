@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strconv"
+	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -100,6 +101,33 @@ func (g goIPTables) ClearChain(table, chain string) error {
 
 func (g goIPTables) DeleteChain(table, chain string) error {
 	return g.wrap(g.ipt.DeleteChain(table, chain))
+}
+
+// ReplaceChain feeds `iptables-restore --noflush` one table section that
+// declares chain (which flushes it if it exists) and appends specs: one
+// commit for the nf_tables backend, one table replacement for legacy
+// iptables. go-iptables has no restore, and flushing then appending rule
+// by rule left FTPALG-QUEUE empty for as long as the appends took, so a
+// restarted ftpalg let control packets pass unexamined meanwhile.
+func (g goIPTables) ReplaceChain(table, chain string, specs [][]string) error {
+	bin, err := exec.LookPath(g.fam.command() + "-restore")
+	if err != nil {
+		return fmt.Errorf("%w: %s-restore (install the iptables package)", ErrIPTablesMissing, g.fam.command())
+	}
+	var in strings.Builder
+	fmt.Fprintf(&in, "*%s\n:%s - [0:0]\n", table, chain)
+	for _, spec := range specs {
+		fmt.Fprintf(&in, "-A %s %s\n", chain, formatRule(spec))
+	}
+	in.WriteString("COMMIT\n")
+	cmd := exec.Command(bin, "--noflush", fmt.Sprintf("--wait=%d", lockTimeout))
+	cmd.Stdin = strings.NewReader(in.String())
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s --noflush replacing %s %s: %w: %s", bin, table, chain, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
 }
 
 // wrap keeps go-iptables' message (it names the command and iptables'

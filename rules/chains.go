@@ -72,14 +72,12 @@ func (c *Chains) install(b backend) error {
 	// Chains first, so no jump ever points at a missing or empty chain.
 	for _, h := range hooks() {
 		if h.chain == ChainQueue {
-			// Static content: rebuild it so a changed config takes effect.
-			if err := b.ClearChain(h.table, h.chain); err != nil {
-				return fmt.Errorf("creating %s %s: %w", h.table, h.chain, err)
-			}
-			for _, spec := range queueSpecs(c.cfg) {
-				if err := b.Append(h.table, h.chain, spec...); err != nil {
-					return fmt.Errorf("adding queue rule %q: %w", formatRule(spec), err)
-				}
+			// Static content: rebuilt so a changed config takes effect,
+			// in one transaction, because a predecessor's jumps may
+			// already lead here: an empty chain for a moment would let
+			// control packets pass unexamined.
+			if err := b.ReplaceChain(h.table, h.chain, queueSpecs(c.cfg)); err != nil {
+				return fmt.Errorf("filling %s %s: %w", h.table, h.chain, err)
 			}
 			continue
 		}
@@ -178,10 +176,26 @@ func (c *Chains) Remove() error {
 // Sweep removes what a previous run that crashed or was killed left behind:
 // ftpalg's chains and every jump to them, for both families whatever the
 // current configuration enables. It does nothing when nothing is left.
+// `ftpalg cleanup` uses it; a starting daemon uses SweepDisabled and
+// adopts the enabled families' chains with Install.
 func (c *Chains) Sweep() error {
 	var errs []error
 	for _, b := range c.sweep {
 		errs = append(errs, c.purge(b))
+	}
+	return errors.Join(errs...)
+}
+
+// SweepDisabled removes ftpalg's chains of the families the configuration
+// does not enable (a predecessor ran with another one). The enabled
+// families' chains stay: Install takes them over without ever removing a
+// queue rule, so no control packet passes unexamined while ftpalg restarts.
+func (c *Chains) SweepDisabled() error {
+	var errs []error
+	for _, b := range c.sweep {
+		if !c.cfg.enabled(b.family()) {
+			errs = append(errs, c.purge(b))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -19,8 +19,8 @@ func TestFragmentGolden(t *testing.T) {
 		{"fragment_default_v4.golden", DefaultConfig(), IPv4},
 		{"fragment_default_v6.golden", DefaultConfig(), IPv6},
 		{"fragment_ports_v4.golden", Config{ControlPorts: []uint16{2121, 21, 990}, QueueNum: 5, IPv4: true}, IPv4},
-		{"fragment_router_v4.golden", Config{ControlPorts: []uint16{21}, QueueNum: 21, Bypass: true, IPv4: true, Role: RoleRouter, AcceptMark: DefaultAcceptMark}, IPv4},
-		{"fragment_host_v6.golden", Config{ControlPorts: []uint16{21, 2121}, QueueNum: 21, Bypass: true, IPv6: true, Role: RoleHost, AcceptMark: DefaultAcceptMark}, IPv6},
+		{"fragment_router_v4.golden", Config{ControlPorts: []uint16{21}, QueueNum: 21, IPv4: true, Role: RoleRouter, AcceptMark: DefaultAcceptMark}, IPv4},
+		{"fragment_host_v6.golden", Config{ControlPorts: []uint16{21, 2121}, QueueNum: 21, IPv6: true, Role: RoleHost, AcceptMark: DefaultAcceptMark}, IPv6},
 	}
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {

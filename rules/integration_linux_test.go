@@ -567,3 +567,90 @@ table ip6 nat {
 		t.Fatalf("Sweep: %v", err)
 	}
 }
+
+// TestAdoptAfterHandover is a restart: a predecessor's chains, queue rules
+// and pinholes are in the kernel. Install with another queue setting
+// replaces the queue rules (in one iptables-restore transaction, see
+// ReplaceChain) without doubling a jump, keeps the pinholes, and
+// AdoptLeftovers/RemoveLeftovers remove the predecessor's pinholes while
+// keeping this run's copy of the same pinhole.
+func TestAdoptAfterHandover(t *testing.T) {
+	if !inFreshNetns(t, "pa") {
+		return
+	}
+	old := DefaultConfig()
+	c1, err := NewChains(old, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c1.Install(); err != nil {
+		t.Fatal(err)
+	}
+	t1, err := NewTable(old, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []Pinhole{v4NAT, v4Plain, v6NAT} {
+		if err := t1.Open(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The successor: same chains, bypass on, a different queue.
+	cfg := DefaultConfig()
+	cfg.QueueNum, cfg.Bypass = 7, true
+	c2, err := NewChains(cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c2.Remove(); err != nil {
+			t.Errorf("Remove: %v", err)
+		}
+	})
+	if err := c2.SweepDisabled(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Install(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []Family{IPv4, IPv6} {
+		checkListing(t, f, "mangle", ChainQueue, "-N FTPALG-QUEUE",
+			"-A FTPALG-QUEUE -p tcp -m multiport --dports 21 -j NFQUEUE --queue-num 7 --queue-bypass",
+			"-A FTPALG-QUEUE -p tcp -m multiport --sports 21 -j NFQUEUE --queue-num 7 --queue-bypass")
+		if s := save(t, f); strings.Count(s, "-j FTPALG-QUEUE") != 3 {
+			t.Errorf("%v: jumps doubled or lost:\n%s", f, s)
+		}
+	}
+	t2, err := NewTable(cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := t2.AdoptLeftovers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// v4NAT: DNAT + ACCEPT, v4Plain: ACCEPT, v6NAT: DNAT + ACCEPT.
+	if n != 5 {
+		t.Fatalf("AdoptLeftovers found %d rules, want 5", n)
+	}
+	// This run announces v4Plain again before the leftovers go.
+	if err := t2.Open(v4Plain); err != nil {
+		t.Fatal(err)
+	}
+	if err := t2.RemoveLeftovers(); err != nil {
+		t.Fatal(err)
+	}
+	checkListing(t, IPv4, "filter", ChainAccept, "-N "+ChainAccept, "-A "+ChainAccept+" "+formatRule(mustNormalize(t, v4Plain).acceptSpec()))
+	checkListing(t, IPv4, "nat", ChainDNAT, "-N "+ChainDNAT)
+	checkListing(t, IPv6, "filter", ChainAccept, "-N "+ChainAccept)
+	checkListing(t, IPv6, "nat", ChainDNAT, "-N "+ChainDNAT)
+}
+
+func mustNormalize(t *testing.T, p Pinhole) Pinhole {
+	t.Helper()
+	n, err := p.normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

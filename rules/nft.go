@@ -221,6 +221,20 @@ func (t *NFTable) Sweep() error {
 	return t.remove([]Family{IPv4, IPv6})
 }
 
+// SweepDisabled deletes the tables of the families cfg does not enable.
+// The enabled families' tables stay for Install, which keeps their
+// elements: pinholes a predecessor opened keep admitting their data
+// connections and expire by their kernel timeouts.
+func (t *NFTable) SweepDisabled() error {
+	var fs []Family
+	for _, f := range []Family{IPv4, IPv6} {
+		if !t.cfg.enabled(f) {
+			fs = append(fs, f)
+		}
+	}
+	return t.remove(fs)
+}
+
 func (t *NFTable) remove(fs []Family) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -145,11 +145,10 @@ type Config struct {
 }
 
 // DefaultConfig returns the configuration used when the operator sets
-// nothing: port 21, queue 0, bypass on, both families.
+// nothing: port 21, queue 0, bypass off (fail closed), both families.
 func DefaultConfig() Config {
 	return Config{
 		ControlPorts: []uint16{DefaultControlPort},
-		Bypass:       true,
 		IPv4:         true,
 		IPv6:         true,
 	}

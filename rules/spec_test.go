@@ -98,8 +98,9 @@ func TestQueueSpecs(t *testing.T) {
 			name: "default",
 			cfg:  DefaultConfig(),
 			want: []string{
-				"-p tcp -m multiport --dports 21 -j NFQUEUE --queue-num 0 --queue-bypass",
-				"-p tcp -m multiport --sports 21 -j NFQUEUE --queue-num 0 --queue-bypass",
+				// No --queue-bypass: fail closed while no ftpalg is bound.
+				"-p tcp -m multiport --dports 21 -j NFQUEUE --queue-num 0",
+				"-p tcp -m multiport --sports 21 -j NFQUEUE --queue-num 0",
 			},
 		},
 		{

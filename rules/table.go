@@ -22,6 +22,15 @@ type Table struct {
 
 	mu   sync.Mutex
 	open map[Pinhole]int // normalized pinhole -> reference count
+	// leftovers are pinhole rules a predecessor left (AdoptLeftovers).
+	leftovers []leftover
+}
+
+// leftover is one pinhole rule of a previous run, as iptables -S lists it.
+type leftover struct {
+	b            backend
+	table, chain string
+	spec         []string
 }
 
 // NewTable returns a Table for the families cfg enables. It fails with
@@ -168,6 +177,65 @@ func (t *Table) CloseAll() error {
 	if len(errs) == 0 {
 		clear(t.open)
 	}
+	return errors.Join(errs...)
+}
+
+// AdoptLeftovers records the pinhole rules a previous run left in
+// FTPALG-DNAT and FTPALG-ACCEPT (every rule but the static ones) and
+// returns how many there are. A restarted daemon keeps them, so a data
+// connection announced just before the restart still gets through, and
+// calls RemoveLeftovers once the pinhole timeout has passed, so none
+// outlives its timeout by much. Chains that do not exist hold nothing.
+func (t *Table) AdoptLeftovers() (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	static := make(map[string]bool, len(t.static))
+	for _, spec := range t.static {
+		static[formatRule(spec)] = true
+	}
+	var errs []error
+	for _, b := range []backend{t.v4, t.v6} {
+		if b == nil {
+			continue
+		}
+		// DNAT first, so RemoveLeftovers mirrors Table.remove.
+		for _, tc := range [...][2]string{{"nat", ChainDNAT}, {"filter", ChainAccept}} {
+			lines, err := b.List(tc[0], tc[1])
+			if errors.Is(err, errNotExist) {
+				continue
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("listing %s %s %s: %w", b.family(), tc[0], tc[1], err))
+				continue
+			}
+			for _, line := range lines {
+				args, err := splitRule(line)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("parsing %s %s: %w", b.family(), tc[1], err))
+					continue
+				}
+				if len(args) < 3 || args[0] != "-A" || args[1] != tc[1] || static[formatRule(args[2:])] {
+					continue
+				}
+				t.leftovers = append(t.leftovers, leftover{b: b, table: tc[0], chain: tc[1], spec: args[2:]})
+			}
+		}
+	}
+	return len(t.leftovers), errors.Join(errs...)
+}
+
+// RemoveLeftovers deletes the rules AdoptLeftovers recorded, one copy
+// each: a pinhole this run opened again with the same rule keeps its own.
+func (t *Table) RemoveLeftovers() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var errs []error
+	for _, l := range t.leftovers {
+		if err := l.b.Delete(l.table, l.chain, l.spec...); err != nil && !errors.Is(err, errNotExist) {
+			errs = append(errs, fmt.Errorf("deleting leftover pinhole rule %s %s %q: %w", l.table, l.chain, formatRule(l.spec), err))
+		}
+	}
+	t.leftovers = nil
 	return errors.Join(errs...)
 }
 

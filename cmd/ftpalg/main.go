@@ -11,11 +11,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/ftpalg/ftpalg/daemon"
@@ -53,6 +51,9 @@ func commands() []command {
 			func(fs *flag.FlagSet) { rulesFlags(fs) }, cmdRules},
 		{"status", "[--json]", "show the running gateway: connections, pinholes, counters", aboutStatus,
 			func(fs *flag.FlagSet) { statusFlags(fs) }, cmdStatus},
+		{"cleanup", "[flags]", "remove what a previous run left: chains, queue rules, nftables tables, pinholes", aboutCleanup,
+			func(fs *flag.FlagSet) { new(options).define(fs, true) },
+			func(args []string, _, stderr io.Writer) error { return cmdCleanup(args, stderr) }},
 		{"config", "check <file>", "validate a configuration file", aboutConfig, nil, cmdConfig},
 		{"version", "", "print the version", "Print the version and exit.", nil,
 			func(_ []string, stdout, _ io.Writer) error {
@@ -120,23 +121,36 @@ func newFlagSet(name, summary string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-const aboutRun = "Run the gateway until SIGTERM or SIGINT, then remove every rule it installed."
+const aboutRun = "Run the gateway. SIGTERM hands over: ftpalg stops reading the queue and exits, leaving its rules,\n" +
+	"tables and pinholes for the next ftpalg, which takes every connection over (control packets are dropped\n" +
+	"and retransmitted meanwhile). SIGINT stops for good: every rule, table and pinhole is removed."
 
-func cmdRun(args []string, stderr io.Writer) error {
+const aboutCleanup = "Remove whatever a previous run left in the kernel: after SIGTERM with no successor, a crash or an\n" +
+	"error exit, ftpalg's queue rules still catch control traffic, which is dropped while no ftpalg runs.\n" +
+	"Takes the flags of run (or its --config) to know the setup; exits 0 when nothing is there. Never run\n" +
+	"it while ftpalg runs."
+
+// runConfig parses the flags of run (which cleanup shares) and --config
+// into the daemon's configuration.
+func runConfig(name, about string, args []string, stderr io.Writer) (daemon.Config, error) {
 	var o options
-	fs := newFlagSet("run", aboutRun, stderr)
+	fs := newFlagSet(name, about, stderr)
 	o.define(fs, true)
 	if err := fs.Parse(args); err != nil {
-		return err
+		return daemon.Config{}, err
 	}
 	if err := o.applyConfig(fs); err != nil {
-		return err
+		return daemon.Config{}, err
 	}
 	log, err := o.logger(stderr)
 	if err != nil {
-		return err
+		return daemon.Config{}, err
 	}
-	cfg, err := o.daemonConfig(log)
+	return o.daemonConfig(log)
+}
+
+func cmdRun(args []string, stderr io.Writer) error {
+	cfg, err := runConfig("run", aboutRun, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -147,9 +161,17 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := daemon.SignalContext(context.Background())
 	defer stop()
 	return daemon.Run(ctx, cfg)
+}
+
+func cmdCleanup(args []string, stderr io.Writer) error {
+	cfg, err := runConfig("cleanup", aboutCleanup, args, stderr)
+	if err != nil {
+		return err
+	}
+	return daemon.Cleanup(cfg)
 }
 
 const aboutRules = "Print what a firewall script must contain for ftpalg.\n" +

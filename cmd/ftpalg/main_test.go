@@ -35,12 +35,12 @@ func TestUsage(t *testing.T) {
 		{[]string{"run", "-help"}, 0, "--install-rules"},
 		{[]string{"run", "--tls", "maybe"}, 2, "--tls"},
 		{[]string{"run", "--pinholes", "ipset"}, 2, "--pinholes"},
-		{[]string{"rules", "--ipv6=false", "--queue-bypass=false"}, 0, "-j NFQUEUE --queue-num 21\n"},
+		{[]string{"rules", "--ipv6=false"}, 0, "-j NFQUEUE --queue-num 21\n"}, // fail closed by default
 		{[]string{"run", "--accept-mark", "0x3"}, 2, "single bit"},
 		{[]string{"rules", "--ipv6=false"}, 0, "-A FTPALG-ACCEPT -p tcp -m mark --mark 0x20000000/0x20000000"},
 		{[]string{"rules", "--ipv6=false", "--pinholes", "iptables"}, 0, ":FTPALG-ACCEPT - [0:0]"},
 		{[]string{"run", "--max-pinholes", "0"}, 2, "at least 1"},
-		{[]string{"rules", "--ipv6=false"}, 0, "-A FTPALG-QUEUE -p tcp -m multiport --dports 21 -j NFQUEUE --queue-num 21 --queue-bypass"},
+		{[]string{"rules", "--ipv6=false", "--queue-bypass"}, 0, "-A FTPALG-QUEUE -p tcp -m multiport --dports 21 -j NFQUEUE --queue-num 21 --queue-bypass"},
 	}
 	for _, tt := range tests {
 		var stdout, stderr bytes.Buffer
@@ -185,11 +185,13 @@ func TestStartAndStop(t *testing.T) {
 		t.Fatalf("unprivileged run: exit %d, output %q", code, out)
 	}
 
-	// A clean start and a SIGTERM stop leave nothing behind.
+	// A clean start, then SIGTERM: a handover leaves every rule and table
+	// in place for a successor.
 	d := startDaemon(t, ns, bin)
 	d.waitFor(t, "ftpalg running")
-	if s := saved(t, ns); strings.Count(s, "FTPALG") < 6 {
-		t.Fatalf("chains not installed:\n%s", s)
+	before := rulesOnly(saved(t, ns))
+	if strings.Count(before, "FTPALG") < 6 {
+		t.Fatalf("chains not installed:\n%s", before)
 	}
 	// A second instance cannot bind the same queue: clear error, exit 1,
 	// and the first one keeps its rules.
@@ -201,12 +203,22 @@ func TestStartAndStop(t *testing.T) {
 	if code := d.exit(t); code != 0 {
 		t.Fatalf("exit %d after SIGTERM:\n%s", code, d.out.String())
 	}
-	if s := saved(t, ns); strings.Contains(s, "FTPALG") {
-		t.Fatalf("rules left after SIGTERM:\n%s", s)
+	if s := rulesOnly(saved(t, ns)); s != before {
+		t.Fatalf("SIGTERM (handover) changed the rules:\nbefore:\n%s\nafter:\n%s", before, s)
+	}
+	// ftpalg cleanup removes them, and finds nothing the second time.
+	for i := range 2 {
+		out, err := exec.Command("ip", "netns", "exec", ns, bin, "cleanup").CombinedOutput()
+		if err != nil {
+			t.Fatalf("cleanup #%d: %v:\n%s", i+1, err, out)
+		}
+		if s := saved(t, ns); strings.Contains(s, "FTPALG") {
+			t.Fatalf("rules left after cleanup #%d:\n%s", i+1, s)
+		}
 	}
 
-	// SIGKILL leaves the chains; the next start sweeps them and a stop
-	// removes everything.
+	// SIGKILL leaves the chains; the next start adopts them (no
+	// duplicates) and SIGINT, a stop for good, removes everything.
 	d = startDaemon(t, ns, bin)
 	d.waitFor(t, "ftpalg running")
 	d.cmd.Process.Kill()
@@ -216,8 +228,8 @@ func TestStartAndStop(t *testing.T) {
 	}
 	d = startDaemon(t, ns, bin)
 	d.waitFor(t, "ftpalg running")
-	if s := saved(t, ns); strings.Count(s, "-j FTPALG-QUEUE") != 6 {
-		t.Fatalf("leftovers not swept (want one jump per family from each of FORWARD, INPUT and OUTPUT):\n%s", s)
+	if s := saved(t, ns); strings.Count(s, "-j FTPALG-QUEUE") != 6 || strings.Count(s, "-j NFQUEUE") != 4 {
+		t.Fatalf("leftovers not adopted (want one jump per family from each of FORWARD, INPUT and OUTPUT, two queue rules per family):\n%s", s)
 	}
 	d.cmd.Process.Signal(syscall.SIGINT)
 	if code := d.exit(t); code != 0 {
@@ -226,6 +238,22 @@ func TestStartAndStop(t *testing.T) {
 	if s := saved(t, ns); strings.Contains(s, "FTPALG") {
 		t.Fatalf("rules left after SIGINT:\n%s", s)
 	}
+}
+
+// rulesOnly drops what iptables-save adds besides the rules: comment
+// lines (timestamps) and chain counters.
+func rulesOnly(s string) string {
+	var out []string
+	for _, line := range strings.Split(s, "\n") {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		if i := strings.LastIndex(line, " ["); strings.HasPrefix(line, ":") && i > 0 {
+			line = line[:i]
+		}
+		out = append(out, line)
+	}
+	return strings.Join(out, "\n")
 }
 
 func exitCode(err error) int {

@@ -75,7 +75,9 @@ func manPage(date string) manpage.Page {
 			{Tag: "/usr/share/doc/ftpalg/examples", Text: "example firewall scripts that include 'ftpalg rules', and the deployment notes.", Literal: true},
 		}},
 		{Title: "Signals", Items: []manpage.Item{
-			{Tag: "SIGTERM, SIGINT", Text: "unbind the queue (with --queue-bypass control traffic passes meanwhile), close every pinhole, remove the chains and tables ftpalg installed, and exit 0."},
+			{Tag: "SIGTERM", Text: "hand over: stop reading the queue, save the connections' state, and exit 0, leaving the queue rules, chains, nftables tables and open pinholes in place. Until the next ftpalg binds the queue, control packets are dropped (TCP retransmits them; with --queue-bypass they pass unexamined); the next ftpalg adopts what it finds and continues every connection. systemctl restart sends it (RestartKillSignal)."},
+			{Tag: "SIGINT", Text: "stop for good: unbind the queue, close every pinhole, remove the chains and tables ftpalg installed, and exit 0. systemctl stop sends it (KillSignal)."},
+			{Tag: "SIGKILL, a crash", Text: "like SIGTERM without the last save; the next start adopts the rules, 'ftpalg cleanup' removes them."},
 		}},
 		{Title: "Exit status", Items: []manpage.Item{
 			{Tag: "0", Text: "success, or a clean stop on a signal."},
@@ -86,6 +88,7 @@ func manPage(date string) manpage.Page {
 			"ftpalg run --outside-if eth0 --control-ports 21,2121",
 			"ftpalg rules --ipv6=false > /etc/iptables/ftpalg.rules",
 			"ftpalg status --json",
+			"ftpalg cleanup --config /etc/ftpalg/ftpalg.toml",
 		}},
 		{Title: "See also", Paragraphs: []string{"iptables(8), iptables-restore(8), nft(8), conntrack(8), systemctl(1)"}},
 	}

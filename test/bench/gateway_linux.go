@@ -195,7 +195,7 @@ func (a *ftpalgProc) cpu() (time.Duration, error) {
 	return total, nil
 }
 
-// stop sends SIGTERM and waits for the exit, so the final statistics
+// stop sends SIGINT and waits for the exit, so the final statistics
 // record is logged. The rig's Close kills it if it hangs.
 func (a *ftpalgProc) stop() error {
 	defer os.RemoveAll(a.stateDir)
@@ -204,17 +204,17 @@ func (a *ftpalgProc) stop() error {
 		return nil
 	default:
 	}
-	if err := syscall.Kill(a.p.Pid(), syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+	if err := syscall.Kill(a.p.Pid(), syscall.SIGINT); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("stopping ftpalg (pid %d): %w", a.p.Pid(), err)
 	}
 	select {
 	case <-a.p.Done():
 		if err := a.p.Err(); err != nil {
-			return fmt.Errorf("ftpalg exit after SIGTERM: %w: %w: %s", err, ErrFtpalg, a.log.Tail())
+			return fmt.Errorf("ftpalg exit after SIGINT: %w: %w: %s", err, ErrFtpalg, a.log.Tail())
 		}
 		return nil
 	case <-time.After(10 * time.Second):
-		return fmt.Errorf("ftpalg (pid %d) still running 10s after SIGTERM: %w", a.p.Pid(), ErrFtpalg)
+		return fmt.Errorf("ftpalg (pid %d) still running 10s after SIGINT: %w", a.p.Pid(), ErrFtpalg)
 	}
 }
 

@@ -153,13 +153,20 @@ func runScenario(ctx context.Context, topo rig.Topology, prefix, bin string) (ro
 		}
 	}
 	// Let the last data connection's pinhole close as used, so the log
-	// tells the whole story; then SIGTERM: ftpalg removes its rules and
-	// exits.
+	// tells the whole story; then SIGINT, a stop for good: ftpalg removes
+	// its rules and exits (SIGTERM, a handover, would leave them).
 	for deadline := time.Now().Add(8 * time.Second); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(50 * time.Millisecond) {
 		out := gw.Output()
 		if strings.Count(out, `"msg":"pinhole closed"`) >= strings.Count(out, `"msg":"pinhole opened"`) {
 			break
 		}
+	}
+	if err := syscall.Kill(gw.Pid(), syscall.SIGINT); err != nil {
+		return rows, "", err
+	}
+	select {
+	case <-gw.Done():
+	case <-time.After(10 * time.Second):
 	}
 	if err := gw.Stop(); err != nil {
 		return rows, "", err

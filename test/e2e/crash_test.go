@@ -14,7 +14,7 @@ import (
 // TestCrashWithPinholesOpen kills ftpalg with SIGKILL while pinholes are
 // open. With nobody left to close them, they must still be gone within
 // their timeout plus a few seconds (nftables element timeouts), and a new
-// start must sweep what the dead process left and work.
+// start must adopt what the dead process left (no duplicate) and work.
 func TestCrashWithPinholesOpen(t *testing.T) {
 	r := rig.New(t, rig.ClientNAT, rig.WithPrefix(nsPrefix))
 	if _, err := r.StartVsftpd(rig.VsftpdOptions{}); err != nil {
@@ -49,12 +49,12 @@ func TestCrashWithPinholesOpen(t *testing.T) {
 	}
 	t.Logf("the dead process's pinholes expired %v after the crash (timeout %v)", time.Since(killed).Round(100*time.Millisecond), timeout)
 
-	// A new start sweeps the leftover chains and tables and serves.
+	// A new start adopts the leftover chains and tables and serves.
 	g2 := startFtpalg(t, r)
 	// One jump from each hook of the default role (FORWARD, INPUT,
-	// OUTPUT): the dead run's jumps were swept, not kept beside the new.
+	// OUTPUT): the dead run's jumps were adopted, not doubled.
 	if out, _ := r.Run(t.Context(), rig.Router, "iptables-save"); strings.Count(out, "-j FTPALG-QUEUE") != 3 {
-		t.Fatalf("leftovers not swept:\n%s", out)
+		t.Fatalf("leftovers not adopted:\n%s", out)
 	}
 	f := dialFTP(t, r, server)
 	f.login()

@@ -156,20 +156,20 @@ func (g *gateway) waitNoPinholes(ctx context.Context) error {
 	}
 }
 
-// stop sends SIGTERM and requires exit status 0 and no rule or chain of
+// stop sends SIGINT (stop for good) and requires exit status 0 and no rule or chain of
 // ftpalg's left in either family.
 func (g *gateway) stop(ctx context.Context) error {
-	if err := syscall.Kill(g.p.Pid(), syscall.SIGTERM); err != nil {
+	if err := syscall.Kill(g.p.Pid(), syscall.SIGINT); err != nil {
 		return fmt.Errorf("signalling ftpalg: %w", err)
 	}
 	select {
 	case <-g.p.Done():
 	case <-time.After(10 * time.Second):
 		g.p.Stop()
-		return fmt.Errorf("%w: ftpalg still running 10s after SIGTERM", errGateway)
+		return fmt.Errorf("%w: ftpalg still running 10s after SIGINT", errGateway)
 	}
 	if err := g.p.Err(); err != nil {
-		return fmt.Errorf("%w: ftpalg exited with %v after SIGTERM: %s", errGateway, err, tail(g.p.Output(), 400))
+		return fmt.Errorf("%w: ftpalg exited with %v after SIGINT: %s", errGateway, err, tail(g.p.Output(), 400))
 	}
 	for _, save := range [][]string{{"iptables-save"}, {"ip6tables-save"}, {"nft", "list", "tables"}} {
 		out, err := g.r.Run(ctx, rig.Router, save[0], save[1:]...)

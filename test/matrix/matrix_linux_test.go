@@ -96,7 +96,7 @@ func loadSettings() (settings, error) {
 // INVALID-drop counter did not move, ftpalg logged the rewrites and
 // pinholes the cell needs (200 of each in one session for the 200-file
 // case), no pinhole rule is left once the pinhole timeout has passed,
-// and ftpalg exits 0 on SIGTERM leaving no rule behind.
+// and ftpalg exits 0 on SIGINT (stop for good) leaving no rule behind.
 //
 // FTPALG_MATRIX_HELPER=only runs the cases with the kernel's FTP helper
 // instead of ftpalg (the ftpalg checks are skipped); =compare reruns every
