@@ -76,7 +76,7 @@ func (c *Chains) install(b backend) error {
 			if err := b.ClearChain(h.table, h.chain); err != nil {
 				return fmt.Errorf("creating %s %s: %w", h.table, h.chain, err)
 			}
-			for _, spec := range queueSpecs(c.cfg) {
+			for _, spec := range queueSpecs(c.cfg, b.family()) {
 				if err := b.Append(h.table, h.chain, spec...); err != nil {
 					return fmt.Errorf("adding queue rule %q: %w", formatRule(spec), err)
 				}
@@ -139,7 +139,7 @@ func (c *Chains) Check() (bool, error) {
 				return false, err
 			}
 		}
-		for _, spec := range queueSpecs(c.cfg) {
+		for _, spec := range queueSpecs(c.cfg, b.family()) {
 			ok, err := c.present(b, "mangle", ChainQueue, spec)
 			if err != nil || !ok {
 				return false, err
