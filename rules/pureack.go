@@ -54,6 +54,15 @@ const (
 	pureACK6 = "10,48 0 0 6,21 0 7 6,48 0 0 52,84 0 0 240,116 0 0 2,7 0 0 0,40 0 0 4,29 0 1 0,6 0 0 65535,6 0 0 0"
 )
 
+// PureACKBytecode returns the xt_bpf program (`-m bpf --bytecode`) that
+// matches exactly the TCP segments without payload of family f.
+func PureACKBytecode(f Family) string {
+	if f == IPv6 {
+		return pureACK6
+	}
+	return pureACK4
+}
+
 // skipSpec is the FTPALG-QUEUE rule, ahead of the NFQUEUE rules, that lets
 // a control segment (either port in ports, a multiport list) pass without
 // queueing when it carries no payload, has
@@ -62,10 +71,7 @@ const (
 // ftpalg never rewrote. RETURN hands the packet back to the built-in
 // chain, so the administrator's rules still judge it.
 func skipSpec(f Family, ports string) []string {
-	code := pureACK4
-	if f == IPv6 {
-		code = pureACK6
-	}
+	code := PureACKBytecode(f)
 	return []string{
 		"-p", "tcp", "-m", "multiport", "--ports", ports, "-m", "tcp", "--tcp-flags", "FIN,SYN,RST,ACK", "ACK",
 		"-m", "connlabel", "!", "--label", strconv.Itoa(LabelRewritten),
