@@ -35,7 +35,7 @@ func Fragment(cfg Config, family Family) (string, error) {
 		fmt.Fprintf(&b, "*%s\n", h.table)
 		fmt.Fprintf(&b, ":%s - [0:0]\n", h.chain)
 		if h.chain == ChainQueue {
-			for _, spec := range queueSpecs(cfg) {
+			for _, spec := range queueSpecs(cfg, family) {
 				fmt.Fprintf(&b, "-A %s %s\n", h.chain, formatRule(spec))
 			}
 		}

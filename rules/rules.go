@@ -142,6 +142,11 @@ type Config struct {
 	// connection, a new entry without the bit, is refused: what the
 	// kernel helper's expectations give with RELATED. Both backends.
 	DataMark uint32
+	// SkipPureACKs lets control segments without payload of connections
+	// that carry no LabelRewritten bit pass without queueing (skipSpec):
+	// fewer queue crossings, same decisions. Only for a daemon that sets
+	// the label before it releases a connection's first rewritten packet.
+	SkipPureACKs bool
 }
 
 // DefaultConfig returns the configuration used when the operator sets

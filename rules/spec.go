@@ -25,20 +25,30 @@ func hooks() [3]hook {
 	}
 }
 
-// queueSpecs returns the NFQUEUE rules of FTPALG-QUEUE: control packets from
-// clients (destination port) and from servers (source port). Each rule is in
-// the canonical form `iptables -S` prints, so listings compare exactly.
-func queueSpecs(cfg Config) [][]string {
-	ports := cfg.controlPorts()
+// queueSpecs returns the rules of FTPALG-QUEUE for family f: with
+// SkipPureACKs the pure-ACK RETURN first, then the NFQUEUE rules for control
+// packets from clients (destination port) and from servers (source port).
+// Each rule is in the canonical form `iptables -S` prints, so listings
+// compare exactly.
+func queueSpecs(cfg Config, f Family) [][]string {
+	var lists []string
+	for chunk := range slicesChunk(cfg.controlPorts(), maxMultiport) {
+		list := make([]string, len(chunk))
+		for i, p := range chunk {
+			list[i] = strconv.Itoa(int(p))
+		}
+		lists = append(lists, strings.Join(list, ","))
+	}
 	var specs [][]string
+	if cfg.SkipPureACKs {
+		for _, list := range lists {
+			specs = append(specs, skipSpec(f, list))
+		}
+	}
 	for _, dir := range []string{"--dports", "--sports"} {
-		for chunk := range slicesChunk(ports, maxMultiport) {
-			list := make([]string, len(chunk))
-			for i, p := range chunk {
-				list[i] = strconv.Itoa(int(p))
-			}
+		for _, list := range lists {
 			spec := []string{
-				"-p", "tcp", "-m", "multiport", dir, strings.Join(list, ","),
+				"-p", "tcp", "-m", "multiport", dir, list,
 				"-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(cfg.QueueNum)),
 			}
 			if cfg.Bypass {
