@@ -49,8 +49,9 @@ func queueSpecs(cfg Config, f Family) [][]string {
 		for _, list := range lists {
 			spec := []string{
 				"-p", "tcp", "-m", "multiport", dir, list,
-				"-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(cfg.QueueNum)),
+				"-j", "NFQUEUE",
 			}
+			spec = append(spec, cfg.queueTarget()...)
 			if cfg.Bypass {
 				spec = append(spec, "--queue-bypass")
 			}

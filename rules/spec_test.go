@@ -123,6 +123,14 @@ func TestQueueSpecs(t *testing.T) {
 			},
 		},
 		{
+			name: "two queues",
+			cfg:  Config{ControlPorts: []uint16{21}, QueueNum: 4, Queues: 2, IPv4: true},
+			want: []string{
+				"-p tcp -m multiport --dports 21 -j NFQUEUE --queue-balance 4:5",
+				"-p tcp -m multiport --sports 21 -j NFQUEUE --queue-balance 4:5",
+			},
+		},
+		{
 			name: "pure ACKs skip, IPv6",
 			cfg:  Config{ControlPorts: []uint16{21, 2121}, SkipPureACKs: true, IPv6: true},
 			fam:  IPv6,
