@@ -108,6 +108,7 @@ fuzz:
 # the kernel's FTP helper and ftpalg in the rig, side by side.
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./conntrack ./alg | tee bench-engine.txt
+	$(GO) test -run '^$$' -bench 'GatewayOneLock|Shards' -benchmem -count 5 -cpu 1,2,4 ./daemon | tee -a bench-engine.txt
 	FTPALG_BIN=$(CURDIR)/$(BIN) $(GO) run ./test/bench -placement free
 	FTPALG_BIN=$(CURDIR)/$(BIN) $(GO) run ./test/bench -placement shared
 

@@ -65,7 +65,7 @@ func (f *fakeFirewall) waitClosed(t *testing.T) rules.Pinhole {
 	return rules.Pinhole{}
 }
 
-func newPorts(t *testing.T) *rules.Ports {
+func newPorts(t testing.TB) *rules.Ports {
 	p, err := rules.NewPorts(50000, 50009)
 	if err != nil {
 		t.Fatal(err)

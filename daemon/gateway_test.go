@@ -17,7 +17,7 @@ type fakeLiberal struct{ calls []ctnetlink.Tuple }
 
 func (f *fakeLiberal) SetLiberal(t ctnetlink.Tuple) error { f.calls = append(f.calls, t); return nil }
 
-func tcpPacket(t *testing.T, src, dst netip.AddrPort, seq, ack uint32, syn bool, payload string) []byte {
+func tcpPacket(t testing.TB, src, dst netip.AddrPort, seq, ack uint32, syn bool, payload string) []byte {
 	t.Helper()
 	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.IP(src.Addr().AsSlice()), DstIP: net.IP(dst.Addr().AsSlice())}
 	tcp := &layers.TCP{SrcPort: layers.TCPPort(src.Port()), DstPort: layers.TCPPort(dst.Port()), Seq: seq, Ack: ack, SYN: syn, ACK: !syn, Window: 65535}
