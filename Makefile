@@ -67,7 +67,7 @@ SHELL       := /bin/bash
 FUZZ_TARGETS := \
 	./alg:FuzzClientLine ./alg:FuzzServerLine ./alg:FuzzDialog ./alg:FuzzParseIP \
 	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack:FuzzLabels ./conntrack/seqnum:FuzzShiftRoundTrip ./config:FuzzParse \
-	./nfq:FuzzParse ./rules:FuzzParseNFTAcks ./rules:FuzzAppendNFTBatch
+	./nfq:FuzzParse ./rules:FuzzParseNFTAcks ./rules:FuzzAppendNFTBatch ./rules:FuzzPureACK
 
 .PHONY: all build man test unit fuzz bench bench-pinholes lint deps demo matrix baseline loss restart install deb release cross-test clean
 
@@ -108,7 +108,9 @@ fuzz:
 # the kernel's FTP helper and ftpalg in the rig, side by side.
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./conntrack ./alg | tee bench-engine.txt
-	FTPALG_BIN=$(CURDIR)/$(BIN) $(GO) run ./test/bench
+	$(GO) test -run '^$$' -bench 'GatewayOneLock|Shards' -benchmem -count 5 -cpu 1,2,4 ./daemon | tee -a bench-engine.txt
+	FTPALG_BIN=$(CURDIR)/$(BIN) $(GO) run ./test/bench -placement free
+	FTPALG_BIN=$(CURDIR)/$(BIN) $(GO) run ./test/bench -placement shared
 
 # Pinhole install/remove latency, iptables vs nftables backend, same run.
 bench-pinholes:

@@ -121,6 +121,11 @@ type Config struct {
 	// moved on, not only those whose sequence mapping changed, so that a
 	// restarted process also knows which commands await their replies.
 	SaveDialogs bool
+	// Shard and Shards give engines that run side by side (one per
+	// NFQUEUE, see daemon) disjoint session IDs: this engine's n-th
+	// connection gets n*Shards + Shard. The zero values mean one engine:
+	// IDs 1, 2, 3, ...
+	Shard, Shards uint64
 	// Admit, if set, is asked before a pinhole is planned for session; an
 	// error refuses the announcement (its line passes unchanged). The
 	// daemon enforces its per-client and total pinhole limits here.
@@ -133,6 +138,9 @@ type Config struct {
 	// first seen without its SYN, before it is picked up plain.
 	LabelSource LabelSource
 }
+
+// sessionID is the session ID of this engine's n-th connection.
+func (e *Engine) sessionID(n uint64) uint64 { return n*e.cfg.Shards + e.cfg.Shard }
 
 func (c *Config) fill() {
 	if len(c.ControlPorts) == 0 {
@@ -147,6 +155,10 @@ func (c *Config) fill() {
 	if c.MaxEdits <= 0 {
 		c.MaxEdits = 64
 	}
+	if c.Shards == 0 {
+		c.Shards = 1
+	}
+	c.Shard %= c.Shards
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 24 * time.Hour
 	}
@@ -286,6 +298,16 @@ type Stats struct {
 	// Resumed counts connections taken over from conntrack labels,
 	// LabelErrors labels that could not be read.
 	Resumed, LabelErrors uint64
+}
+
+// Add returns the sum of two engines' counters (the shards of a daemon).
+func (s Stats) Add(o Stats) Stats {
+	return Stats{
+		Packets: s.Packets + o.Packets, Modified: s.Modified + o.Modified, Dropped: s.Dropped + o.Dropped,
+		Untracked: s.Untracked + o.Untracked, Rewrites: s.Rewrites + o.Rewrites, Refusals: s.Refusals + o.Refusals,
+		Flows: s.Flows + o.Flows, Evicted: s.Evicted + o.Evicted, Stalled: s.Stalled + o.Stalled, TLS: s.TLS + o.TLS,
+		Resumed: s.Resumed + o.Resumed, LabelErrors: s.LabelErrors + o.LabelErrors,
+	}
 }
 
 // Engine processes the packets of FTP control connections.
@@ -437,7 +459,7 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 			f = e.fromLabels(conn)
 		}
 		if f == nil {
-			f = &flow{conn: conn, id: e.ids, dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: !newSYN}
+			f = &flow{conn: conn, id: e.sessionID(e.ids), dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: !newSYN}
 		}
 		e.tab.m[conn] = f
 	}

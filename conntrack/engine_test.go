@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -561,5 +562,42 @@ func TestAdmitLimit(t *testing.T) {
 	}
 	if c.count(EventPinhole) != 0 || !errors.Is(c.events[0].Reason, ErrLimit) || !errors.Is(c.events[0].Reason, limit) {
 		t.Fatalf("events %+v", c.events)
+	}
+}
+
+// TestShardSessionIDs checks that engines side by side (Config.Shard of
+// Shards) number their connections without overlap, and that one engine
+// counts 1, 2, 3 as before.
+func TestShardSessionIDs(t *testing.T) {
+	ids := func(cfg Config) []uint64 {
+		e := New(cfg, &fakeNAT{})
+		var out []uint64
+		for i := range 3 {
+			cli := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.10"), uint16(40000+i))
+			throughAt(t, e, pkt{src: cli, dst: netip.MustParseAddrPort("198.51.100.20:21"), seq: 1, flags: flagSYN}.build(t), testNow)
+		}
+		e.Flows(func(f FlowInfo) { out = append(out, f.Session) })
+		slices.Sort(out)
+		return out
+	}
+	if got := ids(Config{}); !slices.Equal(got, []uint64{1, 2, 3}) {
+		t.Errorf("one engine: session IDs %v, want [1 2 3]", got)
+	}
+	seen := map[uint64]int{}
+	for shard := range uint64(3) {
+		for _, id := range ids(Config{Shard: shard, Shards: 3}) {
+			if id%3 != shard {
+				t.Errorf("shard %d of 3 numbered a session %d", shard, id)
+			}
+			seen[id]++
+		}
+	}
+	for id, n := range seen {
+		if n > 1 {
+			t.Errorf("session ID %d used by %d shards", id, n)
+		}
+	}
+	if len(seen) != 9 {
+		t.Errorf("%d distinct IDs over 3 shards of 3 connections, want 9", len(seen))
 	}
 }

@@ -52,7 +52,7 @@ func (e *Engine) fromLabels(conn Conn) *flow {
 	f, err := e.resumed(conn, l)
 	if err != nil {
 		// Labels ftpalg did not write: pick it up plain, and say so.
-		f := &flow{conn: conn, id: e.ids, dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: true}
+		f := &flow{conn: conn, id: e.sessionID(e.ids), dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: true}
 		e.refuse(f, alg.KindNone, netip.AddrPort{}, err)
 		return nil
 	}
@@ -70,7 +70,7 @@ func (e *Engine) resumed(conn Conn, l Labels) (*flow, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resuming %s: %w", conn, err)
 	}
-	f := &flow{conn: conn, id: e.ids, labels: l, resumed: true, pickedUp: !st.LoggedIn,
+	f := &flow{conn: conn, id: e.sessionID(e.ids), labels: l, resumed: true, pickedUp: !st.LoggedIn,
 		dialog: alg.Resume(alg.Config{MaxLine: e.cfg.MaxLine}, st.LoggedIn, st.Answer)}
 	if st.Overflow {
 		f.dead = true

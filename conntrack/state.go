@@ -141,7 +141,7 @@ func (e *Engine) Restore(s FlowState, now time.Time) error {
 	e.tab.m[s.Conn] = f
 	f.started, f.last = now, now
 	e.tab.touch(f)
-	e.ids = max(e.ids, s.Session)
+	e.ids = max(e.ids, s.Session/e.cfg.Shards) // later IDs stay above it
 	return nil
 }
 

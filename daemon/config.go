@@ -16,10 +16,13 @@ var ErrConfig = errors.New("invalid configuration")
 
 // Config is what `ftpalg run` is told.
 type Config struct {
-	OutsideIf      string        // the router's public interface (checked at start; optional)
-	PublicIPs      []netip.Addr  // overrides of the looked-up public address, one per family
-	ControlPorts   []uint16      // server ports of FTP control connections
-	QueueNum       uint16        // NFQUEUE number
+	OutsideIf    string       // the router's public interface (checked at start; optional)
+	PublicIPs    []netip.Addr // overrides of the looked-up public address, one per family
+	ControlPorts []uint16     // server ports of FTP control connections
+	QueueNum     uint16       // NFQUEUE number, the first of Queues
+	// Queues is how many NFQUEUEs (QueueNum on) share the control
+	// packets, one Shards member each; 0 means 1.
+	Queues         uint16
 	PinholeTimeout time.Duration // how long an unused pinhole stays open
 	DataPortLo     uint16        // range for public data ports on NAT'd addresses
 	DataPortHi     uint16
@@ -105,6 +108,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: no logger", ErrConfig)
 	case c.Pinholes == NFTables && c.AcceptMark == 0, c.AcceptMark&(c.AcceptMark-1) != 0:
 		return fmt.Errorf("%w: --accept-mark %#x must be a single bit", ErrConfig, c.AcceptMark)
+	case int(c.QueueNum)+int(c.queues())-1 > 65535:
+		return fmt.Errorf("%w: --queue %d with --queues %d: NFQUEUE numbers end at 65535", ErrConfig, c.QueueNum, c.queues())
+	case c.queues() > 1 && c.StateDir != "":
+		// A saved connection cannot be put into the shard whose queue
+		// will see it: the kernel's hash is seeded per rule.
+		return fmt.Errorf("%w: --queues %d needs --state-dir= (empty): saved connections cannot be assigned to a queue", ErrConfig, c.queues())
 	}
 	var seen [2]bool
 	for _, a := range c.PublicIPs {
@@ -119,6 +128,9 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// queues is Queues with its default.
+func (c *Config) queues() uint16 { return max(c.Queues, 1) }
 
 func (c *Config) overrides() [2]netip.Addr {
 	var o [2]netip.Addr

@@ -65,7 +65,7 @@ func (f *fakeFirewall) waitClosed(t *testing.T) rules.Pinhole {
 	return rules.Pinhole{}
 }
 
-func newPorts(t *testing.T) *rules.Ports {
+func newPorts(t testing.TB) *rules.Ports {
 	p, err := rules.NewPorts(50000, 50009)
 	if err != nil {
 		t.Fatal(err)
@@ -240,6 +240,11 @@ func TestConfigValidate(t *testing.T) {
 	if err := ok.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	sharded := ok
+	sharded.QueueNum, sharded.Queues = 65534, 2
+	if err := sharded.Validate(); err != nil {
+		t.Errorf("two queues ending at 65535: %v", err)
+	}
 	bad := []func(c *Config){
 		func(c *Config) { c.ControlPorts = nil },
 		func(c *Config) { c.PinholeTimeout = 0 },
@@ -248,6 +253,8 @@ func TestConfigValidate(t *testing.T) {
 		func(c *Config) {
 			c.PublicIPs = []netip.Addr{netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("203.0.113.2")}
 		},
+		func(c *Config) { c.QueueNum, c.Queues = 65535, 2 },
+		func(c *Config) { c.Queues, c.StateDir = 2, "/run/ftpalg/state" },
 	}
 	for i, mutate := range bad {
 		c := ok

@@ -201,13 +201,18 @@ func (g *Gateway) act(ev *conntrack.Event) {
 
 // Expire ends idle and closed connections; call it about once a second.
 func (g *Gateway) Expire(now time.Time) {
+	g.metrics.SetTracked(g.expire(now))
+	g.metrics.SetOpenPinholes(g.pins.Len())
+}
+
+// expire ends idle and closed connections and returns how many remain.
+func (g *Gateway) expire(now time.Time) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, ev := range g.engine.Expire(now) {
 		g.act(&ev)
 	}
-	g.metrics.SetTracked(g.engine.Len())
-	g.metrics.SetOpenPinholes(g.pins.Len())
+	return g.engine.Len()
 }
 
 // FlushState writes the connection states whose writing was deferred.
@@ -220,27 +225,58 @@ func (g *Gateway) FlushState() {
 }
 
 // Snapshot is the live view `ftpalg status` shows.
-func (g *Gateway) Snapshot() status.Snapshot {
-	now := time.Now()
-	s := status.Snapshot{Version: g.version, Started: g.started, Taken: now, Counters: map[string]uint64{}}
+func (g *Gateway) Snapshot() status.Snapshot { return snapshot([]*Gateway{g}) }
+
+// engineView is one gateway's part of a snapshot.
+type engineView struct {
+	conns         []status.Conn
+	stats         conntrack.Stats
+	errors        uint64
+	queue         queueStats
+	labelWrites   uint64
+	labelFailures uint64
+}
+
+// view returns the gateway's part of a snapshot: its connections, its
+// engine's counters, its errors, its queue's and its label writes' counters.
+func (g *Gateway) view(now time.Time) engineView {
+	var v engineView
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	g.engine.Flows(func(f conntrack.FlowInfo) {
-		s.Conns = append(s.Conns, status.Conn{Session: f.Session, Client: f.Conn.Client, Server: f.Conn.Server, Path: f.Path.String(),
+		v.conns = append(v.conns, status.Conn{Session: f.Session, Client: f.Conn.Client, Server: f.Conn.Server, Path: f.Path.String(),
 			Age: now.Sub(f.Started), Rewrites: f.Rewrites, OffsetC2S: f.ShiftC2S, OffsetS2C: f.ShiftS2C,
 			State: labelState(f)})
 	})
-	es := g.engine.Stats()
-	errs, q := g.errors, g.queue
-	var lw, lf uint64
+	v.stats, v.errors, v.queue = g.engine.Stats(), g.errors, g.queue
 	if g.labels != nil {
-		lw, lf = g.labels.writes, g.labels.failed
+		v.labelWrites, v.labelFailures = g.labels.writes, g.labels.failed
 	}
-	g.mu.Unlock()
-	for _, p := range g.pins.List() {
+	return v
+}
+
+// snapshot merges the views of gateways that share one Pinholes (the
+// shards of one daemon, see Shards): connections and counters of every
+// engine, the pinholes once.
+func snapshot(gws []*Gateway) status.Snapshot {
+	now := time.Now()
+	first := gws[0]
+	s := status.Snapshot{Version: first.version, Started: first.started, Taken: now, Counters: map[string]uint64{}}
+	var es conntrack.Stats
+	var errs, lw, lf uint64
+	var q queueStats
+	for _, g := range gws {
+		v := g.view(now)
+		s.Conns = append(s.Conns, v.conns...)
+		es = es.Add(v.stats)
+		errs, lw, lf = errs+v.errors, lw+v.labelWrites, lf+v.labelFailures
+		q.queued, q.dropped, q.userDropped = q.queued+v.queue.queued, q.dropped+v.queue.dropped, q.userDropped+v.queue.userDropped
+	}
+	for _, p := range first.pins.List() {
 		s.Pinholes = append(s.Pinholes, status.Pinhole{Session: p.Session, Path: p.Path.String(), Peer: p.Pinhole.Peer, Public: p.Pinhole.Public,
 			Target: p.Pinhole.Target, Opened: p.Opened, Expires: p.Expires})
 	}
-	ps := g.pins.Stats()
+	ps := first.pins.Stats()
 	for k, v := range map[string]uint64{
 		"packets": es.Packets, "packets_modified": es.Modified, "packets_dropped": es.Dropped, "packets_untracked": es.Untracked,
 		"rewrites": es.Rewrites, "refusals": es.Refusals, "connections_seen": es.Flows, "connections_evicted": es.Evicted,

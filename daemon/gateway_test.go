@@ -17,7 +17,7 @@ type fakeLiberal struct{ calls []ctnetlink.Tuple }
 
 func (f *fakeLiberal) SetLiberal(t ctnetlink.Tuple) error { f.calls = append(f.calls, t); return nil }
 
-func tcpPacket(t *testing.T, src, dst netip.AddrPort, seq, ack uint32, syn bool, payload string) []byte {
+func tcpPacket(t testing.TB, src, dst netip.AddrPort, seq, ack uint32, syn bool, payload string) []byte {
 	t.Helper()
 	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.IP(src.Addr().AsSlice()), DstIP: net.IP(dst.Addr().AsSlice())}
 	tcp := &layers.TCP{SrcPort: layers.TCPPort(src.Port()), DstPort: layers.TCPPort(dst.Port()), Seq: seq, Ack: ack, SYN: syn, ACK: !syn, Window: 65535}
@@ -64,5 +64,42 @@ func TestGatewayOpensBeforeVerdict(t *testing.T) {
 	fw.waitClosed(t)
 	if fw.open() != 0 || ports.Reserved(netip.MustParseAddr("198.51.100.1"), 40000) {
 		t.Fatal("pinhole or port of an ended session left behind")
+	}
+}
+
+// TestShardsSnapshot checks that the shards of one daemon show every
+// engine's connections and the sum of their counters, and the pinholes
+// they share once.
+func TestShardsSnapshot(t *testing.T) {
+	pins := NewPinholes(newFakeFirewall(), newPorts(t), time.Minute, Limits{}, quiet)
+	defer pins.Stop()
+	var shards Shards
+	for i := range 2 {
+		e := conntrack.New(conntrack.Config{Shard: uint64(i), Shards: 2}, nil)
+		shards = append(shards, NewGateway(e, pins, nil, quiet))
+	}
+	srv := netip.MustParseAddrPort("198.51.100.20:21")
+	syn := func(g *Gateway, port uint16) {
+		g.Handle(tcpPacket(t, netip.AddrPortFrom(netip.MustParseAddr("192.0.2.10"), port), srv, 100, 0, true, ""), time.Now())
+	}
+	syn(shards[0], 40000)
+	syn(shards[1], 40001)
+	syn(shards[1], 40002)
+	s := shards.Snapshot()
+	if len(s.Conns) != 3 {
+		t.Fatalf("%d connections, want 3", len(s.Conns))
+	}
+	ids := map[uint64]bool{}
+	for _, c := range s.Conns {
+		ids[c.Session] = true
+	}
+	if len(ids) != 3 {
+		t.Errorf("session IDs %v: not distinct across shards", ids)
+	}
+	if got := s.Counters["packets"]; got != 3 {
+		t.Errorf("packets %d, want 3", got)
+	}
+	if got := shards.Stats().Flows; got != 3 {
+		t.Errorf("Stats().Flows = %d, want 3", got)
 	}
 }

@@ -23,13 +23,14 @@ type packetQueue interface {
 	Close() error
 }
 
-// openQueue binds queue cfg.QueueNum with the configured reader. Packets
-// may reach handle from the moment it returns, even before Serve runs.
-func openQueue(ctx context.Context, cfg Config, handle nfq.Handler, onErr nfq.ErrorFunc) (packetQueue, error) {
+// openQueue binds queue num with the configured reader. Packets may reach
+// handle from the moment it returns, even before Serve runs.
+func openQueue(ctx context.Context, cfg Config, num uint16, handle nfq.Handler, onErr nfq.ErrorFunc) (packetQueue, error) {
+	cfg.QueueNum = num
 	if cfg.QueueReader == GoNFQueue {
 		return openGoNFQueue(ctx, cfg, handle, onErr)
 	}
-	q, err := nfq.Open(nfq.Config{Num: cfg.QueueNum, FailOpen: cfg.FailOpen, Spin: cfg.QueueSpin})
+	q, err := nfq.Open(nfq.Config{Num: num, FailOpen: cfg.FailOpen, Spin: cfg.QueueSpin})
 	if err != nil {
 		return nil, err
 	}

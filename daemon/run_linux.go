@@ -54,7 +54,7 @@ func checkCapability() error {
 }
 
 func (c *Config) rulesConfig() rules.Config {
-	rc := rules.Config{ControlPorts: c.ControlPorts, QueueNum: c.QueueNum, Bypass: c.QueueBypass, IPv4: c.IPv4, IPv6: c.IPv6,
+	rc := rules.Config{ControlPorts: c.ControlPorts, QueueNum: c.QueueNum, Queues: c.queues(), Bypass: c.QueueBypass, IPv4: c.IPv4, IPv6: c.IPv6,
 		DataMark: c.AcceptMark, Role: c.Role}
 	if c.Pinholes == NFTables {
 		rc.AcceptMark = c.AcceptMark
@@ -121,18 +121,34 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer ct.Close()
 
 	pins := NewPinholes(fw, ports, cfg.PinholeTimeout, cfg.Limits, log)
-	labels := newLabelStore(ct, log)
-	engine := conntrack.New(conntrack.Config{
-		ControlPorts:   cfg.ControlPorts,
-		VerifyChecksum: true,
-		TLS:            cfg.TLS,
-		MaxFlows:       cfg.MaxConnections,
-		Admit:          func(session uint64, c conntrack.Conn) error { return pins.Admit(session, c.Client.Addr()) },
-		WriteLabels:    true,
-		LabelSource:    labels,
-	}, &natResolver{mapper: ct, ports: ports, override: cfg.overrides()})
-	gw := NewGateway(engine, pins, ct, log)
-	gw.keepLabels(labels)
+	// One shard per queue, each with its own engine, ctnetlink socket (NAT
+	// lookups, label writes with BE_LIBERAL) and label store; ct is shared
+	// for the rest (events, data connection marks, restoring state).
+	shards := make(Shards, cfg.queues())
+	for i := range shards {
+		sct := ct
+		if i > 0 {
+			if sct, err = ctnetlink.Open(log); err != nil {
+				return fmt.Errorf("%w: opening ctnetlink for queue %d: %w", ErrEnvironment, int(cfg.QueueNum)+i, err)
+			}
+			defer sct.Close()
+		}
+		labels := newLabelStore(sct, log)
+		engine := conntrack.New(conntrack.Config{
+			ControlPorts:   cfg.ControlPorts,
+			VerifyChecksum: true,
+			TLS:            cfg.TLS,
+			MaxFlows:       perShard(cfg.MaxConnections, len(shards)),
+			Shard:          uint64(i),
+			Shards:         uint64(len(shards)),
+			Admit:          func(session uint64, c conntrack.Conn) error { return pins.Admit(session, c.Client.Addr()) },
+			WriteLabels:    true,
+			LabelSource:    labels,
+		}, &natResolver{mapper: sct, ports: ports, override: cfg.overrides()})
+		shards[i] = NewGateway(engine, pins, sct, log)
+		shards[i].keepLabels(labels)
+	}
+	gw := shards[0] // the only one without --queues; data connections and state for all
 	if cfg.AcceptMark != 0 {
 		gw.MarkDataConnections(ct, cfg.AcceptMark)
 	}
@@ -140,7 +156,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if cfg.MetricsAddr != "" {
 		m = metrics.New(cfg.Version)
 	}
-	gw.Observe(m, cfg.Version)
+	for _, g := range shards {
+		g.Observe(m, cfg.Version)
+	}
 	if cfg.StateDir != "" {
 		store, err := openStateStore(cfg.StateDir, log)
 		if err != nil {
@@ -154,7 +172,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				store.remove(st.Session)
 				continue
 			}
-			if err := engine.Restore(st, time.Now()); err != nil {
+			if err := gw.engine.Restore(st, time.Now()); err != nil {
 				log.Warn("not restoring saved connection", "session", st.Session, "err", err)
 				store.remove(st.Session)
 				continue
@@ -167,55 +185,80 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		gw.state = store
 	}
 	// Connections a previous run (or the other router, through
-	// conntrackd) left state on: taken over now, BE_LIBERAL set.
-	if dump, err := ct.Dump(); err != nil {
+	// conntrackd) left state on: taken over now, BE_LIBERAL set. With
+	// several queues nobody knows which shard will see a connection (the
+	// kernel seeds the hash per rule), so each shard looks a connection it
+	// does not know up at its first packet instead (LabelSource).
+	if len(shards) > 1 {
+		log.Info("taking connections over from their conntrack labels at their first packet", "queues", len(shards))
+	} else if dump, err := ct.Dump(); err != nil {
 		log.Warn("dumping conntrack to take connections over; each is looked up at its first packet instead", "err", err)
 	} else if n := gw.Resume(dump, time.Now()); n > 0 {
 		log.Info("took over rewritten control connections from their conntrack labels", "connections", n)
 	}
 	qctx, stopQueue := context.WithCancel(ctx)
 	defer stopQueue()
-	var overruns, loggedOverruns uint64
-	var lastOverrunLog time.Time
-	handle := func(p nfq.Packet) (nfq.Verdict, []byte) {
-		start := time.Now()
-		v, out := gw.HandleQueued(p.Payload, p.Hook, start)
-		m.ObserveVerdict(time.Since(start))
-		switch v {
-		case conntrack.Accept:
-			return nfq.Accept, nil
-		case conntrack.AcceptModified:
-			return nfq.Accept, out
-		}
-		return nfq.Drop, nil
-	}
-	onErr := func(e error) {
-		if errors.Is(e, nfq.ErrOverrun) {
-			// Counted always, logged at most once per interval.
-			overruns++
-			if now := time.Now(); now.Sub(lastOverrunLog) >= 10*time.Second {
-				log.Warn("queue socket overruns: the kernel dropped queued packets (TCP retransmits them)",
-					"overruns_total", overruns, "since_last_report", overruns-loggedOverruns)
-				lastOverrunLog, loggedOverruns = now, overruns
+	var (
+		overrunMu                sync.Mutex // the shards' readers report concurrently
+		overruns, loggedOverruns uint64
+		lastOverrunLog           time.Time
+	)
+	handler := func(g *Gateway) nfq.Handler {
+		return func(p nfq.Packet) (nfq.Verdict, []byte) {
+			start := time.Now()
+			v, out := g.HandleQueued(p.Payload, p.Hook, start)
+			m.ObserveVerdict(time.Since(start))
+			switch v {
+			case conntrack.Accept:
+				return nfq.Accept, nil
+			case conntrack.AcceptModified:
+				return nfq.Accept, out
 			}
-			return
+			return nfq.Drop, nil
 		}
-		log.Error("serving NFQUEUE", "queue", cfg.QueueNum, "err", e)
 	}
-	queue, err := openQueue(qctx, cfg, handle, onErr)
-	if err != nil {
-		if errors.Is(err, nfq.ErrBusy) {
-			return fmt.Errorf("%w: NFQUEUE %d is bound by another program (another ftpalg?): %w", ErrEnvironment, cfg.QueueNum, err)
+	onErr := func(num uint16) nfq.ErrorFunc {
+		return func(e error) {
+			if errors.Is(e, nfq.ErrOverrun) {
+				// Counted always, logged at most once per interval.
+				overrunMu.Lock()
+				defer overrunMu.Unlock()
+				overruns++
+				if now := time.Now(); now.Sub(lastOverrunLog) >= 10*time.Second {
+					log.Warn("queue socket overruns: the kernel dropped queued packets (TCP retransmits them)",
+						"overruns_total", overruns, "since_last_report", overruns-loggedOverruns)
+					lastOverrunLog, loggedOverruns = now, overruns
+				}
+				return
+			}
+			log.Error("serving NFQUEUE", "queue", num, "err", e)
 		}
-		return fmt.Errorf("%w: opening NFQUEUE %d: %w", ErrEnvironment, cfg.QueueNum, err)
 	}
-	closeQueue := sync.OnceValue(queue.Close)
+	queues := make([]packetQueue, 0, len(shards))
+	closeQueues := sync.OnceFunc(func() {
+		for _, q := range queues {
+			if cerr := q.Close(); cerr != nil {
+				log.Warn("closing NFQUEUE", "err", cerr)
+			}
+		}
+	})
 	defer func() {
 		stopQueue() // Close waits for Serve to see this
-		closeQueue()
+		closeQueues()
 	}()
-	queueDone := make(chan error, 1)
-	go func() { queueDone <- queue.Serve(qctx) }()
+	queueDone := make(chan error, len(shards))
+	for i, g := range shards {
+		num := cfg.QueueNum + uint16(i)
+		queue, err := openQueue(qctx, cfg, num, handler(g), onErr(num))
+		if err != nil {
+			if errors.Is(err, nfq.ErrBusy) {
+				return fmt.Errorf("%w: NFQUEUE %d is bound by another program (another ftpalg?): %w", ErrEnvironment, num, err)
+			}
+			return fmt.Errorf("%w: opening NFQUEUE %d: %w", ErrEnvironment, num, err)
+		}
+		queues = append(queues, queue)
+		go func() { queueDone <- queue.Serve(qctx) }()
+	}
 
 	sctx, stopServing := context.WithCancel(ctx)
 	var serving sync.WaitGroup
@@ -238,7 +281,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return fmt.Errorf("%w: --status-socket: %w", ErrEnvironment, err)
 		}
 		serving.Go(func() {
-			if err := sl.Serve(sctx, gw.Snapshot); err != nil && sctx.Err() == nil {
+			if err := sl.Serve(sctx, shards.Snapshot); err != nil && sctx.Err() == nil {
 				log.Error("serving status", "socket", cfg.StatusSocket, "err", err)
 			}
 		})
@@ -327,7 +370,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	go func() {
 		watchDone <- ct.Watch(qctx, ctnetlink.WatchHandler{NewFlow: gw.DataConnection})
 	}()
-	log.Info("ftpalg running", "role", cfg.Role.String(), "queue", cfg.QueueNum, "queue_reader", cfg.QueueReader.String(), "queue_spin", cfg.QueueSpin.String(), "pinholes", cfg.Pinholes.String(), "control_ports", fmt.Sprint(cfg.ControlPorts),
+	log.Info("ftpalg running", "role", cfg.Role.String(), "queue", cfg.QueueNum, "queues", len(shards), "queue_reader", cfg.QueueReader.String(), "queue_spin", cfg.QueueSpin.String(), "pinholes", cfg.Pinholes.String(), "control_ports", fmt.Sprint(cfg.ControlPorts),
 		"install_rules", cfg.InstallRules, "pinhole_timeout", cfg.PinholeTimeout.String(),
 		"data_ports", fmt.Sprintf("%d-%d", cfg.DataPortLo, cfg.DataPortHi), "fail_open", cfg.FailOpen, "queue_bypass", cfg.QueueBypass)
 
@@ -340,9 +383,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	for {
 		select {
 		case <-flush.C:
-			gw.FlushState()
+			shards.FlushState()
 		case now := <-tick.C:
-			gw.Expire(now)
+			shards.Expire(now)
 			if !leftoversUntil.IsZero() && now.After(leftoversUntil) {
 				leftoversUntil = time.Time{}
 				if err := iptTab.RemoveLeftovers(); err != nil {
@@ -352,17 +395,21 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				}
 			}
 			repairRules(repair, log)
-			if qs, ok := readQueueStats(cfg.QueueNum); ok {
-				gw.setQueueStats(qs)
-				if lost := qs.dropped + qs.userDropped; lost > reportedLost && now.Sub(lastLossLog) >= 10*time.Second {
-					what := "dropped (TCP retransmits them)"
-					if cfg.FailOpen {
-						what = "accepted unexamined (--fail-open)"
-					}
-					log.Warn("queue overload: control packets "+what, "queue_full", qs.dropped, "delivery_failed", qs.userDropped,
-						"since_last_report", lost-reportedLost)
-					reportedLost, lastLossLog = lost, now
+			var lost, full, failed uint64
+			for i, g := range shards {
+				if qs, ok := readQueueStats(cfg.QueueNum + uint16(i)); ok {
+					g.setQueueStats(qs)
+					full, failed = full+qs.dropped, failed+qs.userDropped
 				}
+			}
+			if lost = full + failed; lost > reportedLost && now.Sub(lastLossLog) >= 10*time.Second {
+				what := "dropped (TCP retransmits them)"
+				if cfg.FailOpen {
+					what = "accepted unexamined (--fail-open)"
+				}
+				log.Warn("queue overload: control packets "+what, "queue_full", full, "delivery_failed", failed,
+					"since_last_report", lost-reportedLost)
+				reportedLost, lastLossLog = lost, now
 			}
 		case qerr := <-queueDone:
 			if qctx.Err() == nil {
@@ -378,11 +425,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			// rules drop control packets, or with --queue-bypass let
 			// them pass unexamined.
 			stopQueue()
-			if cerr := closeQueue(); cerr != nil {
-				log.Warn("closing NFQUEUE", "err", cerr)
-			}
-			gw.FlushState() // a successor takes the connections over
-			s := gw.Stats()
+			closeQueues()
+			shards.FlushState() // a successor takes the connections over
+			s := shards.Stats()
 			ps := pins.Stats()
 			log.Info("ftpalg stopping", "for_good", stopForGood(ctx), "packets", s.Packets, "modified", s.Modified, "dropped", s.Dropped,
 				"rewrites", s.Rewrites, "refusals", s.Refusals, "pinholes_opened", ps.Opened, "pinholes_used", ps.Used,
@@ -390,6 +435,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return nil
 		}
 	}
+}
+
+// perShard divides a limit over n shards, each keeping at least one; 0
+// (the engine's default) stays 0.
+func perShard(limit, n int) int {
+	if limit <= 0 {
+		return 0
+	}
+	return max(1, limit/n)
 }
 
 // stopForGood says whether Run's context asks for everything to be

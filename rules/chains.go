@@ -76,7 +76,7 @@ func (c *Chains) install(b backend) error {
 			// in one transaction, because a predecessor's jumps may
 			// already lead here: an empty chain for a moment would let
 			// control packets pass unexamined.
-			if err := b.ReplaceChain(h.table, h.chain, queueSpecs(c.cfg)); err != nil {
+			if err := b.ReplaceChain(h.table, h.chain, queueSpecs(c.cfg, b.family())); err != nil {
 				return fmt.Errorf("filling %s %s: %w", h.table, h.chain, err)
 			}
 			continue
@@ -137,7 +137,7 @@ func (c *Chains) Check() (bool, error) {
 				return false, err
 			}
 		}
-		for _, spec := range queueSpecs(c.cfg) {
+		for _, spec := range queueSpecs(c.cfg, b.family()) {
 			ok, err := c.present(b, "mangle", ChainQueue, spec)
 			if err != nil || !ok {
 				return false, err

@@ -29,13 +29,17 @@ func Fragment(cfg Config, family Family) (string, error) {
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "# ftpalg %s chains: load with `%s-restore --noflush`.\n", family, family.command())
-	fmt.Fprintf(&b, "# Control ports queued to NFQUEUE %d; pinhole rules are added at run time.\n", cfg.QueueNum)
+	if cfg.Queues > 1 {
+		fmt.Fprintf(&b, "# Control ports queued to NFQUEUE %d-%d; pinhole rules are added at run time.\n", cfg.QueueNum, int(cfg.QueueNum)+int(cfg.Queues)-1)
+	} else {
+		fmt.Fprintf(&b, "# Control ports queued to NFQUEUE %d; pinhole rules are added at run time.\n", cfg.QueueNum)
+	}
 	js := jumpsFor(cfg.Role)
 	for _, h := range restoreOrder() {
 		fmt.Fprintf(&b, "*%s\n", h.table)
 		fmt.Fprintf(&b, ":%s - [0:0]\n", h.chain)
 		if h.chain == ChainQueue {
-			for _, spec := range queueSpecs(cfg) {
+			for _, spec := range queueSpecs(cfg, family) {
 				fmt.Fprintf(&b, "-A %s %s\n", h.chain, formatRule(spec))
 			}
 		}

@@ -90,6 +90,9 @@ func nftQueueComment(cfg Config) string {
 	}
 	set := "{ " + strings.Join(list, ", ") + " }"
 	verdict := fmt.Sprintf("queue num %d", cfg.QueueNum)
+	if cfg.Queues > 1 {
+		verdict = fmt.Sprintf("queue num %d-%d", cfg.QueueNum, int(cfg.QueueNum)+int(cfg.Queues)-1)
+	}
 	if cfg.Bypass {
 		verdict += " bypass"
 	}

@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 )
 
 // Names of the chains ftpalg owns. They are part of the product's contract:
@@ -115,8 +116,14 @@ type Config struct {
 	// both directions (destination port from clients, source port from
 	// servers).
 	ControlPorts []uint16
-	// QueueNum is the NFQUEUE number the daemon listens on.
+	// QueueNum is the NFQUEUE number the daemon listens on, the first of
+	// Queues.
 	QueueNum uint16
+	// Queues, when above 1, spreads control packets over the queues
+	// QueueNum to QueueNum+Queues-1 with --queue-balance, whose hash of
+	// the two addresses (sorted, so both directions agree) keeps a
+	// connection on one queue: one daemon shard per queue.
+	Queues uint16
 	// Bypass adds --queue-bypass, so control packets pass unmodified rather
 	// than being dropped while no daemon listens on the queue.
 	Bypass bool
@@ -142,6 +149,11 @@ type Config struct {
 	// connection, a new entry without the bit, is refused: what the
 	// kernel helper's expectations give with RELATED. Both backends.
 	DataMark uint32
+	// SkipPureACKs lets control segments without payload of connections
+	// that carry no LabelRewritten bit pass without queueing (skipSpec):
+	// fewer queue crossings, same decisions. Only for a daemon that sets
+	// the label before it releases a connection's first rewritten packet.
+	SkipPureACKs bool
 }
 
 // DefaultConfig returns the configuration used when the operator sets
@@ -174,7 +186,18 @@ func (c Config) Validate() error {
 	if c.DataMark&(c.DataMark-1) != 0 {
 		return fmt.Errorf("%w: data connection mark %#x is not a single bit", ErrInvalidConfig, c.DataMark)
 	}
+	if int(c.QueueNum)+int(max(c.Queues, 1))-1 > 65535 {
+		return fmt.Errorf("%w: queues %d to %d: the last NFQUEUE number is 65535", ErrInvalidConfig, c.QueueNum, int(c.QueueNum)+int(c.Queues)-1)
+	}
 	return nil
+}
+
+// queueTarget is the NFQUEUE target's queue selection.
+func (c Config) queueTarget() []string {
+	if c.Queues > 1 {
+		return []string{"--queue-balance", fmt.Sprintf("%d:%d", c.QueueNum, int(c.QueueNum)+int(c.Queues)-1)}
+	}
+	return []string{"--queue-num", strconv.Itoa(int(c.QueueNum))}
 }
 
 // Families returns the enabled families, IPv4 first.

@@ -17,6 +17,8 @@ func TestConfigValidate(t *testing.T) {
 		{"no ports", Config{IPv4: true}, false},
 		{"port zero", Config{ControlPorts: []uint16{0}, IPv4: true}, false},
 		{"no family", Config{ControlPorts: []uint16{21}}, false},
+		{"queues up to 65535", Config{ControlPorts: []uint16{21}, IPv4: true, QueueNum: 65534, Queues: 2}, true},
+		{"queues past 65535", Config{ControlPorts: []uint16{21}, IPv4: true, QueueNum: 65535, Queues: 2}, false},
 	}
 	for _, tt := range tests {
 		err := tt.cfg.Validate()

@@ -25,28 +25,39 @@ func hooks() [3]hook {
 	}
 }
 
-// queueSpecs returns the NFQUEUE rules of FTPALG-QUEUE: control packets from
-// clients (destination port) and from servers (source port). Each rule is in
-// the canonical form `iptables -S` prints, so listings compare exactly.
+// queueSpecs returns the rules of FTPALG-QUEUE for family f, each in the
+// canonical form `iptables -S` prints, so listings compare exactly.
 //
 // The first rule only matches a conntrack label and does nothing: while any
 // connlabel rule is loaded, the kernel gives every new conntrack entry a
 // label extension (net->ct.labels_used), where ftpalg keeps a rewritten
 // connection's state for a restarted or standby ftpalg. Entries created
-// without it cannot hold labels (ctnetlink refuses them with ENOSPC).
-func queueSpecs(cfg Config) [][]string {
-	ports := cfg.controlPorts()
+// without it cannot hold labels (ctnetlink refuses them with ENOSPC). With
+// SkipPureACKs the pure-ACK RETURNs follow; then the NFQUEUE rules for
+// control packets from clients (destination port) and from servers (source
+// port).
+func queueSpecs(cfg Config, f Family) [][]string {
+	var lists []string
+	for chunk := range slicesChunk(cfg.controlPorts(), maxMultiport) {
+		list := make([]string, len(chunk))
+		for i, p := range chunk {
+			list[i] = strconv.Itoa(int(p))
+		}
+		lists = append(lists, strings.Join(list, ","))
+	}
 	specs := [][]string{labelSpec}
+	if cfg.SkipPureACKs {
+		for _, list := range lists {
+			specs = append(specs, skipSpec(f, list))
+		}
+	}
 	for _, dir := range []string{"--dports", "--sports"} {
-		for chunk := range slicesChunk(ports, maxMultiport) {
-			list := make([]string, len(chunk))
-			for i, p := range chunk {
-				list[i] = strconv.Itoa(int(p))
-			}
+		for _, list := range lists {
 			spec := []string{
-				"-p", "tcp", "-m", "multiport", dir, strings.Join(list, ","),
-				"-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(cfg.QueueNum)),
+				"-p", "tcp", "-m", "multiport", dir, list,
+				"-j", "NFQUEUE",
 			}
+			spec = append(spec, cfg.queueTarget()...)
 			if cfg.Bypass {
 				spec = append(spec, "--queue-bypass")
 			}

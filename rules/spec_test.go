@@ -92,6 +92,7 @@ func TestQueueSpecs(t *testing.T) {
 	tests := []struct {
 		name string
 		cfg  Config
+		fam  Family // zero: IPv4
 		want []string
 	}{
 		{
@@ -124,11 +125,33 @@ func TestQueueSpecs(t *testing.T) {
 				"-p tcp -m multiport --sports 116,117 -j NFQUEUE --queue-num 65535 --queue-bypass",
 			},
 		},
+		{
+			name: "two queues",
+			cfg:  Config{ControlPorts: []uint16{21}, QueueNum: 4, Queues: 2, IPv4: true},
+			want: []string{
+				"-p tcp -m multiport --dports 21 -j NFQUEUE --queue-balance 4:5",
+				"-p tcp -m multiport --sports 21 -j NFQUEUE --queue-balance 4:5",
+			},
+		},
+		{
+			name: "pure ACKs skip, IPv6",
+			cfg:  Config{ControlPorts: []uint16{21, 2121}, SkipPureACKs: true, IPv6: true},
+			fam:  IPv6,
+			want: []string{
+				"-p tcp -m multiport --ports 21,2121 -m tcp --tcp-flags FIN,SYN,RST,ACK ACK -m connlabel ! --label 127 -m bpf --bytecode \"" + pureACK6 + "\" -j RETURN",
+				"-p tcp -m multiport --dports 21,2121 -j NFQUEUE --queue-num 0",
+				"-p tcp -m multiport --sports 21,2121 -j NFQUEUE --queue-num 0",
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got []string
-			for _, s := range queueSpecs(tt.cfg) {
+			fam := tt.fam
+			if fam == 0 {
+				fam = IPv4
+			}
+			for _, s := range queueSpecs(tt.cfg, fam) {
 				got = append(got, formatRule(s))
 			}
 			if !slices.Equal(got, tt.want) {

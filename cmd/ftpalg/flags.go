@@ -46,6 +46,7 @@ type options struct {
 	publicIPs      string
 	controlPorts   string
 	queueNum       uint
+	queues         uint
 	pinholeTimeout time.Duration
 	dataPorts      string
 	installRules   bool
@@ -74,6 +75,7 @@ type options struct {
 func (o *options) define(fs *flag.FlagSet, run bool) {
 	fs.StringVar(&o.controlPorts, "control-ports", "21", "comma-separated TCP `ports` of FTP control connections (server side)")
 	fs.UintVar(&o.queueNum, "queue-num", 21, "NFQUEUE `number` the control-channel packets are sent to")
+	fs.UintVar(&o.queues, "queues", 1, "spread control connections over `n` NFQUEUEs from --queue-num on (--queue-balance: a connection\nstays on one), each read by its own thread and engine; above 1 needs --state-dir=")
 	fs.BoolVar(&o.ipv4, "ipv4", true, "handle IPv4 (iptables)")
 	fs.BoolVar(&o.ipv6, "ipv6", true, "handle IPv6 (ip6tables)")
 	fs.BoolVar(&o.queueBypass, "queue-bypass", false, "while no ftpalg is bound to the queue, let control packets pass unexamined (default false: they are\ndropped and TCP retransmits them, so a restart loses nothing; after a stop for good (SIGINT) nothing is\nqueued; after a handover (SIGTERM), a crash or an error exit control traffic stays dropped until ftpalg\nstarts or `ftpalg cleanup` runs); true keeps control traffic flowing while ftpalg is down, at a cost: a\nPORT or 227 then passes unrewritten and the segments of a rewritten session pass without their\nsequence offsets, which corrupts that session")
@@ -123,11 +125,14 @@ func (o *options) rulesConfig() (rules.Config, error) {
 	if o.queueNum > 65535 {
 		return rules.Config{}, fmt.Errorf("%w: --queue-num %d out of range", errUsage, o.queueNum)
 	}
+	if o.queues < 1 || o.queueNum+o.queues-1 > 65535 {
+		return rules.Config{}, fmt.Errorf("%w: --queues %d: want 1 to %d with --queue-num %d", errUsage, o.queues, 65536-o.queueNum, o.queueNum)
+	}
 	role, err := rules.ParseRole(o.role)
 	if err != nil {
 		return rules.Config{}, fmt.Errorf("%w: --role %q: want both, router or host", errUsage, o.role)
 	}
-	rc := rules.Config{ControlPorts: ports, QueueNum: uint16(o.queueNum), Bypass: o.queueBypass, IPv4: o.ipv4, IPv6: o.ipv6, Role: role}
+	rc := rules.Config{ControlPorts: ports, QueueNum: uint16(o.queueNum), Queues: uint16(o.queues), Bypass: o.queueBypass, IPv4: o.ipv4, IPv6: o.ipv6, Role: role}
 	backend, mark, err := o.backend()
 	if err != nil {
 		return rules.Config{}, err
@@ -224,7 +229,7 @@ func (o *options) daemonConfig(log *slog.Logger) (daemon.Config, error) {
 		TLS:            tls,
 		Limits:         daemon.Limits{PerConnection: 1, PerClient: o.maxPerClient, Total: o.maxPinholes},
 		MaxConnections: o.maxConns,
-		OutsideIf:      o.outsideIf, PublicIPs: pubs, ControlPorts: rc.ControlPorts, QueueNum: rc.QueueNum,
+		OutsideIf:      o.outsideIf, PublicIPs: pubs, ControlPorts: rc.ControlPorts, QueueNum: rc.QueueNum, Queues: rc.Queues,
 		PinholeTimeout: o.pinholeTimeout, DataPortLo: lo, DataPortHi: hi, InstallRules: o.installRules,
 		FailOpen: o.failOpen, QueueBypass: o.queueBypass, IPv4: o.ipv4, IPv6: o.ipv6, Role: rc.Role, Log: log,
 	}

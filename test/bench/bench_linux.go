@@ -31,7 +31,7 @@ func (b *bench) addRow(id, name, unit string, higher bool) *Row {
 func (b *bench) run(ctx context.Context) error {
 	b.pinholes = map[string]map[string][]float64{}
 	var errs []error
-	if b.cfg.runs("bulk") || b.cfg.runs("noop") || b.cfg.runs("sessions") || b.cfg.runs("long") {
+	if b.cfg.runs("bulk") || b.cfg.runs("noop") || b.cfg.runs("sessions") || b.cfg.runs("parallel") || b.cfg.runs("long") {
 		errs = append(errs, b.runRigs(ctx))
 	}
 	if b.cfg.runs("memory") {
@@ -128,8 +128,7 @@ func (b *bench) runRigs(ctx context.Context) error {
 					}
 				}
 				switch {
-				case err != nil && row.ID == "sessions-port" && !g.kernel && !g.runAlg,
-					err != nil && row.ID == "long-port" && !g.kernel && !g.runAlg:
+				case err != nil && slices.Contains([]string{"sessions-port", "parallel-port", "long-port"}, row.ID) && !g.kernel && !g.runAlg:
 					c.NA = "PORT from behind MASQUERADE needs an ALG (expected): " + err.Error()
 					b.progress("%s %s: N/A (%v)", what, g.name, err)
 				case err != nil:
@@ -181,19 +180,42 @@ func (b *bench) runRigs(ctx context.Context) error {
 			p99.Cells[g.name] = appendRep(p99.Cells[g.name], percentile(us, 99))
 			return percentile(us, 50), nil
 		})
-		for g, c := range p50.Cells {
-			if !c.ok() {
-				p99.Cells[g] = &Cell{Err: c.Err, NA: c.NA}
-			} else if pc := p99.Cells[g]; pc != nil {
-				pc.Value = median(pc.Reps)
-			}
-		}
+		finishFrom(p50, p99)
 	}
 	if cfg.runs("sessions") {
 		for _, m := range []mode{pasv, port} {
 			id := "sessions-" + strings.ToLower(string(m))
 			row := b.addRow(id, fmt.Sprintf("session rate %s (%d × login+%s+RETR 1 KB+QUIT)", m, cfg.sessions, m), "sessions/s", true)
-			each(row, id, func(g *gateway) (float64, error) { return sessions(ctx, g, m, cfg.sessions) })
+			cr := b.costRows(id, fmt.Sprintf("%s session", m))
+			each(row, id, func(g *gateway) (v float64, err error) {
+				err = cr.measure(ctx, g, cfg.sessions, func() (err error) {
+					v, err = sessions(ctx, g, m, cfg.sessions)
+					return err
+				})
+				return v, err
+			})
+			cr.finish()
+		}
+	}
+	if cfg.runs("parallel") {
+		for _, m := range []mode{pasv, port} {
+			id := "parallel-" + strings.ToLower(string(m))
+			row := b.addRow(id, fmt.Sprintf("session rate %s, %d clients at once (%d sessions)", m, cfg.clients, cfg.parallelSessions), "sessions/s", true)
+			p99 := b.addRow(id+"-p99", fmt.Sprintf("  session time p99, %d clients", cfg.clients), "ms", false)
+			cr := b.costRows(id, fmt.Sprintf("%s session, %d clients", m, cfg.clients))
+			each(row, id, func(g *gateway) (v float64, err error) {
+				var took []time.Duration
+				err = cr.measure(ctx, g, cfg.parallelSessions, func() (err error) {
+					v, took, err = parallelSessions(ctx, g, m, cfg.clients, cfg.parallelSessions)
+					return err
+				})
+				if err == nil {
+					p99.Cells[g.name] = appendRep(p99.Cells[g.name], percentile(micros(took), 99)/1000)
+				}
+				return v, err
+			})
+			finishFrom(row, p99)
+			cr.finish()
 		}
 	}
 	if cfg.runs("long") {
@@ -205,6 +227,80 @@ func (b *bench) runRigs(ctx context.Context) error {
 	}
 	b.pinholeRows()
 	return nil
+}
+
+// finishFrom completes a row filled with appendRep alongside main: the
+// median of its repetitions, or main's error where main has no value.
+func finishFrom(main *Row, rows ...*Row) {
+	for _, r := range rows {
+		for g, c := range main.Cells {
+			if !c.ok() {
+				r.Cells[g] = &Cell{Err: c.Err, NA: c.NA}
+			} else if rc := r.Cells[g]; rc != nil {
+				rc.Value = median(rc.Reps)
+			}
+		}
+	}
+}
+
+// costRows are the rows of what a session workload's sessions cost.
+type costRows struct {
+	main                         string // the workload's row ID
+	cpu, softirq, segs, crossing *Row
+}
+
+// costRows adds the cost rows of workload id, described by what.
+func (b *bench) costRows(id, what string) *costRows {
+	return &costRows{
+		main:     id,
+		cpu:      b.addRow("cpu-"+id, "  machine CPU per "+what, "µs", false),
+		softirq:  b.addRow("softirq-"+id, "    of it softirq", "µs", false),
+		segs:     b.addRow("segments-"+id, "  control segments with payload per "+what, "", false),
+		crossing: b.addRow("crossings-"+id, "  queue crossings per "+what, "", false),
+	}
+}
+
+// measure runs fn, n sessions on g, and files its cost per session.
+func (cr *costRows) measure(ctx context.Context, g *gateway, n int, fn func() error) error {
+	var q0, q1 uint64
+	var qerr error
+	c, err := measureCost(ctx, g, func() error {
+		if g.proc != nil {
+			q0, qerr = g.queued(ctx)
+		}
+		err := fn()
+		if g.proc != nil && qerr == nil {
+			q1, qerr = g.queued(ctx)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	per := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 / float64(n) }
+	cr.cpu.Cells[g.name] = appendRep(cr.cpu.Cells[g.name], per(c.cpu))
+	cr.softirq.Cells[g.name] = appendRep(cr.softirq.Cells[g.name], per(c.softirq))
+	cr.segs.Cells[g.name] = appendRep(cr.segs.Cells[g.name], float64(c.payloadSeg)/float64(n))
+	switch {
+	case g.proc == nil:
+		cr.crossing.Cells[g.name] = &Cell{NA: "no queue"}
+	case qerr != nil:
+		cr.crossing.Cells[g.name] = &Cell{Err: qerr.Error()}
+	default:
+		cr.crossing.Cells[g.name] = appendRep(cr.crossing.Cells[g.name], float64(q1-q0)/float64(n))
+	}
+	return nil
+}
+
+// finish completes the rows once every repetition ran.
+func (cr *costRows) finish() {
+	for _, r := range []*Row{cr.cpu, cr.softirq, cr.segs, cr.crossing} {
+		for _, c := range r.Cells {
+			if c.NA == "" && c.Err == "" && len(c.Reps) > 0 {
+				c.Value = median(c.Reps)
+			}
+		}
+	}
 }
 
 func appendRep(c *Cell, v float64) *Cell {

@@ -262,9 +262,13 @@ func TestJudge(t *testing.T) {
 		Rows: []*Row{
 			{ID: "bulk-median", Higher: true, Cells: map[string]*Cell{gwPlain: cell(1000), gwKernel: cell(1000), gwFtpalg: cell(980)}},
 			{ID: "noop-p50", Cells: map[string]*Cell{gwPlain: cell(10), gwKernel: cell(10), gwFtpalg: cell(16)}},
-			{ID: "sessions-port", Higher: true, Cells: map[string]*Cell{gwPlain: {NA: "needs an ALG"}, gwKernel: cell(100), gwFtpalg: cell(80)}},
+			{ID: "sessions-port", Higher: true, Cells: map[string]*Cell{gwPlain: {NA: "needs an ALG"}, gwKernel: cell(100), gwFtpalg: cell(95)}},
+			{ID: "crossings-sessions-pasv", Cells: map[string]*Cell{gwPlain: {NA: "no queue"}, gwFtpalg: cell(13)}},
+			{ID: "segments-sessions-pasv", Cells: map[string]*Cell{gwPlain: cell(12), gwFtpalg: cell(12)}},
+			{ID: "crossings-sessions-port", Cells: map[string]*Cell{gwFtpalg: cell(11)}},
+			{ID: "segments-sessions-port", Cells: map[string]*Cell{gwFtpalg: cell(12)}},
 			{ID: "long-port", Cells: map[string]*Cell{gwPlain: {NA: "needs an ALG"}, gwKernel: cell(1), gwFtpalg: {Err: "boom"}}},
-			{ID: "memory", Cells: map[string]*Cell{gwFtpalg: cell(2100)}},
+			{ID: "memory", Cells: map[string]*Cell{gwFtpalg: cell(1100)}},
 		},
 	}
 	r.judge()
@@ -273,11 +277,14 @@ func TestJudge(t *testing.T) {
 		missing bool
 	}{
 		"bulk-median":   {met: true},  // 0.98 ≥ 0.97
-		"noop-p50":      {met: false}, // 1.6 > 1.5
-		"sessions-port": {met: true},  // 0.8 ≥ 0.8
-		"long-port":     {missing: true},
-		"memory":        {met: false},
-		"noop-p99":      {missing: true},
+		"noop-p50":      {met: false}, // 1.6 > 1.25
+		"sessions-port": {met: true},  // 0.95 ≥ 0.95
+		// ftpalg's crossings against its own segment count
+		"crossings-sessions-pasv": {met: false}, // 13 > 12
+		"crossings-sessions-port": {met: true},  // 11 ≤ 12
+		"long-port":               {missing: true},
+		"memory":                  {met: false}, // 1100 > 1024
+		"noop-p99":                {missing: true},
 	}
 	seen := 0
 	for _, v := range r.Targets {

@@ -71,11 +71,19 @@ func (g *gateway) setup(ctx context.Context, cfg *config, data *dataSet) error {
 		return fmt.Errorf("gateway %s: %w", g.name, err)
 	}
 	g.r = r
+	if err := installSegmentCounters(ctx, r); err != nil {
+		return fmt.Errorf("gateway %s: %w", g.name, err)
+	}
 	// vsftpd's per-command and per-transfer logs are off: the same for
 	// every gateway, and it keeps disk writes out of the NOOP tail.
 	extra := []string{"log_ftp_protocol=NO", "xferlog_enable=NO"}
 	if g.srv, err = r.StartVsftpd(rig.VsftpdOptions{Extra: extra}); err != nil {
 		return fmt.Errorf("gateway %s: %w", g.name, err)
+	}
+	if cfg.placement == placeShared {
+		if err := pin(g.srv.Pid(), sharedCPU); err != nil {
+			return fmt.Errorf("gateway %s: pinning vsftpd: %w", g.name, err)
+		}
 	}
 	if err := data.linkInto(g.srv.Root); err != nil {
 		return fmt.Errorf("gateway %s: %w", g.name, err)

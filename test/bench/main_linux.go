@@ -18,25 +18,29 @@ import (
 
 // config is the command line.
 type config struct {
-	ftpalgBin string
-	algArgs   []string // extra `ftpalg run` flags
-	prefix    string
-	outDir    string
-	reps      int
-	bulkReps  int
-	bulkMB    int
-	noops     int
-	sessions  int
-	files     int
-	idle      int
-	parallel  int
-	backends  string
-	workloads string
-	timeout   time.Duration
+	ftpalgBin                 string
+	algArgs                   []string // extra `ftpalg run` flags
+	prefix                    string
+	outDir                    string
+	reps                      int
+	bulkReps                  int
+	bulkMB                    int
+	noops                     int
+	sessions                  int
+	clients, parallelSessions int // the parallel workload
+	placement                 string
+	files                     int
+	idle                      int
+	parallel                  int
+	backends                  string
+	workloads                 string
+	timeout                   time.Duration
 }
 
 // allWorkloads are the names -workloads accepts, in run order.
-func allWorkloads() []string { return []string{"bulk", "noop", "sessions", "long", "memory"} }
+func allWorkloads() []string {
+	return []string{"bulk", "noop", "sessions", "parallel", "long", "memory"}
+}
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	cfg := &config{}
@@ -60,6 +64,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&cfg.bulkMB, "bulk-mb", 200, "size of the bulk download in MB (10^6 bytes)")
 	fs.IntVar(&cfg.noops, "noops", 2000, "measured NOOP round trips per repetition")
 	fs.IntVar(&cfg.sessions, "sessions", 300, "sequential sessions per repetition and mode")
+	fs.StringVar(&cfg.placement, "placement", placeFree, "CPU placement: "+placeFree+" (no pinning) or "+placeShared+" (FTP client and server share CPU 0; ftpalg and the routers' kernel work free)")
+	fs.IntVar(&cfg.clients, "clients", 40, "concurrent clients of the parallel workload")
+	fs.IntVar(&cfg.parallelSessions, "parallel-sessions", 1000, "sessions per repetition of the parallel workload")
 	fs.IntVar(&cfg.files, "files", 1000, "small files fetched by the long session")
 	fs.IntVar(&cfg.idle, "idle", 10000, "idle logged-in control connections for the memory workload")
 	fs.IntVar(&cfg.parallel, "idle-parallel", 32, "connections opened concurrently by the memory workload")
@@ -75,6 +82,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, errors.New("no ftpalg binary: set FTPALG_BIN or -ftpalg (make build first)")
 	case cfg.reps < 1 || cfg.bulkReps < 1 || cfg.bulkMB < 1 || cfg.noops < 1 || cfg.sessions < 1 || cfg.files < 1 || cfg.idle < 1 || cfg.parallel < 1:
 		return nil, errors.New("-reps, -bulk-reps, -bulk-mb, -noops, -sessions, -files, -idle and -idle-parallel must be positive")
+	}
+	if cfg.placement != placeFree && cfg.placement != placeShared {
+		return nil, fmt.Errorf("-placement %q: want %s or %s", cfg.placement, placeFree, placeShared)
+	}
+	if cfg.clients < 1 || cfg.parallelSessions < cfg.clients {
+		return nil, errors.New("-clients must be positive and -parallel-sessions at least -clients")
 	}
 	for _, w := range strings.Split(cfg.workloads, ",") {
 		if !slices.Contains(allWorkloads(), w) {
@@ -117,6 +130,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	if cfg.placement == placeShared {
+		if runtime.NumCPU() < 2 {
+			return errors.New("-placement shared needs at least 2 CPUs")
+		}
+		if err := pinSelf(sharedCPU); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.timeout)
 	defer cancel()
 	progress := func(format string, a ...any) { fmt.Fprintf(stderr, "bench: "+format+"\n", a...) }
@@ -124,7 +145,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	rep := &Report{
 		Started: time.Now(), CPUs: runtime.NumCPU(), GoVersion: runtime.Version(),
 		Params: Params{Reps: cfg.reps, BulkReps: cfg.bulkReps, BulkBytes: int64(cfg.bulkMB) * 1e6, NOOPs: cfg.noops,
-			Sessions: cfg.sessions, Files: cfg.files, IdleConns: cfg.idle, Workloads: cfg.workloads, FtpalgArgs: cfg.algArgs},
+			Sessions: cfg.sessions, Files: cfg.files, IdleConns: cfg.idle, Workloads: cfg.workloads, FtpalgArgs: cfg.algArgs,
+			Placement: cfg.placement, Clients: cfg.clients, ParallelSessions: cfg.parallelSessions},
 		Pinholes: map[string]map[string]Summary{}, FtpalgStats: map[string]map[string]any{},
 	}
 	rep.Host, _ = os.Hostname()

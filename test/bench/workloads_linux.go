@@ -140,19 +140,7 @@ func sessions(ctx context.Context, g *gateway, m mode, n int) (float64, error) {
 		if err := ctx.Err(); err != nil {
 			return 0, err
 		}
-		c, err := g.dial(ctx)
-		if err != nil {
-			return 0, fmt.Errorf("session %d: %w", i, err)
-		}
-		err = c.login()
-		if err == nil {
-			_, err = c.retr(ctx, m, smallName, smallSize)
-		}
-		if err == nil {
-			err = c.quit()
-		}
-		c.Close()
-		if err != nil {
+		if err := session(ctx, g, m); err != nil {
 			return 0, fmt.Errorf("session %d: %w", i, err)
 		}
 	}
@@ -182,4 +170,68 @@ func long(ctx context.Context, g *gateway, m mode, n int) (float64, error) {
 	}
 	took := time.Since(start)
 	return took.Seconds(), c.quit()
+}
+
+// parallelSessions runs n sessions like sessions, spread over clients
+// concurrent clients, and returns sessions per second over the whole run
+// and each session's duration.
+func parallelSessions(ctx context.Context, g *gateway, m mode, clients, n int) (float64, []time.Duration, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	next := make(chan int)
+	go func() {
+		defer close(next)
+		for i := range n {
+			select {
+			case next <- i:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	took := make([]time.Duration, n)
+	errc := make(chan error, clients)
+	start := time.Now()
+	for range clients {
+		go func() {
+			for i := range next {
+				t0 := time.Now()
+				if err := session(ctx, g, m); err != nil {
+					cancel()
+					errc <- fmt.Errorf("session %d: %w", i, err)
+					return
+				}
+				took[i] = time.Since(t0)
+			}
+			errc <- nil
+		}()
+	}
+	// The first failure is the one to report: the others are sessions
+	// it cancelled.
+	var first error
+	for range clients {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
+	if first != nil {
+		return 0, nil, first
+	}
+	return float64(n) / time.Since(start).Seconds(), took, nil
+}
+
+// session is one complete session of the sessions workloads.
+func session(ctx context.Context, g *gateway, m mode) error {
+	c, err := g.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.login(); err != nil {
+		return err
+	}
+	if _, err := c.retr(ctx, m, smallName, smallSize); err != nil {
+		return err
+	}
+	return c.quit()
 }

@@ -284,3 +284,7 @@ func (s *FTPServer) CreateFile(name string, size int64) (string, error) {
 	}
 	return WriteRandomFile(filepath.Join(s.Root, name), size)
 }
+
+// Pid returns the process ID of the server's listening process, whose
+// children serve the sessions (for CPU placement in benchmarks).
+func (s *FTPServer) Pid() int { return s.proc.Pid() }
