@@ -616,6 +616,7 @@ func TestAdoptAfterHandover(t *testing.T) {
 	}
 	for _, f := range []Family{IPv4, IPv6} {
 		checkListing(t, f, "mangle", ChainQueue, "-N FTPALG-QUEUE",
+			`-A FTPALG-QUEUE -m connlabel --label "127"`,
 			"-A FTPALG-QUEUE -p tcp -m multiport --dports 21 -j NFQUEUE --queue-num 7 --queue-bypass",
 			"-A FTPALG-QUEUE -p tcp -m multiport --sports 21 -j NFQUEUE --queue-num 7 --queue-bypass")
 		if s := save(t, f); strings.Count(s, "-j FTPALG-QUEUE") != 3 {

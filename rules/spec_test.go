@@ -129,6 +129,7 @@ func TestQueueSpecs(t *testing.T) {
 			name: "two queues",
 			cfg:  Config{ControlPorts: []uint16{21}, QueueNum: 4, Queues: 2, IPv4: true},
 			want: []string{
+				"-m connlabel --label 127",
 				"-p tcp -m multiport --dports 21 -j NFQUEUE --queue-balance 4:5",
 				"-p tcp -m multiport --sports 21 -j NFQUEUE --queue-balance 4:5",
 			},
@@ -138,6 +139,7 @@ func TestQueueSpecs(t *testing.T) {
 			cfg:  Config{ControlPorts: []uint16{21, 2121}, SkipPureACKs: true, IPv6: true},
 			fam:  IPv6,
 			want: []string{
+				"-m connlabel --label 127",
 				"-p tcp -m multiport --ports 21,2121 -m tcp --tcp-flags FIN,SYN,RST,ACK ACK -m connlabel ! --label 127 -m bpf --bytecode \"" + pureACK6 + "\" -j RETURN",
 				"-p tcp -m multiport --dports 21,2121 -j NFQUEUE --queue-num 0",
 				"-p tcp -m multiport --sports 21,2121 -j NFQUEUE --queue-num 0",
