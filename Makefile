@@ -69,7 +69,7 @@ FUZZ_TARGETS := \
 	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack/seqnum:FuzzShiftRoundTrip ./config:FuzzParse \
 	./nfq:FuzzParse ./rules:FuzzParseNFTAcks ./rules:FuzzAppendNFTBatch
 
-.PHONY: all build man test unit fuzz bench bench-pinholes lint deps demo matrix baseline loss install deb release cross-test clean
+.PHONY: all build man test unit fuzz bench bench-pinholes lint deps demo matrix baseline loss ha install deb release cross-test clean
 
 all: build
 
@@ -131,6 +131,12 @@ baseline: deps build
 # Lossy links: SYN, SYN/ACK and reply loss, ftpalg (both backends) and the kernel helper.
 loss: deps build
 	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_LOSS=full $(GO) test -count=1 -timeout 20m -run TestLossyLinks -v ./test/e2e
+
+# Two routers (keepalived + conntrackd, the deploy/ha kit): 20 PORT and 20
+# PASV sessions across a hard failure, a switchover and a failback of the
+# master, through the kernel helper and through ftpalg; figures logged.
+ha: deps build
+	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_HA=full $(GO) test -count=1 -timeout 30m -run TestFailover -v ./test/ha | grep -E '^(=== RUN|--- |\s+ha_linux_test.go:[0-9]+: (kernel-helper|ftpalg),|\s+ha_linux_test.go:[0-9]+:   |ok|FAIL|PASS)'
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
