@@ -187,7 +187,11 @@ func (sc scenario) run(t *testing.T) result {
 			}
 		}
 	}
-	t.Logf("%v, %v, %d+%d sessions (no rewrite: %v): %v", sc.gw, sc.ev, sc.sessions, sc.sessions, sc.noRewrite, res)
+	nPort := sc.sessions
+	if sc.noRewrite {
+		nPort = 0
+	}
+	t.Logf("%v, %v, %d PORT + %d PASV sessions (no rewrite: %v): %v", sc.gw, sc.ev, nPort, sc.sessions, sc.noRewrite, res)
 	for _, e := range res.errs {
 		t.Logf("  %s", e)
 	}
@@ -195,14 +199,15 @@ func (sc scenario) run(t *testing.T) result {
 }
 
 // pending counts what the master holds for data connections not yet
-// started: the kernel helper's expectations, or the elements (each with a
-// kernel timeout, "expires") of ftpalg's nftables pinhole sets.
+// started: the kernel helper's expectations, or ftpalg's pinholes (here all
+// NAT'd: the elements of its nat_targets map, each with a kernel timeout,
+// "expires").
 func pending(ctx context.Context, p *Pair, r *Router, gw Gateway) int {
 	if gw == KernelHelper {
 		out, _ := p.Run(ctx, r.NS, "conntrack", "-L", "expect")
-		return strings.Count(out, "\n")
+		return strings.Count(out, " proto=6 ")
 	}
-	out, _ := p.Run(ctx, r.NS, "nft", "list", "table", "ip", "ftpalg")
+	out, _ := p.Run(ctx, r.NS, "nft", "list", "map", "ip", "ftpalg", "nat_targets")
 	return strings.Count(out, "expires")
 }
 
