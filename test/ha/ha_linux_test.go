@@ -67,7 +67,7 @@ type result struct {
 	gap            time.Duration // event to the new master's commit
 	pending        int           // pinholes (ftpalg) or expectations (kernel) on the old master just before
 	invalid        [2]uint64     // INVALID drops on ha1, ha2
-	refused        int           // ftpalg log records about refused packets on the new master
+	refused        int           // ftpalg's "refused" log records on the new master
 	errs           []string
 }
 
@@ -182,7 +182,7 @@ func (sc scenario) run(t *testing.T) result {
 	}
 	if to.Ftpalg != nil {
 		for _, l := range strings.Split(to.Ftpalg.Output(), "\n") {
-			if strings.Contains(l, "refus") {
+			if strings.Contains(l, `"msg":"refused"`) {
 				res.refused++
 			}
 		}
