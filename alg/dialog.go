@@ -88,6 +88,11 @@ const (
 	cmdAUTH
 	cmdUSER
 	cmdPASS
+	// cmdCut is what a final reply answers when nothing is outstanding
+	// but flagCut is set: a command a resumed dialog knows only the end
+	// of, which any passive reply may answer (see Dialog.Cut). It is
+	// never queued.
+	cmdCut
 )
 
 // Verb names a client command as far as ftpalg's policy cares. Found
@@ -117,7 +122,7 @@ func (c cmd) verb() Verb {
 	case cmdPASV, cmdEPSV, cmdLPSV:
 		return VerbPASV
 	}
-	return VerbOther
+	return VerbOther // cmdCut too: its verb is unknown
 }
 
 const (
@@ -125,6 +130,7 @@ const (
 	flagOpaque               // AUTH was accepted with 234: TLS follows
 	flagDesync               // the lost counter overflowed; never trust a passive reply again
 	flagLoggedIn             // a 230 or 232 answered USER or PASS
+	flagCut                  // Dialog.Cut: until the next final reply, an empty queue answers cmdCut
 )
 
 // Dialog is the FTP state of one control connection: which commands still
@@ -243,7 +249,10 @@ func (d *Dialog) Pending() int { return int(d.n) + int(d.lost) }
 // announced endpoint; Err is set (wrapping ErrMalformed) when the verb is
 // one of those but the argument is not exactly the grammar. A line longer
 // than MaxLine is handled as ClientOverlong(line).
-func (d *Dialog) ClientLine(line []byte) Found {
+func (d *Dialog) ClientLine(line []byte) Found { return d.clientLine(line, false) }
+
+// clientLine is ClientLine; first is ClientFirstLine's.
+func (d *Dialog) clientLine(line []byte, first bool) Found {
 	if d.Opaque() {
 		return Found{}
 	}
@@ -251,8 +260,18 @@ func (d *Dialog) ClientLine(line []byte) Found {
 		return d.ClientOverlong(line)
 	}
 	c, f := parseCommand(line)
-	d.push(c)
 	f.Verb = c.verb()
+	switch {
+	case first && c == cmdOther && f.Kind == KindNone:
+		d.Cut()
+		return f
+	case first && c.verb() == VerbPASV && c == d.peek() && d.Pending() == 1:
+		// The passive command the labels said is outstanding, come
+		// again: a retransmission, not a second one (a client waits
+		// for the answer before it asks again).
+		return f
+	}
+	d.push(c)
 	return f
 }
 
@@ -304,7 +323,7 @@ func (d *Dialog) ServerLine(line []byte) Found {
 	}
 	f := parseReply(kind, line)
 	f.Answers = answered.verb()
-	if answered != wantCmd(kind) {
+	if answered != wantCmd(kind) && answered != cmdCut {
 		f.Err = newLineError(kind, rUnsolicited)
 	}
 	return f
@@ -329,7 +348,7 @@ func (d *Dialog) ServerOverlong(head []byte) Found {
 	switch {
 	case kind == KindNone:
 		return Found{}
-	case answered != wantCmd(kind):
+	case answered != wantCmd(kind) && answered != cmdCut:
 		return Found{Kind: kind, Err: newLineError(kind, rUnsolicited)}
 	}
 	return Found{Kind: kind, Err: newLineError(kind, rTooLong)}
@@ -374,6 +393,10 @@ func (d *Dialog) final(code [3]byte) (Kind, cmd) {
 	} else {
 		c = d.pop()
 	}
+	if c == cmdNone && d.flags&flagCut != 0 {
+		c = cmdCut
+	}
+	d.flags &^= flagCut
 	if code == [3]byte{'2', '3', '4'} && c == cmdAUTH {
 		d.flags |= flagOpaque
 		return KindNone, c
@@ -445,6 +468,17 @@ func (d *Dialog) MayRewrite(side Side, partial []byte) bool {
 }
 
 func (d *Dialog) mayRewriteReply(p []byte) bool {
+	if d.peek() == cmdNone && d.flags&flagCut != 0 {
+		for _, c := range [...]cmd{cmdPASV, cmdEPSV, cmdLPSV} {
+			e := *d
+			e.flags &^= flagCut
+			e.push(c)
+			if e.mayRewriteReply(p) {
+				return true
+			}
+		}
+		return false
+	}
 	var code [3]byte
 	var kind Kind
 	switch d.peek() {

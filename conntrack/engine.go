@@ -42,7 +42,22 @@ var (
 	ErrTLS          = errors.New("control channel switched to TLS after AUTH; its data connections cannot be seen")
 	ErrTLSRefused   = errors.New("AUTH refused by policy (--tls=refuse); the client is told with a 534 reply")
 	ErrLimit        = errors.New("pinhole limit reached")
+	// Refusals of a connection resumed from conntrack labels (see Labels).
+	ErrReplaySplit    = errors.New("retransmitted rewritten line is not complete in its segment; dropped")
+	ErrReplayMismatch = errors.New("retransmitted rewritten line rewrites to another length than the previous process's; dropped")
+	ErrReplayLate     = errors.New("retransmitted rewritten line comes after later rewrites were released; dropped")
+	ErrMulti          = errors.New("segment needs sequence positions the conntrack labels cannot map (MULTI); dropped")
+	ErrLabelOverflow  = errors.New("sequence offsets too large for the conntrack labels (OVERFLOW): a successor cannot take this connection over")
+	ErrNotTakenOver   = errors.New("the previous process could not record this connection's offsets (OVERFLOW); its packets are dropped")
 )
+
+// LabelSource reads the conntrack labels a previous process wrote on a
+// connection's entry. The daemon implements it with one ctnetlink GET.
+type LabelSource interface {
+	// Labels returns the labels of c's entry; zero labels when it has
+	// none. An error means they could not be read: c is picked up plain.
+	Labels(c Conn) (Labels, error)
+}
 
 // TLSPolicy says what to do when a client asks to protect the control
 // channel (AUTH TLS, AUTH SSL or any other AUTH mechanism).
@@ -110,6 +125,13 @@ type Config struct {
 	// error refuses the announcement (its line passes unchanged). The
 	// daemon enforces its per-client and total pinhole limits here.
 	Admit func(session uint64, c Conn) error
+	// WriteLabels makes the engine report (EventLabels) every change of a
+	// connection's label state, which the daemon writes to its conntrack
+	// entry before the packet is released.
+	WriteLabels bool
+	// LabelSource, if set, is asked for the labels of every connection
+	// first seen without its SYN, before it is picked up plain.
+	LabelSource LabelSource
 }
 
 func (c *Config) fill() {
@@ -175,6 +197,10 @@ const (
 	// made. The kernel's window tracking must be made liberal on it before
 	// the packet is released (see DESIGN.md).
 	EventLiberal
+	// EventLabels: the connection's label state changed; Labels must be
+	// written to its conntrack entry before the packet is released (with
+	// BE_LIBERAL in the same update when Liberal).
+	EventLabels
 )
 
 func (k EventKind) String() string {
@@ -189,6 +215,8 @@ func (k EventKind) String() string {
 		return "flow-end"
 	case EventLiberal:
 		return "liberal"
+	case EventLabels:
+		return "labels"
 	}
 	return fmt.Sprintf("event(%d)", k)
 }
@@ -218,6 +246,8 @@ type Event struct {
 	Pinhole Pinhole        // pinhole
 	Reason  error          // refusal
 	Path    Path           // the connection's path through this machine
+	Labels  Labels         // labels: the new labels
+	Liberal bool           // labels: the connection needs BE_LIBERAL
 }
 
 // LogAttrs renders the event as slog attributes.
@@ -253,6 +283,9 @@ type Stats struct {
 	Packets, Modified, Dropped, Untracked uint64
 	Rewrites, Refusals, Flows, Evicted    uint64
 	Stalled, TLS                          uint64
+	// Resumed counts connections taken over from conntrack labels,
+	// LabelErrors labels that could not be read.
+	Resumed, LabelErrors uint64
 }
 
 // Engine processes the packets of FTP control connections.
@@ -299,6 +332,9 @@ func (e *Engine) Stats() Stats { return e.stats }
 func (e *Engine) Len() int { return len(e.tab.m) }
 
 func (e *Engine) isControl(port uint16) bool { return slices.Contains(e.cfg.ControlPorts, port) }
+
+// IsControl reports whether port is a control connections' server port.
+func (e *Engine) IsControl(port uint16) bool { return e.isControl(port) }
 
 func (e *Engine) emit(ev Event) {
 	if ev.Kind == EventRefusal {
@@ -350,7 +386,14 @@ func (e *Engine) ProcessAt(pkt []byte, hook Hook, now time.Time) Result {
 	}
 	e.cur = f
 	f.path = pathOf(hook, e.side)
+	if f.dead {
+		e.stats.Dropped++
+		return Result{Verdict: Drop, Events: e.events}
+	}
 	res := e.track(f, pkt, seg, now)
+	if e.cfg.WriteLabels {
+		e.reportLabels(f)
+	}
 	if seg.has(flagRST) || (f.c.fin && f.s.fin) {
 		if f.closeAt.IsZero() {
 			wait := e.cfg.CloseTimeout
@@ -390,7 +433,12 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 		}
 		e.ids++
 		e.stats.Flows++
-		f = &flow{conn: conn, id: e.ids, dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: !newSYN}
+		if !newSYN && e.cfg.LabelSource != nil {
+			f = e.fromLabels(conn)
+		}
+		if f == nil {
+			f = &flow{conn: conn, id: e.ids, dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: !newSYN}
+		}
 		e.tab.m[conn] = f
 	}
 	if f.started.IsZero() {

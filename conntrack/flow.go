@@ -32,11 +32,18 @@ type flow struct {
 	// are reported too; mappingChanged: an edit since the last Changed.
 	saved, mappingChanged bool
 	rewrites              uint32
-	started               time.Time
-	last                  time.Time
-	closeAt               time.Time // zero while open
-	older                 *flow     // LRU neighbours: older is closer to eviction
-	newer                 *flow
+	// labels were last reported (EventLabels) or found on the entry;
+	// resumed: taken over from them; dead: they said OVERFLOW, so the
+	// connection's packets are dropped; overflowLogged: OVERFLOW reported.
+	labels         Labels
+	resumed, dead  bool
+	overflowLogged bool
+	cut            bool // the client's first line after resuming was cut (alg.Dialog.Cut)
+	started        time.Time
+	last           time.Time
+	closeAt        time.Time // zero while open
+	older          *flow     // LRU neighbours: older is closer to eviction
+	newer          *flow
 }
 
 // sender and receiver return the halves for a packet sent by side.

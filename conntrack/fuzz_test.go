@@ -2,8 +2,10 @@ package conntrack
 
 import (
 	"encoding/binary"
+	"errors"
 	"testing"
 
+	"github.com/ftpalg/ftpalg/alg"
 	"github.com/ftpalg/ftpalg/conntrack/seqnum"
 )
 
@@ -52,6 +54,15 @@ func FuzzSegments(f *testing.F) {
 		} {
 			e.Process(p.build(t), testNow)
 		}
+		driveSegments(t, e, next, in)
+	})
+}
+
+// driveSegments runs the segments encoded in in (see FuzzSegments) through
+// e, with next the senders' next sequence numbers, and checks what comes
+// out and that per-connection memory stays bounded.
+func driveSegments(t *testing.T, e *Engine, next [2]seqnum.Value, in []byte) {
+	{
 		for len(in) >= 4 {
 			hdr, off, n := in[0], int16(binary.BigEndian.Uint16(in[1:])), int(in[3])
 			in = in[4:]
@@ -92,8 +103,57 @@ func FuzzSegments(f *testing.F) {
 				}
 			}
 		}
+	}
+}
+
+// FuzzLabels: any 128 label bits either decode into a state that encodes
+// back to exactly those bits, or are refused with ErrLabels; an engine
+// that resumes a connection from them, then gets arbitrary segments (as in
+// FuzzSegments), never panics, emits only well-formed packets and stays
+// bounded. The two sequence bases place the segments around the labels'
+// positions.
+func FuzzLabels(f *testing.F) {
+	port := LabelState{Halves: [2]LabelHalf{{Pos: 1000, Shift: 4, Step: 4}}, LoggedIn: true, Rewritten: true}.Encode()
+	pasv := LabelState{Halves: [2]LabelHalf{{}, {Pos: 5000, Shift: -3, Step: -3}}, Answer: alg.AnswerPASV, LoggedIn: true, Rewritten: true}.Encode()
+	multi := LabelState{Halves: [2]LabelHalf{{Pos: 1000, Shift: 9, Step: 4}}, Multi: true, Rewritten: true}.Encode()
+	over := LabelState{Overflow: true, Rewritten: true}.Encode()
+	for _, s := range []struct {
+		l    Labels
+		c, s uint32
+		in   []byte
+	}{
+		// the rewritten PORT comes again: replayed, same step
+		{port, 1000, 5000, seedSeg(0, 0, "PORT 192,0,2,10,200,10\r\n")},
+		// the next PORT after the takeover
+		{port, 1030, 5000, append(seedSeg(1, 0, "200 ok\r\n"), seedSeg(0, 0, "PORT 192,0,2,10,200,10\r\n")...)},
+		// the 227 answering a PASV sent through the old process
+		{pasv, 1000, 5100, seedSeg(1, 0, "227 Entering Passive Mode (192,0,2,20,200,10).\r\n")},
+		// a segment before pos with MULTI: dropped
+		{multi, 990, 5000, seedSeg(0, 0, "NOOP\r\nPORT 192,0,2,10,200,10\r\n")},
+		{over, 1000, 5000, seedSeg(0, 0, "NOOP\r\n")},
+		{Labels{^uint64(0), ^uint64(0)}, 1000, 5000, seedSeg(0, 0, "NOOP\r\n")},
+	} {
+		f.Add(s.l[0], s.l[1], s.c, s.s, s.in)
+	}
+	f.Fuzz(func(t *testing.T, lo, hi uint64, cseq, sseq uint32, in []byte) {
+		l := Labels{lo, hi}
+		st, err := l.Decode()
+		switch {
+		case err != nil && !errors.Is(err, ErrLabels):
+			t.Fatalf("Decode(%s) = %v, not ErrLabels", l, err)
+		case err == nil && st.Encode() != l:
+			t.Fatalf("Decode(%s) = %+v encodes to %s", l, st, st.Encode())
+		}
+		src := fixedLabels(l)
+		e := New(Config{MaxLine: 128, WriteLabels: true, LabelSource: &src}, &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic})
+		driveSegments(t, e, [2]seqnum.Value{seqnum.Value(cseq), seqnum.Value(sseq)}, in)
 	})
 }
+
+// fixedLabels is a LabelSource with the same labels for every connection.
+type fixedLabels Labels
+
+func (l *fixedLabels) Labels(Conn) (Labels, error) { return Labels(*l), nil }
 
 var dictionary = []string{
 	"PORT 192,0,2,10,200,10\r\n", "PASV\r\n", "EPSV\r\n", "227 Entering Passive Mode (192,0,2,20,200,10).\r\n",

@@ -25,11 +25,45 @@ type seqMap struct {
 	edits  []edit       // sorted, disjoint, all at or after floor
 	folded uint64       // edits folded into base (for status and tests)
 	added  bool         // an edit was added since the engine last looked
+	// last is the most recent edit ever made (kept after it is folded):
+	// what the conntrack labels record of this direction.
+	lastAt   seqnum.Value
+	lastStep seqnum.Delta
+	hasLast  bool
+	// lab: the map was resumed from conntrack labels, which know only the
+	// last edit's start and length change; base is the shift after it.
+	// Until the receiver acknowledges past that edit, or its line comes
+	// again and is rewritten the same way, where it ends is unknown.
+	lab labelPoint
+}
+
+// labelPoint is the last edit of a map resumed from labels.
+type labelPoint struct {
+	active bool
+	at     seqnum.Value // the edit's start, sender space
+	step   seqnum.Delta // its length change
+	multi  bool         // earlier edits were in flight: positions before at cannot be mapped
+}
+
+// rAt is the receiver position of the resumed edit's start.
+func (m *seqMap) rAt() seqnum.Value { return m.lab.at.Shift(m.base - m.lab.step) }
+
+// unmappable reports whether sender position x (or, with receiver, the
+// receiver position x) lies before a resumed edit whose predecessors were
+// still in flight: no exact mapping is known there.
+func (m *seqMap) unmappable(x seqnum.Value, receiver bool) bool {
+	if !m.lab.active || !m.lab.multi {
+		return false
+	}
+	if receiver {
+		return x.LessThan(m.rAt())
+	}
+	return x.LessThan(m.lab.at)
 }
 
 // total is the shift after every recorded edit.
 func (m *seqMap) total() seqnum.Delta {
-	d := m.base
+	d := m.base // a map resumed from labels has no edits: base is its shift
 	for i := range m.edits {
 		d += m.edits[i].delta()
 	}
@@ -40,6 +74,11 @@ func (m *seqMap) total() seqnum.Delta {
 // inside an edit maps to the receiver position of the edit's start; one
 // before floor (a stale duplicate) maps to floor's.
 func (m *seqMap) toReceiver(x seqnum.Value) seqnum.Value {
+	if m.lab.active && x.LessThanEq(m.lab.at) {
+		return x.Shift(m.base - m.lab.step)
+	}
+	// After a resumed edit's start: taken as at or after its end (floor
+	// is that start).
 	x = seqnum.Max(x, m.floor)
 	d := m.base
 	for i := range m.edits {
@@ -73,6 +112,12 @@ const (
 // mapped exactly once edits were folded; they map to floor, which the
 // receiver has acknowledged already.
 func (m *seqMap) toSender(a seqnum.Value, s snap) seqnum.Value {
+	if m.lab.active && a.LessThanEq(m.rAt()) {
+		return a.Shift(-(m.base - m.lab.step))
+	}
+	// Receiver positions inside a resumed edit's replacement (a receiver
+	// holding part of a rewritten line, which ftpalg sends whole) map no
+	// further than its start, which is floor.
 	if a.LessThan(m.floor.Shift(m.base)) {
 		return m.floor
 	}
@@ -98,11 +143,21 @@ func (m *seqMap) toSender(a seqnum.Value, s snap) seqnum.Value {
 func (m *seqMap) add(start seqnum.Value, oldLen int, repl []byte) {
 	m.edits = append(m.edits, edit{start: start, oldLen: seqnum.Size(oldLen), repl: append([]byte(nil), repl...)})
 	m.added = true
+	m.lastAt, m.lastStep, m.hasLast = start, seqnum.Delta(len(repl))-seqnum.Delta(oldLen), true
 }
 
 // forget folds the edits that end at or before acked, which the receiver has
 // acknowledged in full.
 func (m *seqMap) forget(acked seqnum.Value) {
+	if m.lab.active {
+		if !m.lab.at.LessThan(acked) {
+			return
+		}
+		// The receiver holds bytes after the resumed edit's start, so
+		// it got that edit (sent whole): positions before floor (its
+		// start) are stale from now on, as after any fold.
+		m.lab.active = false
+	}
 	n := 0
 	for n < len(m.edits) && m.edits[n].end().LessThanEq(acked) {
 		m.base += m.edits[n].delta()

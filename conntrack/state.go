@@ -125,6 +125,11 @@ func (e *Engine) Restore(s FlowState, now time.Time) error {
 			h.m.add(ed.Start, int(ed.OldLen), ed.Repl)
 			prev = ed.Start.Add(seqnum.Size(ed.OldLen))
 		}
+		if !h.m.hasLast && h.m.base != 0 {
+			// Its edits were all acknowledged: what the labels need is
+			// only the shift, from floor on.
+			h.m.lastAt, h.m.lastStep, h.m.hasLast = h.m.floor, 0, true
+		}
 	}
 	if old := e.tab.m[s.Conn]; old != nil {
 		e.tab.remove(old)
@@ -151,12 +156,17 @@ type FlowInfo struct {
 	ShiftC2S, ShiftS2C int32
 	Liberal            bool
 	Path               Path
+	// Labels are the conntrack labels last written (or found, for a
+	// resumed connection); zero when none were needed.
+	Labels  Labels
+	Resumed bool // taken over from conntrack labels
 }
 
 // Flows calls fn for every tracked connection, most recently active first.
 func (e *Engine) Flows(fn func(FlowInfo)) {
 	for f := e.tab.newest; f != nil; f = f.older {
 		fn(FlowInfo{Session: f.id, Conn: f.conn, Started: f.started, Last: f.last, Rewrites: f.rewrites,
-			ShiftC2S: int32(f.c.m.total()), ShiftS2C: int32(f.s.m.total()), Liberal: f.liberal, Path: f.path})
+			ShiftC2S: int32(f.c.m.total()), ShiftS2C: int32(f.s.m.total()), Liberal: f.liberal, Path: f.path,
+			Labels: f.labels, Resumed: f.resumed})
 	}
 }

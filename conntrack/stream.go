@@ -43,7 +43,27 @@ type half struct {
 	// restoredHeld: the saved state had bytes held from next on, so the
 	// receiver never got them and the sender will send them again.
 	restoredHeld bool
-	m            seqMap
+	// resume: the connection was resumed from conntrack labels, which say
+	// neither where lines start nor whether the previous process held
+	// bytes back; unsure: no data segment was accepted since (see decide).
+	resume, unsure bool
+	dropped        bool // decide dropped a segment starting at dropAt, at droppedAt
+	dropAt         seqnum.Value
+	droppedAt      time.Time
+	// replaying: the line at replayAt is a retransmission of the line the
+	// previous process rewrote (a resumed map's last edit).
+	replaying bool
+	replayAt  seqnum.Value
+	m         seqMap
+}
+
+// clone copies h deeply enough to undo a push.
+func (h *half) clone() half {
+	c := *h
+	c.held = append([]byte(nil), h.held...)
+	c.line = append([]byte(nil), h.line...)
+	c.m.edits = append([]edit(nil), h.m.edits...)
+	return c
 }
 
 // lineHandler is what a half calls for the FTP meaning of its bytes.
@@ -52,7 +72,15 @@ type lineHandler interface {
 	// false when part of the line was already released, so it cannot be
 	// rewritten. overlong lines are reported, never parsed. The returned
 	// bytes, if not nil, replace the line.
-	line(content []byte, whole, overlong bool) []byte
+	// replay says the line is a retransmission of one the previous
+	// process rewrote, which the dialog has accounted for already.
+	line(content []byte, whole, overlong, replay bool) []byte
+	// lineStart reports whether the sender's bytes b can begin a line;
+	// loose accepts a segment too short to tell (alg.MayStartLine).
+	lineStart(b []byte, loose bool) bool
+	// cut reports that a resumed stream's first line was skipped: its
+	// start went through the previous process.
+	cut()
 	// mayRewrite reports whether an unterminated line could still need a
 	// rewrite and is worth holding back.
 	mayRewrite(partial []byte) bool
@@ -76,7 +104,21 @@ func (h *half) start(seg *segment) {
 	}
 	h.sent = h.next
 	h.m.floor = h.next
+	if h.resume {
+		// Resumed from labels that record no edit of this direction:
+		// every position maps with the shift of 0, also before the first
+		// segment seen (a delayed ACK, a retransmission of bytes the
+		// previous process released); only ancient ones are clamped.
+		h.m.floor = h.next - resumeReach
+	}
 }
+
+// minRTO is Linux's lowest TCP retransmission timeout (TCP_RTO_MIN).
+const minRTO = 200 * time.Millisecond
+
+// resumeReach is how far before its first segment a resumed direction
+// without edits still maps exactly: far more than any window.
+const resumeReach = 1 << 30
 
 // isSYN reports whether a SYN at seq belongs to this stream rather than to
 // a new connection on the same port pair: a retransmitted or duplicated SYN
@@ -95,7 +137,9 @@ func (h *half) isSYN(seq seqnum.Value) bool {
 func (h *half) resync(p seqnum.Value) {
 	h.next, h.sent, h.sync = p, seqnum.Max(h.sent, p), false
 	h.held = h.held[:0]
-	h.restored, h.restoredHeld = false, false
+	// A resumed stream stays restored until decide accepts a segment:
+	// the receiver may acknowledge more bytes of the previous process.
+	h.restored, h.restoredHeld = h.unsure, false
 }
 
 // heldEnd is the sender position after the held bytes.
@@ -108,6 +152,8 @@ type pushResult struct {
 	changed  bool         // out differs from the segment's payload
 	gap      bool         // the segment starts beyond what can be reassembled
 	trimTail bool         // the end of the segment was held back (its FIN too)
+	replay   bool         // the resumed edit's line came again and was parsed
+	refuse   error        // drop the segment and report this
 }
 
 // push runs a segment's payload through the stream and appends to out what
@@ -122,8 +168,33 @@ func (h *half) push(seg *segment, out, scratch []byte, now time.Time, cfg *Confi
 		s = s.Add(1)
 	}
 	e := s.Add(seqnum.Size(len(data)))
+	if h.m.lab.active && len(data) > 0 && s.LessThanEq(h.m.lab.at) {
+		return h.replay(seg, r, s, e, scratch, now, cfg, fn)
+	}
 	he := h.heldEnd()
-	if len(data) == 0 && h.restored && !h.restoredHeld && he.LessThan(s) {
+	if h.unsure && len(data) > 0 {
+		switch {
+		case h.ackValid && e.LessThanEq(h.acked):
+			// Wholly acknowledged: replayed (trimmed) below; it says
+			// nothing about what follows.
+			if h.next.LessThan(h.acked) {
+				h.next, h.sent, he = h.acked, seqnum.Max(h.sent, h.acked), h.acked
+			}
+		case !h.decide(s, data, now, fn):
+			r.gap = true
+			return r, scratch
+		default:
+			at := s
+			if h.ackValid && s.LessThan(h.acked) {
+				at, h.sync = h.acked, false // the new bytes start inside
+			}
+			if he != at {
+				h.next, h.sent, he = at, seqnum.Max(h.sent, at), at
+			}
+			h.restored = false
+		}
+	}
+	if len(data) == 0 && h.restored && !h.restoredHeld && he.LessThan(s) && !h.resume {
 		// As for data below: the previous process released up to s.
 		h.next, h.sent, h.sync = s, seqnum.Max(h.sent, s), false
 		h.restored = false
@@ -237,22 +308,26 @@ func (h *half) consume(chunk, out []byte, now time.Time, maxLine int, fin, noHol
 			// The first line of a connection picked up mid-stream: its
 			// start is unknown, so it means nothing.
 			h.sync = true
+			if h.resume {
+				fn.cut()
+			}
 		case h.lineLen > 0:
 			full := h.lineLen + len(content)
 			if full <= maxLine {
 				h.line = append(h.line, chunk[pos:lf]...)
-				fn.line(bytes.TrimSuffix(h.line, []byte{'\r'}), false, false)
+				fn.line(bytes.TrimSuffix(h.line, []byte{'\r'}), false, false, false)
 			} else {
 				if !h.long {
 					fn.tooLong(h.line)
 				}
-				fn.line(h.line, false, true)
+				fn.line(h.line, false, true, false)
 			}
 		case len(content) > maxLine:
 			fn.tooLong(content[:maxLine])
-			fn.line(content, true, true)
+			fn.line(content, true, true, false)
 		default:
-			repl = fn.line(content, true, false)
+			replay := h.replaying && h.next.Add(seqnum.Size(pos)) == h.replayAt
+			repl = fn.line(content, true, false, replay)
 		}
 		h.line, h.lineLen, h.long = h.line[:0], 0, false
 		start := h.next.Add(seqnum.Size(pos))
@@ -288,4 +363,82 @@ func (h *half) consume(chunk, out []byte, now time.Time, maxLine int, fin, noHol
 		h.line = nil // do not keep a large buffer for an idle connection
 	}
 	return out
+}
+
+// replay handles a data segment of a map resumed from labels that starts at
+// or before the resumed edit's start at: bytes before at pass unchanged at
+// the shift before the edit (they carried no edit in flight, or MULTI would
+// have had the engine drop the segment); a segment that covers at brings
+// the rewritten line again, which is parsed and rewritten the normal way
+// from at on. The engine then checks the rewrite changes the length by the
+// edit's step, and undoes the push and drops the segment if not: its bytes
+// must reach the receiver at the positions the previous process gave them.
+func (h *half) replay(seg *segment, r pushResult, s, e seqnum.Value, scratch []byte, now time.Time, cfg *Config, fn lineHandler) (pushResult, []byte) {
+	data := seg.payload
+	at := h.m.lab.at
+	r.start = s
+	base := len(r.out)
+	if e.LessThanEq(at) {
+		r.out = append(r.out, data...) // wholly before the edit
+		return r, scratch
+	}
+	tail := data[s.Size(at):]
+	if len(h.m.edits) > 0 {
+		// Lines after it were rewritten already: the receiver got them
+		// at positions that assumed this one arrived as before.
+		r.refuse = ErrReplayLate
+		return r, scratch
+	}
+	if bytes.IndexByte(tail, '\n') < 0 {
+		r.refuse = ErrReplaySplit
+		return r, scratch
+	}
+	r.out = append(r.out, data[:s.Size(at)]...)
+	h.m.lab.active = false
+	h.m.floor, h.m.base = at, h.m.base-h.m.lab.step
+	h.next, h.sent = at, seqnum.Max(h.sent, at)
+	h.sync, h.unsure, h.restored, h.restoredHeld = true, false, false, false
+	h.held, h.line, h.lineLen, h.long = h.held[:0], h.line[:0], 0, false
+	h.replaying, h.replayAt = true, at
+	r.out = h.consume(tail, r.out, now, cfg.MaxLine, seg.has(flagFIN), false, fn)
+	h.replaying = false
+	r.replay = true
+	if seg.has(flagFIN) && h.next == e && len(h.held) == 0 {
+		h.fin = true
+		h.sent = seqnum.Max(h.sent, e.Add(1))
+	}
+	r.trimTail = h.next.LessThan(e)
+	r.changed = !bytes.Equal(r.out[base:], data)
+	return r, scratch
+}
+
+// decide says whether the first data segment a resumed stream sees may be
+// released, and whether it starts a line. The previous process may have
+// held back the start of an address line (never released, so the receiver
+// never got it, and the labels cannot say): a segment that continues such
+// a line must not pass, or the whole line could no longer be rewritten.
+// The held bytes always start a line, so their retransmission passes
+// alg.LineStart; a segment that does not is released only where the
+// receiver is known to have everything before it (its ACK), or when the
+// sender sends it again from the same place after a retransmission timeout
+// (so it is the sender's oldest unacknowledged byte: nothing before it is
+// missing; a copy sooner is a network duplicate, or a retransmission the
+// receiver's SACKs asked for, whose ACKs would have told), and there it
+// starts a line if it may (alg.MayStartLine). Otherwise it is dropped and
+// TCP sends it again.
+func (h *half) decide(s seqnum.Value, data []byte, now time.Time, fn lineHandler) bool {
+	exact := h.ackValid && s == h.acked || h.dropped && s == h.dropAt && now.Sub(h.droppedAt) >= minRTO
+	switch {
+	case fn.lineStart(data, exact):
+		h.sync = true
+	case exact, h.ackValid && s.LessThan(h.acked):
+		h.sync = false
+	default:
+		if !h.dropped || s != h.dropAt {
+			h.dropped, h.dropAt, h.droppedAt = true, s, now
+		}
+		return false
+	}
+	h.unsure = false
+	return true
 }

@@ -20,6 +20,10 @@ func (e *Engine) track(f *flow, pkt []byte, seg *segment, now time.Time) Result 
 	if !snd.init {
 		snd.start(seg)
 	}
+	if snd.m.unmappable(seg.seq, false) && len(seg.payload) > 0 || seg.has(flagACK) && rcv.init && rcv.m.unmappable(seg.ack, true) {
+		e.refuse(f, alg.KindNone, netip.AddrPort{}, ErrMulti)
+		return Result{Verdict: Drop}
+	}
 
 	// The ACK and SACK numbers acknowledge the other direction's stream,
 	// in its receiver's space: carry them back to its sender's.
@@ -49,9 +53,26 @@ func (e *Engine) track(f *flow, pkt []byte, seg *segment, now time.Time) Result 
 	}
 
 	dialog, held, partial := f.dialog, len(snd.held) > 0, snd.lineLen > 0
+	var undo *replayUndo
+	if snd.m.lab.active && len(seg.payload) > 0 {
+		undo = &replayUndo{h: snd.clone(), dialog: f.dialog, refused: f.refused, rewrites: f.rewrites, liberal: f.liberal, events: len(e.events), step: snd.m.lab.step, at: snd.m.lab.at}
+	}
 	pr, scratch := snd.push(seg, e.payload[:0], e.scratch, now, &e.cfg, e)
 	e.scratch = scratch
 	e.payload = pr.out[:0]
+	if pr.refuse != nil {
+		e.refuse(f, alg.KindNone, netip.AddrPort{}, pr.refuse)
+		return Result{Verdict: Drop}
+	}
+	if pr.replay && undo != nil {
+		if err := undo.check(snd); err != nil {
+			*snd = undo.h
+			f.dialog, f.refused, f.rewrites, f.liberal = undo.dialog, undo.refused, undo.rewrites, undo.liberal
+			e.events = e.events[:undo.events]
+			e.refuse(f, alg.KindNone, netip.AddrPort{}, err)
+			return Result{Verdict: Drop}
+		}
+	}
 	switch {
 	case snd.m.added || held || len(snd.held) > 0 || partial || snd.lineLen > 0:
 		// A new edit, bytes held back, or a segment that ended (or
@@ -178,10 +199,26 @@ func (e *Engine) tooLong(head []byte) {
 	e.refuse(e.cur, alg.KindNone, netip.AddrPort{}, fmt.Errorf("%w: %d bytes and counting, passed unparsed", alg.ErrLineTooLong, e.cfg.MaxLine))
 }
 
-func (e *Engine) line(content []byte, whole, overlong bool) []byte {
+func (e *Engine) cut() {
+	if f := e.cur; e.side == alg.Client && !f.cut {
+		f.cut = true
+		f.dialog.Cut()
+	}
+}
+
+func (e *Engine) lineStart(b []byte, loose bool) bool {
+	if loose {
+		return alg.MayStartLine(e.side, b)
+	}
+	return alg.LineStart(e.side, b)
+}
+
+func (e *Engine) line(content []byte, whole, overlong, replay bool) []byte {
 	f := e.cur
 	var found alg.Found
 	switch {
+	case replay:
+		found = f.dialog.Replay(e.side, content)
 	case overlong:
 		// Only the head is known: the dialog still counts the line (it
 		// was reported when it grew too long).
@@ -192,6 +229,9 @@ func (e *Engine) line(content []byte, whole, overlong bool) []byte {
 			f.dialog.ServerOverlong(head)
 		}
 		return nil
+	case e.side == alg.Client && f.resumed && !f.cut:
+		f.cut = true
+		found = f.dialog.ClientFirstLine(content)
 	case e.side == alg.Client:
 		found = f.dialog.ClientLine(content)
 	default:
@@ -333,4 +373,32 @@ func (e *Engine) plan(f *flow, found alg.Found) (Pinhole, netip.AddrPort, error)
 		public = netip.AddrPortFrom(pub, port)
 	}
 	return Pinhole{Peer: peer.Addr(), Public: public, Target: target}, announced, nil
+}
+
+// replayUndo is what a push that replays a resumed edit's line may have to
+// undo.
+type replayUndo struct {
+	h        half
+	dialog   alg.Dialog
+	refused  uint8
+	rewrites uint32
+	liberal  bool
+	events   int
+	step     seqnum.Delta
+	at       seqnum.Value
+}
+
+// check verifies that the replayed line changed the stream's length by
+// exactly the resumed edit's step.
+func (u *replayUndo) check(h *half) error {
+	var got seqnum.Delta
+	for i := range h.m.edits {
+		if h.m.edits[i].start == u.at {
+			got = h.m.edits[i].delta()
+		}
+	}
+	if got != u.step {
+		return fmt.Errorf("%w: at %d, %+d bytes, the previous process %+d", ErrReplayMismatch, u.at, got, u.step)
+	}
+	return nil
 }

@@ -308,6 +308,66 @@ func (c *Client) SetMarkBits(orig Tuple, bits uint32) error {
 	return nil
 }
 
+// ErrNoLabels reports an entry that cannot hold labels: it was created
+// before any connlabel rule (iptables -m connlabel, nft ct label) was loaded
+// in its network namespace, so the kernel gave it no label extension and
+// refuses CTA_LABELS with ENOSPC.
+var ErrNoLabels = errors.New("conntrack entry has no label extension (created before a connlabel rule was loaded)")
+
+// SetLabels sets the label bits selected by mask to those of labels on the
+// entry whose original tuple is orig (both as the kernel lays them out, see
+// conntrack.Labels.Bytes), and with liberal also BE_LIBERAL in both
+// directions, in one update. BE_LIBERAL is applied even when the labels are
+// refused (ErrNoLabels): the kernel applies protoinfo first.
+func (c *Client) SetLabels(orig Tuple, labels, mask [16]byte, liberal bool) error {
+	n, err := orig.normalize()
+	if err != nil {
+		return fmt.Errorf("setting labels on %s: %w", orig, err)
+	}
+	req, err := labelsRequest(n, labels, mask, liberal)
+	if err != nil {
+		return err
+	}
+	if err := c.roundTrip(req, func(netlink.Message) error { return nil }); err != nil {
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			err = ErrNotFound
+		case errors.Is(err, unix.ENOSPC):
+			err = fmt.Errorf("%w: %w", ErrNoLabels, err)
+		}
+		return fmt.Errorf("setting labels on %s: %w", orig, err)
+	}
+	return nil
+}
+
+// Dump returns every TCP entry of the namespace's conntrack table, labels
+// included; callers select by label themselves (ftpalg does not ask the
+// kernel to: whether its dump filter can select by label was not tried).
+// A dump walks the whole table (about 3 ms with 262144 buckets), so it is
+// for start-up, not per packet.
+func (c *Client) Dump() ([]Entry, error) {
+	req, err := dumpRequest()
+	if err != nil {
+		return nil, err
+	}
+	var entries []Entry
+	err = c.roundTrip(req, func(m netlink.Message) error {
+		e, err := decodeEntry(m)
+		switch {
+		case err == errNotTCP:
+			return nil
+		case err != nil:
+			return err
+		}
+		entries = append(entries, e)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dumping conntrack table: %w", err)
+	}
+	return entries, nil
+}
+
 // WatchHandler receives what Watch reports. Its functions are called from
 // Watch's goroutine, one at a time; a slow NewFlow lets the socket buffer
 // fill, which the kernel reports as an overrun.

@@ -24,6 +24,8 @@ const (
 	ctaProtoinfo  = 4  // CTA_PROTOINFO
 	ctaMark       = 8  // CTA_MARK
 	ctaMarkMask   = 21 // CTA_MARK_MASK
+	ctaLabels     = 22 // CTA_LABELS
+	ctaLabelsMask = 23 // CTA_LABELS_MASK
 	ctaFilter     = 25 // CTA_FILTER (Linux 5.8+)
 
 	ctaTupleIP    = 1 // CTA_TUPLE_IP
@@ -152,6 +154,13 @@ func filterDumpRequest(orig, reply Tuple) (netlink.Message, error) {
 func liberalRequest(orig Tuple) (netlink.Message, error) {
 	ae := netfilter.NewAttributeEncoder()
 	encodeTuple(ae, ctaTupleOrig, orig)
+	encodeLiberal(ae)
+	return encode(orig, msgCTNew, netlink.Request|netlink.Acknowledge, ae)
+}
+
+// encodeLiberal appends the CTA_PROTOINFO that sets BE_LIBERAL in both
+// directions (see liberalRequest).
+func encodeLiberal(ae *netlink.AttributeEncoder) {
 	ae.Nested(ctaProtoinfo, func(ae *netlink.AttributeEncoder) error {
 		ae.Nested(ctaProtoinfoTCP, func(ae *netlink.AttributeEncoder) error {
 			flags := []byte{TCPFlagBeLiberal, TCPFlagBeLiberal}
@@ -161,7 +170,6 @@ func liberalRequest(orig Tuple) (netlink.Message, error) {
 		})
 		return nil
 	})
-	return encode(orig, msgCTNew, netlink.Request|netlink.Acknowledge, ae)
 }
 
 // markRequest builds the update that sets the bits of bits in the ct mark
@@ -175,6 +183,38 @@ func markRequest(orig Tuple, bits uint32) (netlink.Message, error) {
 	ae.Uint32(ctaMark, bits)
 	ae.Uint32(ctaMarkMask, bits)
 	return encode(orig, msgCTNew, netlink.Request|netlink.Acknowledge, ae)
+}
+
+// labelsRequest builds the update that sets the label bits selected by mask
+// to those of labels on the entry whose original tuple is orig, and with
+// liberal also BE_LIBERAL in both directions, in one message: the kernel
+// applies both in one ctnetlink_change_conntrack (protoinfo before labels).
+// nf_connlabels_replace computes (old & ~mask) | (labels & mask) word by
+// word, so bits outside mask (an administrator's own) are kept. Both
+// attributes are the kernel's host-order longs (conntrack.Labels.Bytes).
+func labelsRequest(orig Tuple, labels, mask [16]byte, liberal bool) (netlink.Message, error) {
+	ae := netfilter.NewAttributeEncoder()
+	encodeTuple(ae, ctaTupleOrig, orig)
+	if liberal {
+		encodeLiberal(ae)
+	}
+	ae.Bytes(ctaLabels, labels[:])
+	ae.Bytes(ctaLabelsMask, mask[:])
+	return encode(orig, msgCTNew, netlink.Request|netlink.Acknowledge, ae)
+}
+
+// dumpRequest builds a dump of every conntrack entry of both families.
+func dumpRequest() (netlink.Message, error) {
+	m, err := netfilter.EncodeNetlink(netfilter.Header{
+		SubsystemID: netfilter.NFSubsysCTNetlink,
+		MessageType: netfilter.MessageType(msgCTGet),
+		Family:      netfilter.ProtoUnspec,
+		Flags:       netlink.Request | netlink.Dump,
+	}, netfilter.NewAttributeEncoder())
+	if err != nil {
+		return netlink.Message{}, fmt.Errorf("encoding ctnetlink dump: %w", err)
+	}
+	return m, nil
 }
 
 // errNotTCP marks entries and events of other protocols, which callers skip.
@@ -203,6 +243,9 @@ func decodeEntry(m netlink.Message) (Entry, error) {
 		case ctaTupleReply:
 			ad.Nested(tupleDecoder(&e.Reply, &tcp))
 			haveRe = true
+		case ctaLabels:
+			copy(e.Labels[:], ad.Bytes())
+			e.HasLabels = true
 		}
 	}
 	if err := ad.Err(); err != nil {

@@ -112,6 +112,14 @@ func (d Direction) String() string {
 // Client.Lookup.
 type Entry struct {
 	Orig, Reply Tuple
+	// Labels is the entry's CTA_LABELS as the kernel sends it (host-order
+	// unsigned longs, see conntrack.Labels), zero-extended to 16 bytes.
+	// HasLabels says the kernel sent it, which it does only when some bit
+	// is set (measured on 6.18): an entry without the label extension
+	// (created before any connlabel rule was loaded) and one whose labels
+	// are all zero look the same here.
+	Labels    [16]byte
+	HasLabels bool
 }
 
 // ForwardView returns the tuple a packet travelling in direction d has in

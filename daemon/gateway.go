@@ -46,8 +46,17 @@ type Gateway struct {
 	errors   uint64
 	started  time.Time
 	version  string
-	state    stateSaver // nil: no persistence
-	queue    queueStats // the kernel's counters for our queue, polled
+	state    stateSaver  // nil: no persistence
+	labels   *labelStore // nil: connection state is not kept in conntrack labels
+	queue    queueStats  // the kernel's counters for our queue, polled
+}
+
+// keepLabels makes the gateway write each connection's state to its
+// conntrack labels through s, which must also be the engine's LabelSource
+// (with Config.WriteLabels).
+func (g *Gateway) keepLabels(s *labelStore) {
+	g.labels = s
+	s.metrics = g.metrics
 }
 
 // queueStats are the kernel's counters for one NFQUEUE
@@ -79,6 +88,47 @@ func NewGateway(engine *conntrack.Engine, pins *Pinholes, liberal Liberaler, log
 // Observe makes the gateway and its pinholes record Prometheus metrics.
 func (g *Gateway) Observe(m *metrics.Metrics, version string) {
 	g.metrics, g.pins.metrics, g.version = m, m, version
+	if g.labels != nil {
+		g.labels.metrics = m
+	}
+}
+
+// Resume takes over the connections a previous process (or, through
+// conntrackd, the other router) left labels on: every entry of dump whose
+// labels say REWRITTEN on a control port. Others wait for their first
+// packet (one GET then). It returns how many were taken over.
+func (g *Gateway) Resume(dump []ctnetlink.Entry, now time.Time) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := 0
+	for _, e := range dump {
+		if !e.HasLabels {
+			continue
+		}
+		l, err := conntrack.LabelsFromBytes(e.Labels[:])
+		if err != nil || !l.Bit(conntrack.LabelRewritten) {
+			continue
+		}
+		// The connection as the engine sees it at the hook: the
+		// client's own address (pre-SNAT) to the real server.
+		c := conntrack.Conn{Client: e.Orig.Src, Server: e.Reply.Src}
+		if !g.engine.IsControl(c.Server.Port()) {
+			continue
+		}
+		evs, err := g.engine.Resume(c, l, now)
+		if err != nil {
+			g.log.Warn("not taking over connection from its conntrack labels", "conn", c.String(), "labels", l.String(), "err", err)
+			continue
+		}
+		if g.labels != nil {
+			g.labels.adopt(c, e.Orig)
+		}
+		for i := range evs {
+			g.act(&evs[i])
+		}
+		n++
+	}
+	return n
 }
 
 // Handle processes one queued packet and returns the verdict and, for
@@ -93,7 +143,14 @@ func (g *Gateway) handleAt(pkt []byte, hook conntrack.Hook, now time.Time) (conn
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	res := g.engine.ProcessAt(pkt, hook, now)
+	labelled := false
 	for i := range res.Events {
+		labelled = labelled || res.Events[i].Kind == conntrack.EventLabels && g.labels != nil
+	}
+	for i := range res.Events {
+		if labelled && res.Events[i].Kind == conntrack.EventLiberal {
+			continue // the label write carries BE_LIBERAL
+		}
 		g.act(&res.Events[i])
 	}
 	if g.state != nil {
@@ -120,6 +177,10 @@ func (g *Gateway) act(ev *conntrack.Event) {
 			g.log.Error("relaxing window tracking; the connection's ACKs may be dropped as INVALID",
 				"session", ev.Session, "conn", ev.Conn.String(), "path", ev.Path.String(), "err", err)
 		}
+	case conntrack.EventLabels:
+		if g.labels != nil {
+			g.labels.write(ev)
+		}
 	case conntrack.EventRewrite:
 		g.metrics.Rewrite(ev.Msg.String())
 		g.log.LogAttrs(context.Background(), slog.LevelInfo, "rewrite", ev.LogAttrs()...)
@@ -130,6 +191,9 @@ func (g *Gateway) act(ev *conntrack.Event) {
 		g.pins.EndSession(ev.Session)
 		if g.state != nil {
 			g.state.remove(ev.Session)
+		}
+		if g.labels != nil {
+			g.labels.forget(ev.Session, ev.Conn)
 		}
 		g.log.Debug("control connection no longer tracked", "session", ev.Session, "conn", ev.Conn.String())
 	}
@@ -162,10 +226,15 @@ func (g *Gateway) Snapshot() status.Snapshot {
 	g.mu.Lock()
 	g.engine.Flows(func(f conntrack.FlowInfo) {
 		s.Conns = append(s.Conns, status.Conn{Session: f.Session, Client: f.Conn.Client, Server: f.Conn.Server, Path: f.Path.String(),
-			Age: now.Sub(f.Started), Rewrites: f.Rewrites, OffsetC2S: f.ShiftC2S, OffsetS2C: f.ShiftS2C})
+			Age: now.Sub(f.Started), Rewrites: f.Rewrites, OffsetC2S: f.ShiftC2S, OffsetS2C: f.ShiftS2C,
+			State: labelState(f)})
 	})
 	es := g.engine.Stats()
 	errs, q := g.errors, g.queue
+	var lw, lf uint64
+	if g.labels != nil {
+		lw, lf = g.labels.writes, g.labels.failed
+	}
 	g.mu.Unlock()
 	for _, p := range g.pins.List() {
 		s.Pinholes = append(s.Pinholes, status.Pinhole{Session: p.Session, Path: p.Path.String(), Peer: p.Pinhole.Peer, Public: p.Pinhole.Public,
@@ -178,6 +247,7 @@ func (g *Gateway) Snapshot() status.Snapshot {
 		"tls_sessions": es.TLS, "stalled_lines": es.Stalled, "pinholes_opened": ps.Opened, "pinholes_used": ps.Used,
 		"pinholes_expired": ps.Expired, "pinholes_ended": ps.Ended, "pinholes_failed": ps.Failed, "pinholes_replaced": ps.Replaced,
 		"errors": errs, "queue_full_drops": q.dropped, "queue_delivery_failures": q.userDropped,
+		"label_writes": lw, "label_write_failures": lf, "connections_resumed": es.Resumed,
 	} {
 		s.Counters[k] = v
 	}

@@ -117,14 +117,18 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer ct.Close()
 
 	pins := NewPinholes(fw, ports, cfg.PinholeTimeout, cfg.Limits, log)
+	labels := newLabelStore(ct, log)
 	engine := conntrack.New(conntrack.Config{
 		ControlPorts:   cfg.ControlPorts,
 		VerifyChecksum: true,
 		TLS:            cfg.TLS,
 		MaxFlows:       cfg.MaxConnections,
 		Admit:          func(session uint64, c conntrack.Conn) error { return pins.Admit(session, c.Client.Addr()) },
+		WriteLabels:    true,
+		LabelSource:    labels,
 	}, &natResolver{mapper: ct, ports: ports, override: cfg.overrides()})
 	gw := NewGateway(engine, pins, ct, log)
+	gw.keepLabels(labels)
 	if cfg.AcceptMark != 0 {
 		gw.MarkDataConnections(ct, cfg.AcceptMark)
 	}
@@ -157,6 +161,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			log.Info("took over control connections from the previous run", "connections", restored, "state_dir", cfg.StateDir)
 		}
 		gw.state = store
+	}
+	// Connections a previous run (or the other router, through
+	// conntrackd) left state on: taken over now, BE_LIBERAL set.
+	if dump, err := ct.Dump(); err != nil {
+		log.Warn("dumping conntrack to take connections over; each is looked up at its first packet instead", "err", err)
+	} else if n := gw.Resume(dump, time.Now()); n > 0 {
+		log.Info("took over rewritten control connections from their conntrack labels", "connections", n)
 	}
 	qctx, stopQueue := context.WithCancel(ctx)
 	defer stopQueue()

@@ -133,6 +133,8 @@ type Metrics struct {
 
 	tracked, open   prometheus.Gauge
 	verdict, instal prometheus.Histogram
+
+	labelWrites, labelFailures prometheus.Counter
 }
 
 // New returns ftpalg's metrics in a registry of their own, with the Go
@@ -173,6 +175,14 @@ func New(version string) *Metrics {
 		Help:    "Time to install one pinhole's rules in the kernel.",
 		Buckets: installBuckets,
 	})
+	m.labelWrites = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ftpalg_label_writes_total",
+		Help: "Connection states written to conntrack labels (before the packet that changed them was released).",
+	})
+	m.labelFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ftpalg_label_write_failures_total",
+		Help: "Label writes the kernel refused: a successor could not take those connections over.",
+	})
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "ftpalg_build_info",
 		Help: "Always 1; the version label says which ftpalg is running.",
@@ -180,7 +190,7 @@ func New(version string) *Metrics {
 	build.WithLabelValues(version).Set(1)
 
 	m.reg.MustRegister(m.packetsVec, m.rewritesVec, m.pinholesVec, m.refusalsVec, m.tracked, m.open,
-		m.verdict, m.instal, build,
+		m.verdict, m.instal, m.labelWrites, m.labelFailures, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -277,6 +287,19 @@ func (m *Metrics) Refusal(reason string) {
 		}
 	}
 	m.refusals[len(reasons)-1].Inc()
+}
+
+// LabelWrite counts a write of a connection's conntrack labels, failed or
+// not.
+func (m *Metrics) LabelWrite(failed bool) {
+	if m == nil {
+		return
+	}
+	if failed {
+		m.labelFailures.Inc()
+		return
+	}
+	m.labelWrites.Inc()
 }
 
 // SetTracked sets the number of tracked control connections.

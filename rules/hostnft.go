@@ -102,6 +102,9 @@ func nftQueueComment(cfg Config) string {
 	chain := func(name, hook, skip string) {
 		fmt.Fprintf(&b, "#     chain %s {\n", name)
 		fmt.Fprintf(&b, "#         type filter hook %s priority mangle; policy accept;\n", hook)
+		// A no-op match, as in the iptables queue chain: while a label
+		// rule is loaded, new conntrack entries can hold labels.
+		b.WriteString("#         ct label 127\n")
 		for _, dir := range []string{"dport", "sport"} {
 			fmt.Fprintf(&b, "#         %stcp %s %s %s\n", skip, dir, set, verdict)
 		}

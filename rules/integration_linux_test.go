@@ -70,6 +70,7 @@ func checkInstalled(t *testing.T, f Family) {
 		"-A PREROUTING -p udp -j ACCEPT")
 	checkListing(t, f, "mangle", ChainQueue,
 		"-N FTPALG-QUEUE",
+		`-A FTPALG-QUEUE -m connlabel --label "127"`,
 		"-A FTPALG-QUEUE -p tcp -m multiport --dports 21,2121 -j NFQUEUE --queue-num 3 --queue-bypass",
 		"-A FTPALG-QUEUE -p tcp -m multiport --sports 21,2121 -j NFQUEUE --queue-num 3 --queue-bypass")
 	checkListing(t, f, "nat", ChainDNAT, "-N FTPALG-DNAT")

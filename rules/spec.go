@@ -28,9 +28,15 @@ func hooks() [3]hook {
 // queueSpecs returns the NFQUEUE rules of FTPALG-QUEUE: control packets from
 // clients (destination port) and from servers (source port). Each rule is in
 // the canonical form `iptables -S` prints, so listings compare exactly.
+//
+// The first rule only matches a conntrack label and does nothing: while any
+// connlabel rule is loaded, the kernel gives every new conntrack entry a
+// label extension (net->ct.labels_used), where ftpalg keeps a rewritten
+// connection's state for a restarted or standby ftpalg. Entries created
+// without it cannot hold labels (ctnetlink refuses them with ENOSPC).
 func queueSpecs(cfg Config) [][]string {
 	ports := cfg.controlPorts()
-	var specs [][]string
+	specs := [][]string{labelSpec}
 	for _, dir := range []string{"--dports", "--sports"} {
 		for chunk := range slicesChunk(ports, maxMultiport) {
 			list := make([]string, len(chunk))
@@ -49,6 +55,10 @@ func queueSpecs(cfg Config) [][]string {
 	}
 	return specs
 }
+
+// labelSpec is the queue chain's connlabel rule (see queueSpecs): bit 127 is
+// REWRITTEN (conntrack.LabelRewritten).
+var labelSpec = []string{"-m", "connlabel", "--label", "127"}
 
 // slicesChunk yields consecutive sub-slices of at most n elements.
 func slicesChunk(s []uint16, n int) func(func([]uint16) bool) {

@@ -98,6 +98,7 @@ func TestQueueSpecs(t *testing.T) {
 			name: "default",
 			cfg:  DefaultConfig(),
 			want: []string{
+				"-m connlabel --label 127",
 				"-p tcp -m multiport --dports 21 -j NFQUEUE --queue-num 0 --queue-bypass",
 				"-p tcp -m multiport --sports 21 -j NFQUEUE --queue-num 0 --queue-bypass",
 			},
@@ -106,6 +107,7 @@ func TestQueueSpecs(t *testing.T) {
 			name: "sorted deduplicated no bypass",
 			cfg:  Config{ControlPorts: []uint16{2121, 21, 2121}, QueueNum: 7, IPv4: true},
 			want: []string{
+				"-m connlabel --label 127",
 				"-p tcp -m multiport --dports 21,2121 -j NFQUEUE --queue-num 7",
 				"-p tcp -m multiport --sports 21,2121 -j NFQUEUE --queue-num 7",
 			},
@@ -114,6 +116,7 @@ func TestQueueSpecs(t *testing.T) {
 			name: "split at multiport limit",
 			cfg:  Config{ControlPorts: many, QueueNum: 65535, Bypass: true, IPv6: true},
 			want: []string{
+				"-m connlabel --label 127",
 				"-p tcp -m multiport --dports 101,102,103,104,105,106,107,108,109,110,111,112,113,114,115 -j NFQUEUE --queue-num 65535 --queue-bypass",
 				"-p tcp -m multiport --dports 116,117 -j NFQUEUE --queue-num 65535 --queue-bypass",
 				"-p tcp -m multiport --sports 101,102,103,104,105,106,107,108,109,110,111,112,113,114,115 -j NFQUEUE --queue-num 65535 --queue-bypass",

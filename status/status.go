@@ -51,6 +51,11 @@ type Conn struct {
 	// the length changes of every rewrite in that direction.
 	OffsetC2S int32 `json:"offset_c2s"`
 	OffsetS2C int32 `json:"offset_s2c"`
+	// State says where a successor finds this connection's state: "ct"
+	// (its conntrack labels are written), "ct multi" (written, MULTI set),
+	// "overflow" (OVERFLOW: no successor can take it over), "resumed"
+	// (taken over from the labels), or "-" (nothing written: not needed).
+	State string `json:"state,omitempty"`
 }
 
 // Pinhole is one open pinhole: Peer may connect to Public, which is
@@ -79,10 +84,10 @@ func Render(w io.Writer, s Snapshot) error {
 	slices.SortFunc(conns, func(a, b Conn) int { return cmp.Compare(a.Session, b.Session) })
 	fmt.Fprintf(tw, "\nControl connections: %d\n", len(conns))
 	if len(conns) > 0 {
-		fmt.Fprintln(tw, "SESSION\tPATH\tCLIENT\tSERVER\tAGE\tREWRITES\tOFFSET C>S\tOFFSET S>C")
+		fmt.Fprintln(tw, "SESSION\tPATH\tCLIENT\tSERVER\tAGE\tREWRITES\tOFFSET C>S\tOFFSET S>C\tSTATE")
 		for _, c := range conns {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%+d\t%+d\n", c.Session, orDash(c.Path), c.Client, c.Server,
-				roundAge(c.Age), c.Rewrites, c.OffsetC2S, c.OffsetS2C)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%+d\t%+d\t%s\n", c.Session, orDash(c.Path), c.Client, c.Server,
+				roundAge(c.Age), c.Rewrites, c.OffsetC2S, c.OffsetS2C, orDash(c.State))
 		}
 	}
 

@@ -29,7 +29,7 @@ func sample() Snapshot {
 			{Session: 7, Client: netip.MustParseAddrPort("[2001:db8::10]:50000"), Server: netip.MustParseAddrPort("[2001:db8:1::20]:21"), Path: "local-server",
 				Age: 1500 * time.Millisecond, Rewrites: 0},
 			{Session: 3, Client: netip.MustParseAddrPort("192.0.2.10:44842"), Server: netip.MustParseAddrPort("198.51.100.20:21"), Path: "forward",
-				Age: 4*time.Minute + 5*time.Second, Rewrites: 12, OffsetC2S: 36, OffsetS2C: -2},
+				Age: 4*time.Minute + 5*time.Second, Rewrites: 12, OffsetC2S: 36, OffsetS2C: -2, State: "ct"},
 		},
 		Pinholes: []Pinhole{
 			{Session: 3, Path: "forward", Peer: netip.MustParseAddr("198.51.100.20"), Public: netip.MustParseAddrPort("198.51.100.1:40379"),
@@ -49,9 +49,9 @@ func TestRender(t *testing.T) {
 	const want = `ftpalg v1.2.3, up 3h02m
 
 Control connections: 2
-SESSION  PATH          CLIENT                SERVER               AGE    REWRITES  OFFSET C>S  OFFSET S>C
-3        forward       192.0.2.10:44842      198.51.100.20:21     4m05s  12        +36         -2
-7        local-server  [2001:db8::10]:50000  [2001:db8:1::20]:21  1.5s   0         +0          +0
+SESSION  PATH          CLIENT                SERVER               AGE    REWRITES  OFFSET C>S  OFFSET S>C  STATE
+3        forward       192.0.2.10:44842      198.51.100.20:21     4m05s  12        +36         -2          ct
+7        local-server  [2001:db8::10]:50000  [2001:db8:1::20]:21  1.5s   0         +0          +0          -
 
 Open pinholes: 2
 SESSION  PATH          PEER           PUBLIC                  TARGET            OPEN FOR  CLOSES IN

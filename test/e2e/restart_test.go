@@ -28,16 +28,33 @@ import (
 // offsets the new process took over, with every file intact and no packet
 // dropped as INVALID. Once with SIGKILL (rules stay, nothing cleaned up),
 // once with SIGTERM and a new start (systemctl restart).
+//
+// The "labels" case is SIGKILL with no state directory: the new process
+// knows each rewritten connection only from the labels the old one wrote on
+// its conntrack entry (decision 2), which it reads by a dump at start.
 func TestRestartMidSession(t *testing.T) {
-	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
-		t.Run(sig.String(), func(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		sig    syscall.Signal
+		labels bool // no --state-dir
+	}{
+		{"killed", syscall.SIGKILL, false},
+		{"terminated", syscall.SIGTERM, false},
+		{"labels", syscall.SIGKILL, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sig := tc.sig
 			r := rig.New(t, rig.ClientNAT, rig.WithPrefix(nsPrefix))
 			s, err := r.StartVsftpd(rig.VsftpdOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			state := filepath.Join(t.TempDir(), "state")
-			g := startFtpalg(t, r, "--state-dir", state)
+			args := []string{"--state-dir", state}
+			if tc.labels {
+				args = nil
+			}
+			g := startFtpalg(t, r, args...)
 			const sessions, size = 20, 8 << 20
 			sums := make([]string, sessions)
 			for i := range sessions {
@@ -76,14 +93,21 @@ func TestRestartMidSession(t *testing.T) {
 				t.Fatal(err)
 			}
 			<-g.p.Done()
-			g2 := startFtpalg(t, r, "--state-dir", state)
+			g2 := startFtpalg(t, r, args...)
 			wg.Wait()
 			for _, err := range errs {
 				if err != nil {
 					t.Error(err)
 				}
 			}
-			took := g2.events("took over control connections from the previous run")
+			from := "took over control connections from the previous run"
+			if tc.labels {
+				from = "took over rewritten control connections from their conntrack labels"
+				if failed := g.events("writing connection state to conntrack labels; a restarted or standby ftpalg could not take this connection over"); len(failed) != 0 {
+					t.Errorf("label writes failed: %v", failed)
+				}
+			}
+			took := g2.events(from)
 			if len(took) != 1 || took[0]["connections"] != float64(sessions) {
 				t.Errorf("the new process took over %v, want %d connections", took, sessions)
 			}
@@ -94,6 +118,9 @@ func TestRestartMidSession(t *testing.T) {
 				t.Errorf("the new process refused packets: %v", refused)
 			}
 			g2.stop()
+			if tc.labels {
+				return
+			}
 			left, _ := exec.Command("ls", state).CombinedOutput()
 			if strings.TrimSpace(string(left)) != "" {
 				t.Logf("state files left after clean stop (sessions still closing): %s", left)

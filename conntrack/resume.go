@@ -1,0 +1,130 @@
+package conntrack
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/ftpalg/ftpalg/alg"
+)
+
+// labelState is what f's conntrack labels must say now.
+func (f *flow) labelState() LabelState {
+	var s LabelState
+	for i, h := range []*half{&f.c, &f.s} {
+		if h.m.hasLast {
+			s.Halves[i] = LabelHalf{Pos: h.m.lastAt, Shift: h.m.total(), Step: h.m.lastStep}
+			s.Rewritten = true
+		}
+		s.Multi = s.Multi || len(h.m.edits) > 1
+	}
+	s.Answer, s.LoggedIn = f.dialog.Answer(), f.dialog.LoggedIn()
+	s.Overflow = f.labels.Bit(LabelOverflow) // once overflowed, always: the offsets were lost
+	return s
+}
+
+// reportLabels emits EventLabels when f's label state changed. A
+// connection that never changed anything keeps no labels.
+func (e *Engine) reportLabels(f *flow) {
+	l := f.labelState().Encode()
+	if l == f.labels {
+		return
+	}
+	if l.Bit(LabelOverflow) && !f.overflowLogged {
+		f.overflowLogged = true
+		e.refuse(f, alg.KindNone, netip.AddrPort{}, ErrLabelOverflow)
+	}
+	f.labels = l
+	e.events = append(e.events, Event{Kind: EventLabels, Session: f.id, Conn: f.conn, Path: f.path, Labels: l, Liberal: f.liberal})
+}
+
+// fromLabels looks up the labels of a connection seen without its SYN and
+// resumes it from them; nil means it is picked up plain.
+func (e *Engine) fromLabels(conn Conn) *flow {
+	l, err := e.cfg.LabelSource.Labels(conn)
+	if err != nil {
+		e.stats.LabelErrors++
+		return nil
+	}
+	if l == (Labels{}) {
+		return nil
+	}
+	f, err := e.resumed(conn, l)
+	if err != nil {
+		// Labels ftpalg did not write: pick it up plain, and say so.
+		f := &flow{conn: conn, id: e.ids, dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: true}
+		e.refuse(f, alg.KindNone, netip.AddrPort{}, err)
+		return nil
+	}
+	return f
+}
+
+// resumed builds the flow of a connection known only by its labels. Each
+// direction with an edit maps from the edit's end on with the labels'
+// shift and before its start with shift-step; the edit's line, should it
+// come again, is rewritten anew and must change the length by exactly
+// step. A direction without edits starts at its first segment. Where lines
+// start is guessed at the first segment of each direction (alg.LineStart).
+func (e *Engine) resumed(conn Conn, l Labels) (*flow, error) {
+	st, err := l.Decode()
+	if err != nil {
+		return nil, fmt.Errorf("resuming %s: %w", conn, err)
+	}
+	f := &flow{conn: conn, id: e.ids, labels: l, resumed: true, pickedUp: !st.LoggedIn,
+		dialog: alg.Resume(alg.Config{MaxLine: e.cfg.MaxLine}, st.LoggedIn, st.Answer)}
+	if st.Overflow {
+		f.dead = true
+		e.refuse(f, alg.KindNone, netip.AddrPort{}, ErrNotTakenOver)
+		return f, nil
+	}
+	e.stats.Resumed++
+	for i, h := range []*half{&f.c, &f.s} {
+		lh := st.Halves[i]
+		h.resume, h.unsure, h.restored = true, true, true
+		if lh.zero() {
+			continue
+		}
+		h.init = true
+		h.next, h.sent = lh.Pos, lh.Pos
+		h.m.floor, h.m.base = lh.Pos, lh.Shift
+		h.m.lab = labelPoint{active: true, at: lh.Pos, step: lh.Step, multi: st.Multi}
+		h.m.lastAt, h.m.lastStep, h.m.hasLast = lh.Pos, lh.Step, true
+		if lh.Shift != 0 || lh.Step != 0 {
+			f.liberal = true
+		}
+	}
+	if f.liberal {
+		// A standby's conntrackd commit forces BE_LIBERAL only without
+		// TCPWindowTracking; a restarted router has it already.
+		e.emit(Event{Kind: EventLiberal, Session: f.id, Conn: f.conn, Path: f.path})
+	}
+	return f, nil
+}
+
+// Resume tracks a connection another process tracked, from the labels it
+// wrote on the connection's conntrack entry (as found by a dump at start).
+// Labels without REWRITTEN are left for the connection's first packet.
+// It returns the events to act on (an EventLiberal; a refusal for OVERFLOW),
+// valid until the next call.
+func (e *Engine) Resume(conn Conn, l Labels, now time.Time) ([]Event, error) {
+	e.events = e.events[:0]
+	if !conn.Client.IsValid() || !conn.Server.IsValid() {
+		return nil, fmt.Errorf("%w: connection %s", ErrState, conn)
+	}
+	if e.tab.m[conn] != nil {
+		return nil, nil // seen already
+	}
+	if len(e.tab.m) >= e.cfg.MaxFlows {
+		return nil, fmt.Errorf("resuming %s: %w", conn, ErrTableFull)
+	}
+	e.ids++
+	f, err := e.resumed(conn, l)
+	if err != nil {
+		return nil, err
+	}
+	e.stats.Flows++
+	e.tab.m[conn] = f
+	f.started, f.last = now, now
+	e.tab.touch(f)
+	return e.events, nil
+}
