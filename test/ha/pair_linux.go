@@ -42,6 +42,12 @@ const (
 	PortServer   = "198.51.100.20"
 	PasvClient   = "198.51.100.30"
 	InvalidMatch = "ha: invalid drop"
+	// MidStreamMatch tags the drop of TCP segments that would start a
+	// connection in the middle (conntrack's loose pickup): on a router
+	// taking over, a segment that arrives before conntrackd committed its
+	// connection would otherwise create an entry of its own, strict and
+	// without the replicated labels. Dropped, it is retransmitted.
+	MidStreamMatch = "ha: mid-stream drop"
 )
 
 // Gateway says what makes FTP work through the pair.
@@ -272,6 +278,7 @@ COMMIT
 :OUTPUT ACCEPT [0:0]
 -A FORWARD -m conntrack --ctstate INVALID -m comment --comment "` + InvalidMatch + `" -j DROP
 -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -p tcp ! --syn -m conntrack --ctstate NEW -m comment --comment "` + MidStreamMatch + `" -j DROP
 -A FORWARD -i inside -o outside -m conntrack --ctstate NEW -j ACCEPT
 -A FORWARD -i outside -o inside -d ` + ForwardAddr + ` -p tcp --dport 21 -m conntrack --ctstate NEW -j ACCEPT
 COMMIT
