@@ -69,7 +69,7 @@ FUZZ_TARGETS := \
 	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack:FuzzLabels ./conntrack/seqnum:FuzzShiftRoundTrip ./config:FuzzParse \
 	./nfq:FuzzParse ./rules:FuzzParseNFTAcks ./rules:FuzzAppendNFTBatch ./rules:FuzzPureACK
 
-.PHONY: all build man test unit fuzz bench bench-pinholes lint deps demo matrix baseline loss restart install deb release cross-test clean
+.PHONY: all build man test unit fuzz bench bench-pinholes lint deps demo matrix baseline loss restart ha install deb release cross-test clean
 
 all: build
 
@@ -140,6 +140,12 @@ loss: deps build
 # SIGKILL (make test runs 6 sessions of 40 files).
 restart: deps build
 	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_RESTART=full $(GO) test -count=1 -timeout 20m -run '^TestRestartBusy$$' -v ./test/e2e
+
+# Two routers (keepalived + conntrackd, the deploy/ha kit): 20 PORT and 20
+# PASV sessions across a hard failure, a switchover and a failback of the
+# master, through the kernel helper and through ftpalg; figures logged.
+ha: deps build
+	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_HA=full $(GO) test -count=1 -timeout 30m -run TestFailover -v ./test/ha | grep -E '^(=== RUN|--- |\s+ha_linux_test.go:[0-9]+: (kernel-helper|ftpalg),|\s+ha_linux_test.go:[0-9]+:   |ok|FAIL|PASS)'
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

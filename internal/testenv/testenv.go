@@ -8,8 +8,10 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 )
 
@@ -43,4 +45,29 @@ func RequireTool(tb testing.TB, name string) string {
 	}
 	tb.Skipf("%s not installed (make deps)", name)
 	return ""
+}
+
+// MainWithFtpalg is a TestMain for packages that run the ftpalg binary:
+// it sets *bin to $FTPALG_BIN or, as root without it, to a binary built
+// for the run and removed after it, then runs the tests and exits.
+func MainWithFtpalg(m *testing.M, bin *string) {
+	*bin = os.Getenv("FTPALG_BIN")
+	if *bin != "" || os.Geteuid() != 0 {
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "ftpalg-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*bin = filepath.Join(dir, "ftpalg")
+	out, err := exec.Command("go", "build", "-o", *bin, "github.com/ftpalg/ftpalg/cmd/ftpalg").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building ftpalg: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }

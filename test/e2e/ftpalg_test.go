@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpalg/ftpalg/internal/testenv"
 	"github.com/ftpalg/ftpalg/test/rig"
 )
 
@@ -21,26 +21,7 @@ import (
 // TestMain.
 var ftpalgBin string
 
-func TestMain(m *testing.M) {
-	ftpalgBin = os.Getenv("FTPALG_BIN")
-	if ftpalgBin == "" && os.Geteuid() == 0 {
-		dir, err := os.MkdirTemp("", "ftpalg-e2e")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		ftpalgBin = filepath.Join(dir, "ftpalg")
-		out, err := exec.Command("go", "build", "-o", ftpalgBin, "github.com/ftpalg/ftpalg/cmd/ftpalg").CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "building ftpalg: %v\n%s", err, out)
-			os.Exit(1)
-		}
-		code := m.Run()
-		os.RemoveAll(dir)
-		os.Exit(code)
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { testenv.MainWithFtpalg(m, &ftpalgBin) }
 
 // gateway is ftpalg running in a rig's router namespace.
 type gateway struct {

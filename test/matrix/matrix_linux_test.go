@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -34,27 +33,7 @@ const (
 // ftpalgBin is the binary under test: $FTPALG_BIN, or one built by TestMain.
 var ftpalgBin string
 
-func TestMain(m *testing.M) {
-	ftpalgBin = os.Getenv("FTPALG_BIN")
-	if ftpalgBin != "" || os.Geteuid() != 0 {
-		os.Exit(m.Run())
-	}
-	dir, err := os.MkdirTemp("", "ftpalg-matrix")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	ftpalgBin = filepath.Join(dir, "ftpalg")
-	out, err := exec.Command("go", "build", "-o", ftpalgBin, "github.com/ftpalg/ftpalg/cmd/ftpalg").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "building ftpalg: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.MainWithFtpalg(m, &ftpalgBin) }
 
 // settings are TestMatrix's environment variables.
 type settings struct {

@@ -40,24 +40,39 @@ func (r *Rig) Start(n Node, name string, args ...string) (*Proc, error) {
 // background and tracks it like Start. Output goes to the Proc unless the
 // caller set Stdout or Stderr.
 func (r *Rig) StartCmd(cmd *exec.Cmd) (*Proc, error) {
-	p := &Proc{name: cmd.String(), cmd: cmd, done: make(chan struct{})}
 	// Refuse early after Close; track below catches a Close that races
 	// with Start and stops the process it would otherwise miss.
 	r.mu.Lock()
 	closed := r.closed
 	r.mu.Unlock()
 	if closed {
-		return nil, fmt.Errorf("starting %s: %w", p.name, ErrClosed)
+		return nil, fmt.Errorf("starting %s: %w", cmd, ErrClosed)
 	}
+	p, err := StartProc(r.dir, cmd)
+	if err != nil {
+		r.mu.Lock()
+		closed := r.closed // Close removed the directory meanwhile
+		r.mu.Unlock()
+		if closed {
+			err = fmt.Errorf("%w (%w)", ErrClosed, err)
+		}
+		return nil, err
+	}
+	if err := r.track(p); err != nil {
+		return nil, errors.Join(fmt.Errorf("starting %s: %w", p.name, err), p.Stop())
+	}
+	return p, nil
+}
+
+// StartProc starts cmd in the background in its own process group, with
+// its output (unless the caller set Stdout or Stderr) in a file in dir.
+// The caller stops it. For rigs of their own (test/ha) that keep their
+// processes the way Rig does.
+func StartProc(dir string, cmd *exec.Cmd) (*Proc, error) {
+	p := &Proc{name: cmd.String(), cmd: cmd, done: make(chan struct{})}
 	if cmd.Stdout == nil || cmd.Stderr == nil {
-		f, err := os.CreateTemp(r.dir, "proc-*.log")
+		f, err := os.CreateTemp(dir, "proc-*.log")
 		if err != nil {
-			r.mu.Lock()
-			closed := r.closed // Close removed the directory meanwhile
-			r.mu.Unlock()
-			if closed {
-				err = ErrClosed
-			}
 			return nil, fmt.Errorf("starting %s: output file: %w", p.name, err)
 		}
 		// O_APPEND, so that stdout and stderr, and forked children,
@@ -99,9 +114,6 @@ func (r *Rig) StartCmd(cmd *exec.Cmd) (*Proc, error) {
 		p.err = cmd.Wait()
 		close(p.done)
 	}()
-	if err := r.track(p); err != nil {
-		return nil, errors.Join(fmt.Errorf("starting %s: %w", p.name, err), p.Stop())
-	}
 	return p, nil
 }
 
@@ -159,3 +171,43 @@ func (p *Proc) Stop() error {
 }
 
 func killPID(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
+
+// Signal sends sig to the process alone (not its group): keepalived's
+// SIGTERM, which it handles by stopping its own children.
+func (p *Proc) Signal(sig syscall.Signal) error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("signalling %s: %w", p.name, err)
+	}
+	return nil
+}
+
+// Kill SIGKILLs the process group at once (a crash or power cut) and waits
+// for the process to exit.
+func (p *Proc) Kill() error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	if err := syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("killing %s: %w", p.name, err)
+	}
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(stopGrace):
+		return fmt.Errorf("killing %s (pid %d): still running", p.name, p.cmd.Process.Pid)
+	}
+}
+
+// Name is the command line the process was started with.
+func (p *Proc) Name() string { return p.name }
+
+// KillNamespace SIGKILLs every process inside namespace ns; for rigs of
+// their own (test/ha), whose namespaces hold only their processes.
+func KillNamespace(ns string) error { return killNamespace(ns) }
