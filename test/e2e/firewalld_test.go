@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,10 @@ import (
 	"github.com/ftpalg/ftpalg/internal/testenv"
 	"github.com/ftpalg/ftpalg/test/rig"
 )
+
+// reinstalled is what ftpalg logs once it put back rules a firewall reload
+// removed.
+const reinstalled = "rules were removed from the kernel (firewall reload?); re-installed them"
 
 // TestFirewalldHost runs an FTP server on a host whose firewall is a real
 // firewalld (1.3, nftables backend, default zone public, port 21/tcp
@@ -82,6 +87,27 @@ func TestFirewalldHost(t *testing.T) {
 		t.Fatalf("with deploy/firewalld.nft: %v", err)
 	}
 	if _, err := fw.Cmd(ctx, "--reload"); err != nil {
+		t.Fatal(err)
+	}
+	// The reload flushes ftpalg's iptables rules too; ftpalg puts them
+	// back within a second or two (a repair that races with the reload's
+	// last steps is retried at the next tick). Measured in CI: a download
+	// started before that failed to reach port 21 at all.
+	if err := eventually(15*time.Second, func() error {
+		if len(g.events(reinstalled)) == 0 {
+			return errors.New("ftpalg has not re-installed its rules after firewall-cmd --reload")
+		}
+		for _, table := range []string{"mangle", "filter"} {
+			out, err := r.Run(ctx, rig.Router, "iptables", "-t", table, "-S", "INPUT")
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(out, "-j FTPALG-") {
+				return fmt.Errorf("no jump to ftpalg's chains in %s INPUT yet:\n%s", table, out)
+			}
+		}
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if out, _ := r.Run(ctx, rig.Router, "nft", "list", "chain", "inet", "firewalld", "filter_INPUT_ZONES"); strings.Contains(out, "ftpalg") {
