@@ -394,7 +394,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 					log.Info("removed the previous run's pinhole rules")
 				}
 			}
-			repairRules(repair, log)
+			repairRules(ctx, repair, log)
 			var lost, full, failed uint64
 			for i, g := range shards {
 				if qs, ok := readQueueStats(cfg.QueueNum + uint16(i)); ok {
@@ -455,8 +455,13 @@ func stopForGood(ctx context.Context) bool {
 // repairRules re-installs rules an admin's firewall reload removed (an
 // iptables-restore or nft flush of the tables): checked every second, so
 // new transfers work again within about a second.
-func repairRules(sets []kernelRules, log *slog.Logger) {
+func repairRules(ctx context.Context, sets []kernelRules, log *slog.Logger) {
 	for _, r := range sets {
+		// Each check runs iptables a dozen times (0.4-0.9 s a run on a
+		// loaded machine): a stop that came meanwhile goes first.
+		if ctx.Err() != nil {
+			return
+		}
 		ok, err := r.Check()
 		if err != nil {
 			log.Warn("checking installed rules", "err", err)
