@@ -55,9 +55,24 @@ var (
 // connection's entry. The daemon implements it with one ctnetlink GET.
 type LabelSource interface {
 	// Labels returns the labels of c's entry; zero labels when it has
-	// none. An error means they could not be read: c is picked up plain.
+	// none. ErrNoEntry means conntrack has no entry for c yet (see
+	// there); any other error means they could not be read: c is picked
+	// up plain.
 	Labels(c Conn) (Labels, error)
 }
+
+// ErrNoEntry is what a LabelSource returns for a connection conntrack has
+// no confirmed entry for: the packet in hand started one by conntrack's
+// loose pickup of a mid-stream segment, and that entry exists only once the
+// packet has passed the last hook. On a standby router this is a segment
+// that came before conntrackd committed the replicated entry (with its
+// labels): picked up plain, the connection would never be taken over, and
+// its offsets would be lost (measured in test/ha: a PORT session stalled
+// one hard failover in three). Such a segment passes untracked; the
+// engine looks again at the connection's next one. A firewall that drops
+// mid-stream NEW segments (the HA kit's) makes the sender retransmit it
+// after the commit.
+var ErrNoEntry = errors.New("no conntrack entry yet")
 
 // TLSPolicy says what to do when a client asks to protect the control
 // channel (AUTH TLS, AUTH SSL or any other AUTH mechanism).
@@ -454,10 +469,14 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 			e.end(old)
 		}
 		e.ids++
-		e.stats.Flows++
 		if !newSYN && e.cfg.LabelSource != nil {
-			f = e.fromLabels(conn)
+			var ok bool
+			if f, ok = e.fromLabels(conn); !ok {
+				e.ids-- // no entry yet: untracked, and looked up again next time
+				return nil
+			}
 		}
+		e.stats.Flows++
 		if f == nil {
 			f = &flow{conn: conn, id: e.sessionID(e.ids), dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: !newSYN}
 		}

@@ -168,3 +168,37 @@ func equalInts(a, b []int) bool {
 	}
 	return true
 }
+
+// notYet is a LabelSource whose entry appears only after a number of
+// lookups, as on a standby router before conntrackd committed it.
+type notYet struct {
+	misses int
+	labels Labels
+}
+
+func (n *notYet) Labels(Conn) (Labels, error) {
+	if n.misses > 0 {
+		n.misses--
+		return Labels{}, ErrNoEntry
+	}
+	return n.labels, nil
+}
+
+// TestNoEntryYet checks that a mid-stream segment of a connection
+// conntrack has no entry for yet passes untracked, and that the
+// connection is taken over from its labels at a later segment, once the
+// entry exists: not picked up plain for good.
+func TestNoEntryYet(t *testing.T) {
+	st := LabelState{Rewritten: true, LoggedIn: true}
+	st.Halves[0] = LabelHalf{Pos: 1000, Shift: 3, Step: 3}
+	src := &notYet{misses: 1, labels: st.Encode()}
+	e := New(Config{LabelSource: src}, &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic})
+	noop := pkt{src: simClient, dst: simServer, seq: 2000, ack: 7000, flags: flagACK, payload: []byte("NOOP\r\n")}.build(t)
+	if res := e.Process(noop, testNow); res.Verdict != Accept || e.Len() != 0 {
+		t.Fatalf("segment before the entry exists: verdict %v, %d flows tracked; want Accept, none", res.Verdict, e.Len())
+	}
+	e.Process(noop, testNow)
+	if e.Len() != 1 || e.Stats().Resumed != 1 {
+		t.Fatalf("after the entry appeared: %d flows, %d resumed; want 1 taken over from its labels", e.Len(), e.Stats().Resumed)
+	}
+}

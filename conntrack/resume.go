@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -40,23 +41,26 @@ func (e *Engine) reportLabels(f *flow) {
 
 // fromLabels looks up the labels of a connection seen without its SYN and
 // resumes it from them; nil means it is picked up plain.
-func (e *Engine) fromLabels(conn Conn) *flow {
+func (e *Engine) fromLabels(conn Conn) (f *flow, ok bool) {
 	l, err := e.cfg.LabelSource.Labels(conn)
+	if errors.Is(err, ErrNoEntry) {
+		return nil, false
+	}
 	if err != nil {
 		e.stats.LabelErrors++
-		return nil
+		return nil, true
 	}
 	if l == (Labels{}) {
-		return nil
+		return nil, true
 	}
-	f, err := e.resumed(conn, l)
+	f, err = e.resumed(conn, l)
 	if err != nil {
 		// Labels ftpalg did not write: pick it up plain, and say so.
 		f := &flow{conn: conn, id: e.sessionID(e.ids), dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: true}
 		e.refuse(f, alg.KindNone, netip.AddrPort{}, err)
-		return nil
+		return nil, true
 	}
-	return f
+	return f, true
 }
 
 // resumed builds the flow of a connection known only by its labels. Each

@@ -42,11 +42,14 @@ func newLabelStore(ct LabelClient, log *slog.Logger) *labelStore {
 func seenOf(c conntrack.Conn) ctnetlink.Tuple { return ctnetlink.Tuple{Src: c.Client, Dst: c.Server} }
 
 // Labels reads the labels of c's entry (conntrack.LabelSource): one GET, or
-// two when the packet's tuple is the entry's reply one.
+// two when the packet's tuple is the entry's reply one; ErrNoEntry when
+// conntrack has no confirmed entry for it.
 func (s *labelStore) Labels(c conntrack.Conn) (conntrack.Labels, error) {
 	e, _, err := s.ct.Lookup(seenOf(c))
 	if errors.Is(err, ctnetlink.ErrNotFound) {
-		return conntrack.Labels{}, nil
+		// The packet in hand started the entry (loose pickup): it is
+		// confirmed only after the packet passed. See ErrNoEntry.
+		return conntrack.Labels{}, conntrack.ErrNoEntry
 	}
 	if err != nil {
 		s.log.Warn("reading conntrack labels; picking the connection up without them", "conn", c.String(), "err", err)
