@@ -67,11 +67,12 @@ type LabelSource interface {
 // packet has passed the last hook. On a standby router this is a segment
 // that came before conntrackd committed the replicated entry (with its
 // labels): picked up plain, the connection would never be taken over, and
-// its offsets would be lost (measured in test/ha: a PORT session stalled
-// one hard failover in three). Such a segment passes untracked; the
-// engine looks again at the connection's next one. A firewall that drops
-// mid-stream NEW segments (the HA kit's) makes the sender retransmit it
-// after the commit.
+// its offsets would be lost. Such a connection is picked up plain, and
+// its labels are looked up again at each later segment until conntrack has
+// an entry for it: with labels, it is taken over from them (see
+// Engine.recheck); without, it stays plain. A firewall that drops
+// mid-stream NEW segments (the HA kit's) makes the sender retransmit the
+// early segments after the commit.
 var ErrNoEntry = errors.New("no conntrack entry yet")
 
 // TLSPolicy says what to do when a client asks to protect the control
@@ -469,18 +470,17 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 			e.end(old)
 		}
 		e.ids++
+		noEntry := false
 		if !newSYN && e.cfg.LabelSource != nil {
-			var ok bool
-			if f, ok = e.fromLabels(conn); !ok {
-				e.ids-- // no entry yet: untracked, and looked up again next time
-				return nil
-			}
+			f, noEntry = e.fromLabels(conn)
 		}
 		e.stats.Flows++
 		if f == nil {
-			f = &flow{conn: conn, id: e.sessionID(e.ids), dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: !newSYN}
+			f = &flow{conn: conn, id: e.sessionID(e.ids), dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: !newSYN, recheck: noEntry}
 		}
 		e.tab.m[conn] = f
+	} else if f.recheck && !newSYN {
+		f = e.recheck(f)
 	}
 	if f.started.IsZero() {
 		f.started = now
@@ -488,6 +488,35 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 	f.last = now
 	e.tab.touch(f)
 	return f
+}
+
+// recheck looks again for the labels of f, picked up plain while conntrack
+// had no entry for it (ErrNoEntry). Once the entry exists with labels, the
+// connection is taken over from them in place of f, under f's session id:
+// what f made of the segments before (on a standby router, segments that
+// came before conntrackd committed the entry, which the HA kit's firewall
+// drops as mid-stream NEW) never reached the peer.
+func (e *Engine) recheck(f *flow) *flow {
+	g, noEntry := e.fromLabels(f.conn)
+	if noEntry {
+		return f
+	}
+	f.recheck = false
+	if g == nil {
+		return f // the entry exists and carries no state of ftpalg's: f stands
+	}
+	e.tab.remove(f)
+	if f.changed {
+		for i, c := range e.changed {
+			if c == f {
+				e.changed = append(e.changed[:i], e.changed[i+1:]...)
+				break
+			}
+		}
+	}
+	g.id = f.id
+	e.tab.m[g.conn] = g
+	return g
 }
 
 // end stops tracking f and tells the daemon.

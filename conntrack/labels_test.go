@@ -172,11 +172,12 @@ func equalInts(a, b []int) bool {
 // notYet is a LabelSource whose entry appears only after a number of
 // lookups, as on a standby router before conntrackd committed it.
 type notYet struct {
-	misses int
-	labels Labels
+	misses, lookups int
+	labels          Labels
 }
 
 func (n *notYet) Labels(Conn) (Labels, error) {
+	n.lookups++
 	if n.misses > 0 {
 		n.misses--
 		return Labels{}, ErrNoEntry
@@ -184,21 +185,48 @@ func (n *notYet) Labels(Conn) (Labels, error) {
 	return n.labels, nil
 }
 
-// TestNoEntryYet checks that a mid-stream segment of a connection
-// conntrack has no entry for yet passes untracked, and that the
-// connection is taken over from its labels at a later segment, once the
-// entry exists: not picked up plain for good.
+// TestNoEntryYet checks that a connection first seen while conntrack has
+// no entry for it is picked up plain and looked up again at its next
+// segments: taken over from its labels once the entry has them (under the
+// same session id), left plain, and no longer looked up, once the entry
+// exists without them.
 func TestNoEntryYet(t *testing.T) {
 	st := LabelState{Rewritten: true, LoggedIn: true}
 	st.Halves[0] = LabelHalf{Pos: 1000, Shift: 3, Step: 3}
-	src := &notYet{misses: 1, labels: st.Encode()}
-	e := New(Config{LabelSource: src}, &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic})
-	noop := pkt{src: simClient, dst: simServer, seq: 2000, ack: 7000, flags: flagACK, payload: []byte("NOOP\r\n")}.build(t)
-	if res := e.Process(noop, testNow); res.Verdict != Accept || e.Len() != 0 {
-		t.Fatalf("segment before the entry exists: verdict %v, %d flows tracked; want Accept, none", res.Verdict, e.Len())
+	noop := func(t *testing.T) []byte {
+		return pkt{src: simClient, dst: simServer, seq: 2000, ack: 7000, flags: flagACK, payload: []byte("NOOP\r\n")}.build(t)
 	}
-	e.Process(noop, testNow)
-	if e.Len() != 1 || e.Stats().Resumed != 1 {
-		t.Fatalf("after the entry appeared: %d flows, %d resumed; want 1 taken over from its labels", e.Len(), e.Stats().Resumed)
+	for _, tc := range []struct {
+		name    string
+		labels  Labels
+		resumed uint64
+	}{
+		{"labels appear", st.Encode(), 1},
+		{"entry without labels", Labels{}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := &notYet{misses: 2, labels: tc.labels}
+			e := New(Config{LabelSource: src}, &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic})
+			session := func() (id uint64) {
+				e.Flows(func(fi FlowInfo) { id = fi.Session })
+				return id
+			}
+			if res := e.Process(noop(t), testNow); res.Verdict != Accept || e.Len() != 1 {
+				t.Fatalf("segment before the entry exists: verdict %v, %d flows; want Accept, 1 (plain)", res.Verdict, e.Len())
+			}
+			first := session()
+			for i := 0; i < 3; i++ {
+				e.Process(noop(t), testNow)
+				if id := session(); id != first {
+					t.Fatalf("segment %d: session %d, want %d as before", i+2, id, first)
+				}
+			}
+			if e.Len() != 1 || e.Stats().Resumed != tc.resumed || e.Stats().Flows != 1 {
+				t.Fatalf("%d flows (%d counted), %d resumed; want 1 flow, %d resumed", e.Len(), e.Stats().Flows, e.Stats().Resumed, tc.resumed)
+			}
+			if src.lookups != 3 {
+				t.Fatalf("%d label lookups; want 3 (two misses, then the entry)", src.lookups)
+			}
+		})
 	}
 }

@@ -40,27 +40,29 @@ func (e *Engine) reportLabels(f *flow) {
 }
 
 // fromLabels looks up the labels of a connection seen without its SYN and
-// resumes it from them; nil means it is picked up plain.
-func (e *Engine) fromLabels(conn Conn) (f *flow, ok bool) {
+// resumes it from them; nil means it is picked up plain, and noEntry that
+// conntrack has no entry for it yet, so its labels are to be looked up
+// again at its next segment.
+func (e *Engine) fromLabels(conn Conn) (f *flow, noEntry bool) {
 	l, err := e.cfg.LabelSource.Labels(conn)
 	if errors.Is(err, ErrNoEntry) {
-		return nil, false
+		return nil, true
 	}
 	if err != nil {
 		e.stats.LabelErrors++
-		return nil, true
+		return nil, false
 	}
 	if l == (Labels{}) {
-		return nil, true
+		return nil, false
 	}
 	f, err = e.resumed(conn, l)
 	if err != nil {
 		// Labels ftpalg did not write: pick it up plain, and say so.
 		f := &flow{conn: conn, id: e.sessionID(e.ids), dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: true}
 		e.refuse(f, alg.KindNone, netip.AddrPort{}, err)
-		return nil, true
+		return nil, false
 	}
-	return f, true
+	return f, false
 }
 
 // resumed builds the flow of a connection known only by its labels. Each

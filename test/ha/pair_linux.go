@@ -46,7 +46,12 @@ const (
 	// connection in the middle (conntrack's loose pickup): on a router
 	// taking over, a segment that arrives before conntrackd committed its
 	// connection would otherwise create an entry of its own, strict and
-	// without the replicated labels. Dropped, it is retransmitted.
+	// without the replicated labels. Dropped, it is retransmitted. The
+	// same in INPUT: a segment addressed to a virtual address the router
+	// has just taken (a PORT data connection to the SNAT address, the
+	// port-forwarded server's clients) would otherwise meet the router's
+	// own TCP, which resets it (measured: a PORT session in three lost
+	// its data connection to such a reset at a hard failure).
 	MidStreamMatch = "ha: mid-stream drop"
 )
 
@@ -276,6 +281,7 @@ COMMIT
 :INPUT ACCEPT [0:0]
 :FORWARD DROP [0:0]
 :OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp ! --syn -m conntrack --ctstate NEW -m comment --comment "` + MidStreamMatch + `" -j DROP
 -A FORWARD -m conntrack --ctstate INVALID -m comment --comment "` + InvalidMatch + `" -j DROP
 -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A FORWARD -p tcp ! --syn -m conntrack --ctstate NEW -m comment --comment "` + MidStreamMatch + `" -j DROP
