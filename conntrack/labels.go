@@ -26,7 +26,8 @@ var ErrLabels = errors.New("conntrack labels do not hold an ftpalg state")
 //	 60- 91  server-to-client pos
 //	 92-111  server-to-client shift
 //	112-119  server-to-client step
-//	120-121  reserved, 0
+//	120      reserved, 0
+//	121      SEEN: set by the kernel (the pure-ACK rule's `--set`, rules.LabelSeen) and in every write; no state
 //	122      MULTI: more than one edit of some direction was in flight when written
 //	123      OVERFLOW: the state did not fit (|shift| >= 2^19 or |step| >= 128); a successor must not take over
 //	124-125  ANSWER: what the next final server reply answers (alg.Answer: 0 none, 1 PASV, 2 EPSV, 3 LPSV)
@@ -55,7 +56,8 @@ const (
 	labelAnswer    = 124 // 2 bits
 	LabelLoggedIn  = 126
 	LabelRewritten = 127
-	labelReserved  = 120 // 2 bits
+	LabelSeen      = 121
+	labelReserved  = 120
 )
 
 // Limits of the two's complement fields: a value fits when -limit < v < limit.
@@ -135,15 +137,23 @@ func (s LabelState) Encode() Labels {
 	l.setField(labelAnswer, 2, uint64(s.Answer))
 	set(LabelLoggedIn, s.LoggedIn)
 	set(LabelRewritten, s.Rewritten)
+	set(LabelSeen, true)
 	return l
+}
+
+// Empty reports whether l holds no state: no bit set but SEEN, which the
+// kernel sets on any control connection it lets pass without queueing.
+func (l Labels) Empty() bool {
+	l.setField(LabelSeen, 1, 0)
+	return l == Labels{}
 }
 
 // Decode unpacks l. Labels with a reserved bit set, or with sequence fields
 // beside OVERFLOW, were not written by ftpalg (an administrator's own
 // connlabel rules?) and give ErrLabels.
 func (l Labels) Decode() (LabelState, error) {
-	if l.field(labelReserved, 2) != 0 {
-		return LabelState{}, fmt.Errorf("%w: reserved bits 120-121 set (%s)", ErrLabels, l)
+	if l.Bit(labelReserved) {
+		return LabelState{}, fmt.Errorf("%w: reserved bit 120 set (%s)", ErrLabels, l)
 	}
 	var s LabelState
 	for i := range s.Halves {

@@ -55,8 +55,12 @@ func TestLabelsLayout(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			l := tt.s.Encode()
+			if !l.Bit(LabelSeen) {
+				t.Fatalf("SEEN (bit %d) not set in %s: a write would clear what the pure-ACK rule set", LabelSeen, l)
+			}
+			l.setField(LabelSeen, 1, 0)
 			if got := bits(l); !equalInts(got, tt.bits) {
-				t.Fatalf("bits %v, want %v", got, tt.bits)
+				t.Fatalf("bits %v besides SEEN, want %v", got, tt.bits)
 			}
 			back, err := l.Decode()
 			if err != nil || back != tt.s {
@@ -77,7 +81,7 @@ func TestLabelsOverflow(t *testing.T) {
 			s.Halves[side] = h
 			s.Multi, s.LoggedIn, s.Rewritten, s.Answer = true, true, true, alg.AnswerEPSV
 			l := s.Encode()
-			if got := bits(l); !equalInts(got, []int{123, 125, 126, 127}) {
+			if got := bits(l); !equalInts(got, []int{LabelSeen, 123, 125, 126, 127}) {
 				t.Errorf("%+v on side %d: bits %v, want OVERFLOW and the dialog bits only", h, side, got)
 			}
 			d, err := l.Decode()
@@ -91,13 +95,32 @@ func TestLabelsOverflow(t *testing.T) {
 func TestLabelsNotOurs(t *testing.T) {
 	for _, l := range []Labels{
 		{0, 1 << (120 - 64)},                            // reserved bit 120
-		{0, 1 << (121 - 64)},                            // reserved bit 121
 		{1, 1 << (LabelOverflow - 64)},                  // pos beside OVERFLOW
 		{0, 1<<(LabelOverflow-64) | 1<<(LabelMulti-64)}, // MULTI beside OVERFLOW
 	} {
 		if _, err := l.Decode(); !errors.Is(err, ErrLabels) {
 			t.Errorf("Decode(%s) = %v, want ErrLabels", l, err)
 		}
+	}
+}
+
+// SEEN alone, as the kernel's pure-ACK rule leaves an entry ftpalg never
+// wrote, is no state: Empty, and decoded as the zero state.
+func TestLabelsSeen(t *testing.T) {
+	var seen Labels
+	seen.setField(LabelSeen, 1, 1)
+	if !seen.Empty() || !(Labels{}).Empty() {
+		t.Fatalf("%s or zero labels not Empty", seen)
+	}
+	if d, err := seen.Decode(); err != nil || d != (LabelState{}) {
+		t.Fatalf("Decode(%s) = %+v, %v; want the zero state", seen, d, err)
+	}
+	if (LabelState{}).Encode() != seen {
+		t.Fatalf("zero state encodes to %s, want SEEN only (%s)", (LabelState{}).Encode(), seen)
+	}
+	logged := LabelState{LoggedIn: true}.Encode()
+	if logged.Empty() {
+		t.Fatalf("%s (LOGGED_IN) reported Empty", logged)
 	}
 }
 

@@ -28,7 +28,7 @@ func (f *flow) labelState() LabelState {
 // connection that never changed anything keeps no labels.
 func (e *Engine) reportLabels(f *flow) {
 	l := f.labelState().Encode()
-	if l == f.labels {
+	if l == f.labels || l.Empty() && f.labels.Empty() {
 		return
 	}
 	if l.Bit(LabelOverflow) && !f.overflowLogged {
@@ -52,7 +52,7 @@ func (e *Engine) fromLabels(conn Conn) (f *flow, noEntry bool) {
 		e.stats.LabelErrors++
 		return nil, false
 	}
-	if l == (Labels{}) {
+	if l.Empty() {
 		return nil, false
 	}
 	f, err = e.resumed(conn, l)

@@ -32,7 +32,12 @@ type Config struct {
 	// attached to the queue (restart, crash); without it they are dropped
 	// and TCP retransmits them once ftpalg is back.
 	QueueBypass bool
-	IPv4, IPv6  bool
+	// SkipPureACKs lets control segments without payload of connections
+	// never rewritten pass without queueing (rules.Config.SkipPureACKs);
+	// the daemon labels a connection REWRITTEN before it releases its
+	// first rewritten packet, so from then on they are queued.
+	SkipPureACKs bool
+	IPv4, IPv6   bool
 	// Role selects which control connections are handled: forwarded,
 	// ending on this machine, or both (the zero value).
 	Role           rules.Role

@@ -121,7 +121,7 @@ func labelState(f conntrack.FlowInfo) string {
 		return "resumed multi"
 	case f.Resumed:
 		return "resumed"
-	case l == conntrack.Labels{}:
+	case l.Empty():
 		return ""
 	case l.Bit(conntrack.LabelMulti):
 		return "ct multi"

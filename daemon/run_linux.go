@@ -55,7 +55,7 @@ func checkCapability() error {
 
 func (c *Config) rulesConfig() rules.Config {
 	rc := rules.Config{ControlPorts: c.ControlPorts, QueueNum: c.QueueNum, Queues: c.queues(), Bypass: c.QueueBypass, IPv4: c.IPv4, IPv6: c.IPv6,
-		DataMark: c.AcceptMark, Role: c.Role}
+		DataMark: c.AcceptMark, Role: c.Role, SkipPureACKs: c.SkipPureACKs}
 	if c.Pinholes == NFTables {
 		rc.AcceptMark = c.AcceptMark
 	}
@@ -372,7 +372,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}()
 	log.Info("ftpalg running", "role", cfg.Role.String(), "queue", cfg.QueueNum, "queues", len(shards), "queue_reader", cfg.QueueReader.String(), "queue_spin", cfg.QueueSpin.String(), "pinholes", cfg.Pinholes.String(), "control_ports", fmt.Sprint(cfg.ControlPorts),
 		"install_rules", cfg.InstallRules, "pinhole_timeout", cfg.PinholeTimeout.String(),
-		"data_ports", fmt.Sprintf("%d-%d", cfg.DataPortLo, cfg.DataPortHi), "fail_open", cfg.FailOpen, "queue_bypass", cfg.QueueBypass)
+		"data_ports", fmt.Sprintf("%d-%d", cfg.DataPortLo, cfg.DataPortHi), "fail_open", cfg.FailOpen, "queue_bypass", cfg.QueueBypass, "skip_pure_acks", cfg.SkipPureACKs)
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()

@@ -10,6 +10,18 @@ import "strconv"
 // without payload carries nothing ftpalg needs to read or change.
 const LabelRewritten = 127
 
+// LabelSeen is the conntrack label bit the pure-ACK rule itself sets
+// (`-m connlabel --label 121 --set`) on every control connection whose
+// entry has a label extension. That match is true only for such entries:
+// on an entry without the extension (one created before any connlabel rule
+// was loaded, so before ftpalg's first start) the kernel can set no bit,
+// the match fails, and the segment is queued. Without it, `! --label 127`
+// would be true there (xt_connlabel returns the inversion when an entry
+// has no labels), and ftpalg, unable to label such a connection when it
+// rewrites it, would lose its pure ACKs. The daemon sets the bit in every
+// label write too (conntrack.LabelSeen), so a write does not clear it.
+const LabelSeen = 121
+
 // A segment without payload (a pure ACK, a window update, a keepalive
 // probe without a byte) is recognised exactly by length arithmetic that
 // neither the tcp match nor u32 can do: the IP packet's length equals its
@@ -68,14 +80,17 @@ func PureACKBytecode(f Family) string {
 // queueing when it carries no payload, has
 // only ACK among SYN, FIN, RST and ACK (SYN, FIN and RST change the
 // connection's state, which ftpalg follows), and belongs to a connection
-// ftpalg never rewrote. RETURN hands the packet back to the built-in
-// chain, so the administrator's rules still judge it.
+// whose entry can hold labels (LabelSeen) and that ftpalg never rewrote.
+// RETURN hands the packet back to the built-in chain, so the
+// administrator's rules still judge it. The matches run in this order and
+// stop at the first that fails, so only pure ACKs reach the label set.
 func skipSpec(f Family, ports string) []string {
 	code := PureACKBytecode(f)
 	return []string{
 		"-p", "tcp", "-m", "multiport", "--ports", ports, "-m", "tcp", "--tcp-flags", "FIN,SYN,RST,ACK", "ACK",
-		"-m", "connlabel", "!", "--label", strconv.Itoa(LabelRewritten),
 		"-m", "bpf", "--bytecode", code,
+		"-m", "connlabel", "--label", strconv.Itoa(LabelSeen), "--set",
+		"-m", "connlabel", "!", "--label", strconv.Itoa(LabelRewritten),
 		"-j", "RETURN",
 	}
 }

@@ -136,33 +136,48 @@ func counts(t *testing.T, ns, cmd string) (matched, rest int) {
 	return n[0], n[1]
 }
 
-// TestPureACKSkipLabel installs the host fragment with SkipPureACKs and
-// checks, on a real connection to port 21 of the namespace, that the
-// client's pure ACKs bypass the queue while the connection has no
-// LabelRewritten bit, and are queued once it has.
-func TestPureACKSkipLabel(t *testing.T) {
+// ackPair is a real connection to port 21 of namespace srv with the host
+// fragment (SkipPureACKs) loaded there, before the connection opened or
+// after it.
+type ackPair struct {
+	t    *testing.T
+	srv  string
+	c, s net.Conn
+}
+
+func newACKPair(t *testing.T, prefix string, rulesFirst bool) *ackPair {
+	t.Helper()
 	requireRoot(t)
-	cli, srv := newNetns(t, "la"), newNetns(t, "lb")
+	cli, srv := newNetns(t, prefix+"a"), newNetns(t, prefix+"b")
 	run(t, "ip", "-n", cli, "link", "add", "la0", "type", "veth", "peer", "name", "lb0", "netns", srv)
 	run(t, "ip", "-n", cli, "addr", "add", "192.0.2.10/24", "dev", "la0")
 	run(t, "ip", "-n", srv, "addr", "add", "192.0.2.20/24", "dev", "lb0")
 	run(t, "ip", "-n", cli, "link", "set", "la0", "up")
 	run(t, "ip", "-n", srv, "link", "set", "lb0", "up")
-	// Bypass: nothing reads the queue here, so queued packets pass.
-	cfg := Config{ControlPorts: []uint16{21}, Bypass: true, IPv4: true, Role: RoleHost, SkipPureACKs: true}
-	frag, err := Fragment(cfg, IPv4)
-	if err != nil {
-		t.Fatal(err)
+	load := func() {
+		// Bypass: nothing reads the queue here, so queued packets pass.
+		cfg := Config{ControlPorts: []uint16{21}, Bypass: true, IPv4: true, Role: RoleHost, SkipPureACKs: true}
+		frag, err := Fragment(cfg, IPv4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		restore := exec.Command("ip", "netns", "exec", srv, "iptables-restore", "--noflush")
+		restore.Stdin = strings.NewReader(frag)
+		if out, err := restore.CombinedOutput(); err != nil {
+			t.Fatalf("iptables-restore: %v\n%s\n%s", err, out, frag)
+		}
 	}
-	restore := exec.Command("ip", "netns", "exec", srv, "iptables-restore", "--noflush")
-	restore.Stdin = strings.NewReader(frag)
-	if out, err := restore.CombinedOutput(); err != nil {
-		t.Fatalf("iptables-restore: %v\n%s\n%s", err, out, frag)
+	if rulesFirst {
+		load()
+	} else {
+		// A host firewall that tracks connections before ftpalg starts:
+		// conntrack runs in a namespace only once some rule needs it, and
+		// without a connlabel rule its entries get no label extension.
+		run(t, "ip", "netns", "exec", srv, "iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
 	}
-
 	var ln net.Listener
 	inNamespace(t, srv, func() (err error) { ln, err = net.Listen("tcp", "192.0.2.20:21"); return err })
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	accepted := make(chan net.Conn, 1)
 	go func() {
 		c, err := ln.Accept()
@@ -171,59 +186,77 @@ func TestPureACKSkipLabel(t *testing.T) {
 		}
 		close(accepted)
 	}()
-	var c net.Conn
+	p := &ackPair{t: t, srv: srv}
 	inNamespace(t, cli, func() (err error) {
-		c, err = (&net.Dialer{Timeout: 5 * time.Second}).Dial("tcp", "192.0.2.20:21")
+		p.c, err = (&net.Dialer{Timeout: 5 * time.Second}).Dial("tcp", "192.0.2.20:21")
 		return err
 	})
-	defer c.Close()
-	s, ok := <-accepted
-	if !ok {
+	t.Cleanup(func() { p.c.Close() })
+	var ok bool
+	if p.s, ok = <-accepted; !ok {
 		t.Fatal("no connection accepted")
 	}
-	defer s.Close()
+	t.Cleanup(func() { p.s.Close() })
+	if !rulesFirst {
+		load()
+	}
+	return p
+}
 
-	// The server talks, the client only reads: each chunk is answered
-	// by a pure ACK from the client, which arrives in mangle INPUT.
-	exchange := func() {
-		buf := make([]byte, 64)
-		for i := 0; i < 5; i++ {
-			if _, err := s.Write([]byte("220 line\r\n")); err != nil {
-				t.Fatal(err)
-			}
-			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := c.Read(buf); err != nil {
-				t.Fatal(err)
-			}
+// exchange has the server talk while the client only reads: each chunk is
+// answered by a pure ACK from the client, which arrives in mangle INPUT.
+func (p *ackPair) exchange() {
+	p.t.Helper()
+	buf := make([]byte, 64)
+	for i := 0; i < 5; i++ {
+		if _, err := p.s.Write([]byte("220 line\r\n")); err != nil {
+			p.t.Fatal(err)
+		}
+		_ = p.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := p.c.Read(buf); err != nil {
+			p.t.Fatal(err)
 		}
 	}
-	// counter reads the packet counter of the FTPALG-QUEUE rule whose
-	// listing matches re.
-	counter := func(re string) int {
-		out := run(t, "ip", "netns", "exec", srv, "iptables", "-t", "mangle", "-L", ChainQueue, "-v", "-x", "-n")
-		m := regexp.MustCompile(`(?m)^\s*(\d+)\s+\d+\s+` + re).FindStringSubmatch(out)
-		if m == nil {
-			t.Fatalf("no rule %q in %s:\n%s", re, ChainQueue, out)
-		}
-		n, _ := strconv.Atoi(m[1])
-		return n
+}
+
+// counter reads the packet counter of the FTPALG-QUEUE rule whose listing
+// matches re.
+func (p *ackPair) counter(re string) int {
+	p.t.Helper()
+	out := run(p.t, "ip", "netns", "exec", p.srv, "iptables", "-t", "mangle", "-L", ChainQueue, "-v", "-x", "-n")
+	m := regexp.MustCompile(`(?m)^\s*(\d+)\s+\d+\s+` + re).FindStringSubmatch(out)
+	if m == nil {
+		p.t.Fatalf("no rule %q in %s:\n%s", re, ChainQueue, out)
 	}
-	skipped := func() int { return counter(`RETURN`) }
-	queuedFromClient := func() int { return counter(`NFQUEUE .*dports 21 `) }
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+func (p *ackPair) skipped() int          { return p.counter(`RETURN`) }
+func (p *ackPair) queuedFromClient() int { return p.counter(`NFQUEUE .*dports 21 `) }
+
+func (p *ackPair) waitFor(what string, cond func() bool) {
+	p.t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			p.t.Fatalf("timed out waiting for %s", what)
 		}
 	}
-	exchange()
-	waitFor("a pure ACK to skip the queue", func() bool { return skipped() > 0 })
+}
+
+// TestPureACKSkipLabel installs the host fragment with SkipPureACKs and
+// checks, on a real connection to port 21 of the namespace, that the
+// client's pure ACKs bypass the queue while the connection has no
+// LabelRewritten bit (and that the rule marked it LabelSeen), and are
+// queued once it has.
+func TestPureACKSkipLabel(t *testing.T) {
+	p := newACKPair(t, "l", true)
+	p.exchange()
+	p.waitFor("a pure ACK to skip the queue", func() bool { return p.skipped() > 0 })
 
 	// Label the connection as rewritten: its pure ACKs must be queued.
 	var ct *conntrack.Conn
-	inNamespace(t, srv, func() (err error) { ct, err = conntrack.Dial(nil); return err })
+	inNamespace(t, p.srv, func() (err error) { ct, err = conntrack.Dial(nil); return err })
 	defer ct.Close()
 	flows, err := ct.Dump(nil)
 	if err != nil {
@@ -235,6 +268,9 @@ func TestPureACKSkipLabel(t *testing.T) {
 	n := 0
 	for _, f := range flows {
 		if f.TupleOrig.Proto.DestinationPort == 21 {
+			if len(f.Labels) != 16 || f.Labels[LabelSeen/8]&(1<<(LabelSeen%8)) == 0 {
+				t.Errorf("labels %x after skipped pure ACKs: want bit %d (LabelSeen) set by the rule", f.Labels, LabelSeen)
+			}
 			if err := ct.Update(conntrack.Flow{TupleOrig: f.TupleOrig, TupleReply: f.TupleReply, Labels: labels, LabelsMask: mask}); err != nil {
 				t.Fatalf("labelling %v: %v", f.TupleOrig, err)
 			}
@@ -244,11 +280,25 @@ func TestPureACKSkipLabel(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("labelled %d connections to port 21, want 1", n)
 	}
-	before, queued := skipped(), queuedFromClient()
-	exchange()
-	waitFor("the labelled connection's pure ACKs to be queued", func() bool { return queuedFromClient() > queued })
-	if after := skipped(); after != before {
+	before, queued := p.skipped(), p.queuedFromClient()
+	p.exchange()
+	p.waitFor("the labelled connection's pure ACKs to be queued", func() bool { return p.queuedFromClient() > queued })
+	if after := p.skipped(); after != before {
 		t.Errorf("labelled connection: %d pure ACKs skipped the queue", after-before)
+	}
+}
+
+// TestPureACKNoLabelExtension opens the connection before any connlabel
+// rule exists in the namespace, so its conntrack entry has no label
+// extension and ftpalg could never mark it rewritten: its pure ACKs must
+// all be queued (LabelSeen's --set match fails), none skipped.
+func TestPureACKNoLabelExtension(t *testing.T) {
+	p := newACKPair(t, "n", false)
+	queued := p.queuedFromClient()
+	p.exchange()
+	p.waitFor("the pure ACKs to be queued", func() bool { return p.queuedFromClient() > queued })
+	if n := p.skipped(); n != 0 {
+		t.Errorf("%d pure ACKs of an entry without labels skipped the queue, %d queued", n, p.queuedFromClient()-queued)
 	}
 }
 

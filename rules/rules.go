@@ -157,7 +157,9 @@ type Config struct {
 }
 
 // DefaultConfig returns the configuration used when the operator sets
-// nothing: port 21, queue 0, bypass off (fail closed), both families.
+// nothing: port 21, queue 0, bypass off (fail closed), both families. The
+// command adds SkipPureACKs (its --skip-pure-acks is on by default); a
+// program that does not label rewritten connections must leave it off.
 func DefaultConfig() Config {
 	return Config{
 		ControlPorts: []uint16{DefaultControlPort},
