@@ -450,22 +450,24 @@ func TestNFTableTimeout(t *testing.T) {
 				t.Fatal(err)
 			}
 			time.Sleep(ttl / 2)
+			refreshing := time.Now()
 			if err := n.Open(v4NAT); err != nil { // refresh
 				t.Fatal(err)
 			}
+			// The kernel restarted the timeouts somewhere in between.
 			refreshed := time.Now()
 			time.Sleep(ttl/2 + 300*time.Millisecond)
 			if got := nftListState(t, IPv4); len(got.nat) != 1 || len(got.targets) != 1 {
 				t.Fatalf("element expired %v after opening although it was reopened %v after opening",
 					time.Since(start), refreshed.Sub(start))
 			}
-			due := refreshed.Add(ttl)
+			earliest, latest := refreshing.Add(ttl), refreshed.Add(ttl)
 			if update {
 				// The refresh switched the elements to the shorter
 				// of the two kernel timeouts.
-				due = due.Add(-nftRefreshStep)
+				earliest, latest = earliest.Add(-nftRefreshStep), latest.Add(-nftRefreshStep)
 			}
-			waitGone(t, IPv4, due)
+			waitGone(t, IPv4, earliest, latest)
 			// The daemon's Close after the kernel expired the pinhole
 			// succeeds.
 			for range 2 {
@@ -509,19 +511,26 @@ func kernelAtLeast(t *testing.T, major, minor int) bool {
 
 // waitGone waits until family f's set and map are empty, failing if that
 // happens before due or later than one second after it.
-func waitGone(t *testing.T, f Family, due time.Time) {
+//
+// The timeout ends between earliest and latest: the test knows when it
+// asked for the elements and when the kernel had them, not the instant in
+// between (on a loaded machine the two were over 100 ms apart). A listing
+// that shows them gone was taken after asking, so "gone before earliest"
+// is checked against the time before the listing.
+func waitGone(t *testing.T, f Family, earliest, latest time.Time) {
 	t.Helper()
 	for {
+		asked := time.Now()
 		empty := nftListState(t, f).empty()
 		now := time.Now()
 		switch {
-		case empty && now.Before(due.Add(-100*time.Millisecond)):
-			t.Fatalf("%s elements gone %v before their timeout", f, due.Sub(now))
+		case empty && now.Before(earliest.Add(-100*time.Millisecond)):
+			t.Fatalf("%s elements gone %v before their timeout", f, earliest.Sub(now))
 		case empty:
-			t.Logf("%s elements gone %v after their timeout", f, now.Sub(due).Round(time.Millisecond))
+			t.Logf("%s elements gone %v after their timeout (%v window)", f, now.Sub(latest).Round(time.Millisecond), latest.Sub(earliest).Round(time.Millisecond))
 			return
-		case now.After(due.Add(time.Second)):
-			t.Fatalf("%s elements still present %v after their timeout", f, now.Sub(due))
+		case asked.After(latest.Add(time.Second)):
+			t.Fatalf("%s elements still present %v after their timeout", f, asked.Sub(latest))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -569,6 +578,7 @@ func TestNFTableCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	started := time.Now() // the helper opens its pinholes after this
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -590,9 +600,8 @@ func TestNFTableCrash(t *testing.T) {
 			t.Fatalf("%s pinholes right after the kill: %+v, want one of each", f, got)
 		}
 	}
-	due := opened.Add(crashTimeout + NFTTimeoutMargin)
 	for _, f := range families {
-		waitGone(t, f, due)
+		waitGone(t, f, started.Add(crashTimeout+NFTTimeoutMargin), opened.Add(crashTimeout+NFTTimeoutMargin))
 	}
 
 	// The next run sweeps the tables, whatever families it enables.
