@@ -476,10 +476,13 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 		}
 		e.stats.Flows++
 		if f == nil {
-			f = &flow{conn: conn, id: e.sessionID(e.ids), dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: !newSYN, recheck: noEntry}
+			f = &flow{conn: conn, id: e.sessionID(e.ids), dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: !newSYN}
+			if noEntry {
+				f.rechecks = maxRechecks
+			}
 		}
 		e.tab.m[conn] = f
-	} else if f.recheck && !newSYN {
+	} else if f.rechecks > 0 && !newSYN {
 		f = e.recheck(f)
 	}
 	if f.started.IsZero() {
@@ -490,6 +493,14 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 	return f
 }
 
+// maxRechecks bounds the segments at which a connection picked up while
+// conntrack had no entry for it looks for its labels again (one or two
+// ctnetlink GETs each). A standby's entry appears within a few: the
+// segments before the commit are dropped as mid-stream NEW and resent. A
+// connection conntrack never tracks (an administrator's NOTRACK) stays
+// plain after that, without a GET per packet.
+const maxRechecks = 16
+
 // recheck looks again for the labels of f, picked up plain while conntrack
 // had no entry for it (ErrNoEntry). Once the entry exists with labels, the
 // connection is taken over from them in place of f, under f's session id:
@@ -499,9 +510,10 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 func (e *Engine) recheck(f *flow) *flow {
 	g, noEntry := e.fromLabels(f.conn)
 	if noEntry {
+		f.rechecks--
 		return f
 	}
-	f.recheck = false
+	f.rechecks = 0
 	if g == nil {
 		return f // the entry exists and carries no state of ftpalg's: f stands
 	}

@@ -25,7 +25,7 @@ type flow struct {
 	public   [2]netip.Addr // per alg.Side: the sender's address as the peer sees it, once looked up
 	liberal  bool          // a length-changing rewrite was made
 	pickedUp bool          // first seen after its SYN: login state unknown
-	recheck  bool          // picked up while conntrack had no entry: look for labels again
+	rechecks uint8         // picked up while conntrack had no entry: segments left to look for labels again
 	path     Path          // set from every packet's hook
 	refused  uint8         // AUTH commands refused by policy, awaiting their reply
 	changed  bool          // queued for Engine.Changed

@@ -252,4 +252,18 @@ func TestNoEntryYet(t *testing.T) {
 			}
 		})
 	}
+	// A connection conntrack never has an entry for (NOTRACK): looked up
+	// at a bounded number of segments, then plain without lookups.
+	t.Run("never an entry", func(t *testing.T) {
+		src := &notYet{misses: 1 << 30}
+		e := New(Config{LabelSource: src}, &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic})
+		for range 100 {
+			if res := e.Process(noop(t), testNow); res.Verdict != Accept {
+				t.Fatalf("verdict %v, want Accept", res.Verdict)
+			}
+		}
+		if want := 1 + maxRechecks; src.lookups != want || e.Len() != 1 {
+			t.Fatalf("%d label lookups over 100 segments, %d flows; want %d, 1", src.lookups, e.Len(), want)
+		}
+	})
 }
