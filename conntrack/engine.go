@@ -347,9 +347,24 @@ type Engine struct {
 
 	changed []*flow // flows whose mapping changed, for Changed
 
+	// epoch is what the flows' stamps count from: just before the first
+	// time the engine was given.
+	epoch time.Time
+
 	cur  *flow // the flow being processed, for the line handler
 	side alg.Side
 }
+
+// stamp returns now as a flow keeps it.
+func (e *Engine) stamp(now time.Time) stamp {
+	if e.epoch.IsZero() {
+		e.epoch = now.Add(-time.Nanosecond)
+	}
+	return stamp(now.Sub(e.epoch))
+}
+
+// at returns the time of stamp s.
+func (e *Engine) at(s stamp) time.Time { return e.epoch.Add(time.Duration(s)) }
 
 // New returns an engine. nat must not be nil.
 func New(cfg Config, nat NAT) *Engine {
@@ -433,12 +448,12 @@ func (e *Engine) ProcessAt(pkt []byte, hook Hook, now time.Time) Result {
 		e.reportLabels(f)
 	}
 	if seg.has(flagRST) || (f.c.fin && f.s.fin) {
-		if f.closeAt.IsZero() {
+		if f.closeAt == 0 {
 			wait := e.cfg.CloseTimeout
 			if f.shifted() {
 				wait = max(wait, e.cfg.TimeWaitTimeout)
 			}
-			f.closeAt = now.Add(wait)
+			f.closeAt = e.stamp(now.Add(wait))
 		}
 	}
 	res.Events = e.events
@@ -485,10 +500,10 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 	} else if f.rechecks > 0 && !newSYN {
 		f = e.recheck(f)
 	}
-	if f.started.IsZero() {
-		f.started = now
+	if f.started == 0 {
+		f.started = e.stamp(now)
 	}
-	f.last = now
+	f.last = e.stamp(now)
 	e.tab.touch(f)
 	return f
 }
@@ -544,8 +559,9 @@ func (e *Engine) Expire(now time.Time) []Event {
 	e.events = e.events[:0]
 	for f := e.tab.oldest; f != nil; {
 		next := f.newer
-		idle := now.Sub(f.last) > e.cfg.IdleTimeout
-		closed := !f.closeAt.IsZero() && now.After(f.closeAt)
+		t := e.stamp(now)
+		idle := t.sub(f.last) > e.cfg.IdleTimeout
+		closed := f.closeAt != 0 && t > f.closeAt
 		if idle || closed {
 			e.end(f)
 		}

@@ -629,7 +629,7 @@ func runSessionRestartingBy(t *testing.T, seed uint64, commands int, restarts []
 	// last retransmissions, if rewrites shifted it, then forgotten.
 	conn := Conn{Client: simClient, Server: simServer}
 	f := m.e.tab.m[conn]
-	if f == nil || f.closeAt.IsZero() {
+	if f == nil || f.closeAt == 0 {
 		t.Fatalf("seed %d: connection not tracked as closed after its end: %+v", seed, f)
 	}
 	if f.shifted() {

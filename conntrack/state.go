@@ -139,7 +139,7 @@ func (e *Engine) Restore(s FlowState, now time.Time) error {
 		return fmt.Errorf("restoring %s: %w", s.Conn, ErrTableFull)
 	}
 	e.tab.m[s.Conn] = f
-	f.started, f.last = now, now
+	f.started, f.last = e.stamp(now), e.stamp(now)
 	e.tab.touch(f)
 	e.ids = max(e.ids, s.Session/e.cfg.Shards) // later IDs stay above it
 	return nil
@@ -166,7 +166,7 @@ type FlowInfo struct {
 // Flows calls fn for every tracked connection, most recently active first.
 func (e *Engine) Flows(fn func(FlowInfo)) {
 	for f := e.tab.newest; f != nil; f = f.older {
-		fn(FlowInfo{Session: f.id, Conn: f.conn, Started: f.started, Last: f.last, Rewrites: f.rewrites,
+		fn(FlowInfo{Session: f.id, Conn: f.conn, Started: e.at(f.started), Last: e.at(f.last), Rewrites: f.rewrites,
 			ShiftC2S: int32(f.c.m.total()), ShiftS2C: int32(f.s.m.total()), Liberal: f.liberal, Path: f.path,
 			Labels: f.labels, Resumed: f.resumed})
 	}

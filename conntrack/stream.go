@@ -29,7 +29,7 @@ type half struct {
 	sync     bool         // next is at the start of a line
 	next     seqnum.Value // first sender byte not yet released
 	held     []byte       // bytes [next, next+len(held)) held back
-	heldAt   time.Time    // when held last grew
+	heldAt   stamp        // when held last grew
 	line     []byte       // released bytes of the current, unterminated line
 	lineLen  int          // full length of that line so far (line is capped)
 	long     bool         // the current line was reported as too long
@@ -49,7 +49,7 @@ type half struct {
 	resume, unsure bool
 	dropped        bool // decide dropped a segment starting at dropAt, at droppedAt
 	dropAt         seqnum.Value
-	droppedAt      time.Time
+	droppedAt      stamp
 	// replaying: the line at replayAt is a retransmission of the line the
 	// previous process rewrote (a resumed map's last edit).
 	replaying bool
@@ -178,7 +178,7 @@ type pushResult struct {
 // push runs a segment's payload through the stream and appends to out what
 // the receiver must get. scratch is a reusable buffer; push returns it,
 // possibly grown.
-func (h *half) push(seg *segment, out, scratch []byte, now time.Time, cfg *Config, fn lineHandler) (pushResult, []byte) {
+func (h *half) push(seg *segment, out, scratch []byte, now stamp, cfg *Config, fn lineHandler) (pushResult, []byte) {
 	maxLine := cfg.MaxLine
 	r := pushResult{out: out}
 	data := seg.payload
@@ -291,7 +291,7 @@ func (h *half) push(seg *segment, out, scratch []byte, now time.Time, cfg *Confi
 			h.held = h.held[:0]
 		}
 		r.out = h.consume(chunk, r.out, now, maxLine, seg.has(flagFIN), false, fn)
-	case h.next == s && h.next.LessThan(e) && len(h.held) > 0 && now.Sub(h.heldAt) >= cfg.StallTimeout:
+	case h.next == s && h.next.LessThan(e) && len(h.held) > 0 && now.sub(h.heldAt) >= cfg.StallTimeout:
 		// A retransmission of held bytes and nothing more: the sender is
 		// waiting for an ACK. Release the line unchanged.
 		fn.stalled(h.held)
@@ -312,7 +312,7 @@ func (h *half) push(seg *segment, out, scratch []byte, now time.Time, cfg *Confi
 // go to the handler (and are replaced where it says so, recording an edit),
 // and a trailing partial line is either held back or released. noHold
 // forces the release.
-func (h *half) consume(chunk, out []byte, now time.Time, maxLine int, fin, noHold bool, fn lineHandler) []byte {
+func (h *half) consume(chunk, out []byte, now stamp, maxLine int, fin, noHold bool, fn lineHandler) []byte {
 	pos := 0
 	for {
 		i := bytes.IndexByte(chunk[pos:], '\n')
@@ -396,7 +396,7 @@ func (h *half) consume(chunk, out []byte, now time.Time, maxLine int, fin, noHol
 // from at on. The engine then checks the rewrite changes the length by the
 // edit's step, and undoes the push and drops the segment if not: its bytes
 // must reach the receiver at the positions the previous process gave them.
-func (h *half) replay(seg *segment, r pushResult, s, e seqnum.Value, scratch []byte, now time.Time, cfg *Config, fn lineHandler) (pushResult, []byte) {
+func (h *half) replay(seg *segment, r pushResult, s, e seqnum.Value, scratch []byte, now stamp, cfg *Config, fn lineHandler) (pushResult, []byte) {
 	data := seg.payload
 	at := h.m.lab.at
 	r.start = s
@@ -449,8 +449,8 @@ func (h *half) replay(seg *segment, r pushResult, s, e seqnum.Value, scratch []b
 // receiver's SACKs asked for, whose ACKs would have told), and there it
 // starts a line if it may (alg.MayStartLine). Otherwise it is dropped and
 // TCP sends it again.
-func (h *half) decide(s seqnum.Value, data []byte, now time.Time, fn lineHandler) bool {
-	exact := h.ackValid && s == h.acked || h.dropped && s == h.dropAt && now.Sub(h.droppedAt) >= minRTO
+func (h *half) decide(s seqnum.Value, data []byte, now stamp, fn lineHandler) bool {
+	exact := h.ackValid && s == h.acked || h.dropped && s == h.dropAt && now.sub(h.droppedAt) >= minRTO
 	switch {
 	case fn.lineStart(data, exact):
 		h.sync = true

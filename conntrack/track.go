@@ -57,7 +57,7 @@ func (e *Engine) track(f *flow, pkt []byte, seg *segment, now time.Time) Result 
 	if snd.m.lab.active && len(seg.payload) > 0 {
 		undo = &replayUndo{h: snd.clone(), dialog: f.dialog, refused: f.refused, rewrites: f.rewrites, liberal: f.liberal, events: len(e.events), step: snd.m.lab.step, at: snd.m.lab.at}
 	}
-	pr, scratch := snd.push(seg, e.payload[:0], e.scratch, now, &e.cfg, e)
+	pr, scratch := snd.push(seg, e.payload[:0], e.scratch, e.stamp(now), &e.cfg, e)
 	e.scratch = scratch
 	e.payload = pr.out[:0]
 	if pr.refuse != nil {

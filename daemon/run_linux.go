@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,6 +70,14 @@ type kernelRules interface {
 	Install() error
 }
 
+// gcPercent is the Go garbage collector's target (GOGC) ftpalg runs with
+// unless GOGC is set: the heap may grow 20% beyond what is live before a
+// collection, not Go's default 100%. Nearly all of a busy ftpalg's heap is
+// live (a flow per tracked connection) and the packet path allocates
+// nothing, so collections stay rare while the memory per idle connection
+// drops: 2122 to 1617 bytes of RSS at 9000 connections (test/bench).
+const gcPercent = 20
+
 // Run checks the environment, adopts or installs ftpalg's chains and
 // nftables tables (unless the admin keeps the chains in a firewall script),
 // serves the queue until ctx is done, and then either hands over or stops
@@ -81,6 +90,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return err
 	}
 	log := cfg.Log
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	if err := checkCapability(); err != nil {
 		return err
 	}
