@@ -151,3 +151,117 @@ func TestRestoreAckBeyondDroppedCommand(t *testing.T) {
 		t.Fatalf("the retransmitted PORT was not rewritten (verdict %v): %q", res.Verdict, out)
 	}
 }
+
+// TestResumedPassiveRetransmitted is a SIGKILL after the previous process
+// wrote the labels of a rewritten 227 but before it released the 227 (and,
+// with --state-dir, before it wrote the state file, so only the labels
+// carry the connection): the client never got the 227, so it sends its PASV
+// again, and the server its 227. The labels say nothing is outstanding and
+// where the 227 starts, not where the client's stream is, so the PASV looks
+// like a new command; counted as one, it made every later final reply
+// answer the command before its own, and the session's next 227 was refused
+// as unsolicited (TestRestartBusy ServerForward/PASV/SIGKILL in CI: "passive
+// reply answers no outstanding passive command"). The client's ACK tells:
+// it does not reach the 227. Both orders of the two retransmissions, and a
+// PASV the client sends after it got the 227 (a new command, whose 227 must
+// be rewritten).
+func TestResumedPassiveRetransmitted(t *testing.T) {
+	const (
+		reply = "227 Entering Passive Mode (192,0,2,20,157,203).\r\n" // one byte longer at 203.0.113.7
+		next  = "227 Entering Passive Mode (192,0,2,20,221,83).\r\n"
+	)
+	for _, tc := range []struct {
+		name      string
+		order     []string // again after the restart: "PASV" from the client, "227" from the server
+		delivered bool     // the 227 reached the client before the restart
+	}{
+		{"PASV first", []string{"PASV", "227"}, false},
+		{"227 first", []string{"227", "PASV"}, false},
+		{"227 delivered, new PASV", nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nat := &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic}
+			cfg := Config{WriteLabels: true}
+			c := newConn(t, cfg, nat, simClient.String(), simServer.String(), 1000, 5000)
+			c.server("220 hello\r\n")
+			c.client("USER ftp\r\n")
+			c.server("230 ok\r\n")
+			c.client("TYPE I\r\n")
+			c.server("200 binary\r\n")
+			pasvAt, replyAt := c.cseq, c.sseq
+			c.client("PASV\r\n")
+			c.events = nil
+			out := c.server(reply)
+			if out == nil || !bytes.Contains(out.payload, []byte("203,0,113,7")) {
+				t.Fatalf("the first 227 was not rewritten: %v", out)
+			}
+			var labels Labels
+			for _, ev := range c.events {
+				if ev.Kind == EventLabels {
+					labels = ev.Labels
+				}
+			}
+			if !labels.Bit(LabelRewritten) {
+				t.Fatalf("no labels written for the rewritten 227: %+v", c.events)
+			}
+			// Where the client's view of the server's stream ends: before
+			// the 227 unless it was delivered (ACKs are in that space).
+			rack := replyAt
+			if tc.delivered {
+				rack = out.seq.Add(seqnum.Size(len(out.payload)))
+			}
+			toServer := func(data string) {
+				t.Helper()
+				if c.send(pkt{src: c.cli, dst: c.srv, seq: c.cseq, ack: rack, flags: flagACK, payload: []byte(data)}) == nil {
+					t.Fatalf("%q dropped", data)
+				}
+				c.cseq = c.cseq.Add(seqnum.Size(len(data)))
+			}
+			toClient := func(data string) *pkt {
+				t.Helper()
+				p := c.send(pkt{src: c.srv, dst: c.cli, seq: c.sseq, ack: c.cseq, flags: flagACK, payload: []byte(data)})
+				if p == nil {
+					t.Fatalf("%q dropped", data)
+				}
+				c.sseq = c.sseq.Add(seqnum.Size(len(data)))
+				rack = p.seq.Add(seqnum.Size(len(p.payload)))
+				return p
+			}
+
+			// The previous process is gone; the successor knows the
+			// connection only from its labels (a dump at start).
+			c.e = New(cfg, nat)
+			c.events = nil
+			if _, err := c.e.Resume(Conn{Client: simClient, Server: simServer}, labels, testNow); err != nil {
+				t.Fatal(err)
+			}
+			for _, step := range tc.order {
+				switch step {
+				case "PASV":
+					if c.send(pkt{src: c.cli, dst: c.srv, seq: pasvAt, ack: replyAt, flags: flagACK, payload: []byte("PASV\r\n")}) == nil {
+						t.Fatal("the PASV sent again was dropped")
+					}
+				case "227":
+					p := c.send(pkt{src: c.srv, dst: c.cli, seq: replyAt, ack: c.cseq, flags: flagACK, payload: []byte(reply)})
+					if p == nil || p.seq != out.seq || !bytes.Equal(p.payload, out.payload) {
+						t.Fatalf("the 227 sent again leaves as %v, want %v", p, out)
+					}
+					rack = p.seq.Add(seqnum.Size(len(p.payload)))
+				}
+			}
+			if !tc.delivered {
+				// The session goes on: a download, then the next PASV.
+				toServer("RETR b000.bin\r\n")
+				toClient("150 Opening BINARY mode data connection\r\n")
+				toClient("226 Transfer complete.\r\n")
+				toServer("TYPE I\r\n")
+				toClient("200 Switching to Binary mode.\r\n")
+			}
+			toServer("PASV\r\n")
+			p := toClient(next)
+			if !bytes.Contains(p.payload, []byte("203,0,113,7")) || c.count(EventRefusal) != 0 {
+				t.Fatalf("the next 227 after the takeover was not rewritten: %v; events %+v", p, c.events)
+			}
+		})
+	}
+}

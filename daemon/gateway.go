@@ -96,7 +96,8 @@ func (g *Gateway) Observe(m *metrics.Metrics, version string) {
 // Resume takes over the connections a previous process (or, through
 // conntrackd, the other router) left labels on: every entry of dump whose
 // labels say REWRITTEN on a control port. Others wait for their first
-// packet (one GET then). It returns how many were taken over.
+// packet (one GET then). It returns how many were taken over; connections
+// the engine tracks already (restored from --state-dir) are not counted.
 func (g *Gateway) Resume(dump []ctnetlink.Entry, now time.Time) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -115,6 +116,7 @@ func (g *Gateway) Resume(dump []ctnetlink.Entry, now time.Time) int {
 		if !g.engine.IsControl(c.Server.Port()) {
 			continue
 		}
+		tracked := g.engine.Len()
 		evs, err := g.engine.Resume(c, l, now)
 		if err != nil {
 			g.log.Warn("not taking over connection from its conntrack labels", "conn", c.String(), "labels", l.String(), "err", err)
@@ -122,6 +124,9 @@ func (g *Gateway) Resume(dump []ctnetlink.Entry, now time.Time) int {
 		}
 		if g.labels != nil {
 			g.labels.adopt(c, e.Orig)
+		}
+		if g.engine.Len() == tracked {
+			continue // restored from --state-dir already, which knows more
 		}
 		for i := range evs {
 			g.act(&evs[i])
@@ -147,15 +152,33 @@ func (g *Gateway) handleAt(pkt []byte, hook conntrack.Hook, now time.Time) (conn
 	for i := range res.Events {
 		labelled = labelled || res.Events[i].Kind == conntrack.EventLabels && g.labels != nil
 	}
+	// Pinholes first, then the state file, then the labels: a successor
+	// that takes a connection over from its saved state replays what the
+	// state says was released without acting on it again, so its
+	// pinholes must exist by then; and the state file, which also knows
+	// where the client's stream is, must never be older than the labels.
+	// A SIGKILL between a label write and the file write left a
+	// connection known to its successor only by labels that already said
+	// a 227 was rewritten, whose PASV the client then sent again
+	// (TestRestartBusy ServerForward/PASV/SIGKILL in CI; the engine now
+	// tells that PASV by its ACK too, see TestResumedPassiveRetransmitted).
 	for i := range res.Events {
-		if labelled && res.Events[i].Kind == conntrack.EventLiberal {
+		switch k := res.Events[i].Kind; {
+		case labelled && k == conntrack.EventLiberal:
 			continue // the label write carries BE_LIBERAL
+		case k == conntrack.EventLabels:
+			continue // below
 		}
 		g.act(&res.Events[i])
 	}
 	if g.state != nil {
 		for _, st := range g.engine.Changed() {
 			g.state.save(st) // mapping changes are durable before the verdict
+		}
+	}
+	for i := range res.Events {
+		if res.Events[i].Kind == conntrack.EventLabels {
+			g.act(&res.Events[i])
 		}
 	}
 	g.metrics.Packet(res.Verdict.String())
