@@ -481,9 +481,9 @@ type rulesGeneration interface {
 
 // rulesRepair re-installs rules an admin's firewall reload removed (an
 // iptables-restore or nft flush of the tables): checked every second, so
-// new transfers work again within about a second. A check runs iptables
-// about twenty times; it is skipped while the ruleset generation is the
-// one of the last check that found everything in place.
+// new transfers work again within about a second. A check is skipped
+// while the ruleset generation is the one of the last check that found
+// everything in place.
 type rulesRepair struct {
 	sets  []kernelRules
 	gen   rulesGeneration // nil: check every time
@@ -509,8 +509,9 @@ func (r *rulesRepair) check(ctx context.Context) bool {
 	}
 	allThere := true
 	for _, set := range r.sets {
-		// Each check runs iptables a dozen times (0.4-0.9 s a run on a
-		// loaded machine): a stop that came meanwhile goes first.
+		// A check runs iptables-save per family (tens of milliseconds,
+		// more on a loaded machine): a stop that came meanwhile goes
+		// first.
 		if ctx.Err() != nil {
 			r.known = false
 			return true

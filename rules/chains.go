@@ -125,20 +125,26 @@ func (c *Chains) install(b backend) error {
 // restores what is missing.
 func (c *Chains) Check() (bool, error) {
 	for _, b := range c.active {
+		// One iptables-save per family; a rule not found in it is asked
+		// for with `iptables -C` (present), which decides.
+		saved, err := b.Save()
+		if err != nil {
+			c.log.Debug("iptables-save failed; checking rule by rule", "family", b.family(), "err", err)
+		}
 		for _, j := range jumpsFor(c.cfg.Role) {
-			ok, err := c.present(b, j.table, j.parent, j.spec)
+			ok, err := c.present(b, saved, j.table, j.parent, j.spec)
 			if err != nil || !ok {
 				return false, err
 			}
 		}
 		for _, spec := range staticAcceptSpecs(c.cfg) {
-			ok, err := c.present(b, "filter", ChainAccept, spec)
+			ok, err := c.present(b, saved, "filter", ChainAccept, spec)
 			if err != nil || !ok {
 				return false, err
 			}
 		}
 		for _, spec := range queueSpecs(c.cfg, b.family()) {
-			ok, err := c.present(b, "mangle", ChainQueue, spec)
+			ok, err := c.present(b, saved, "mangle", ChainQueue, spec)
 			if err != nil || !ok {
 				return false, err
 			}
@@ -147,8 +153,12 @@ func (c *Chains) Check() (bool, error) {
 	return true, nil
 }
 
-// present reports whether one rule exists, logging what is missing.
-func (c *Chains) present(b backend, table, chain string, spec []string) (bool, error) {
+// present reports whether one rule exists, logging what is missing: found
+// in saved, or else as `iptables -C` says.
+func (c *Chains) present(b backend, saved savedRules, table, chain string, spec []string) (bool, error) {
+	if saved.has(table, chain, spec) {
+		return true, nil
+	}
 	ok, err := b.Exists(table, chain, spec...)
 	if errors.Is(err, errNotExist) {
 		ok, err = false, nil
