@@ -436,7 +436,12 @@ func TestNFTableTimeout(t *testing.T) {
 	if !inFreshFNNetns(t, "to") {
 		return
 	}
-	const timeout = time.Second
+	// 3 s (5 s in the kernel with the margin): the check that the
+	// refreshed element outlived its first timeout runs 0.3 s after that
+	// one and 1.2 s before the refreshed one ends (the update path ends a
+	// step early); with 1 s that was 0.2 s, too little for an nft run on a
+	// loaded machine (failed twice at load average 11-18).
+	const timeout = 3 * time.Second
 	n := newInstalledNFTable(t, nftConfig(), timeout)
 	if !n.update && kernelAtLeast(t, 6, 10) {
 		t.Errorf("Install found no timeout updates on Linux %s", kernelRelease(t))
