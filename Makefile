@@ -67,7 +67,7 @@ SHELL       := /bin/bash
 FUZZ_TARGETS := \
 	./alg:FuzzClientLine ./alg:FuzzServerLine ./alg:FuzzDialog ./alg:FuzzParseIP \
 	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack:FuzzLabels ./conntrack/seqnum:FuzzShiftRoundTrip ./config:FuzzParse \
-	./nfq:FuzzParse ./rules:FuzzParseNFTAcks ./rules:FuzzAppendNFTBatch ./rules:FuzzPureACK
+	./nfq:FuzzParse ./rules:FuzzParseNFTAcks ./rules:FuzzAppendNFTBatch ./rules:FuzzPureACK ./pinsync:FuzzDecode
 
 .PHONY: all build man test unit fuzz bench bench-pinholes lint deps demo matrix baseline loss restart ha install deb release cross-test clean
 
