@@ -27,11 +27,11 @@ MANDATE     ?= $(shell git log -1 --format=%cs 2>/dev/null)
 MANGEN       = $(if $(strip $(CROSS)),$(GO) run -ldflags "$(LDFLAGS)" ./cmd/ftpalg,./$(BIN))
 
 # The example files: everything in deploy/ but Go code, test data, the
-# Debian packaging and the three files installed in their own places. A
+# Debian packaging and the three top-level files installed in their own places (deploy/ha/ftpalg.default is an example). A
 # new script or directory there (deploy/ha/...) ships without a change
 # here; test/e2e TestDebPackage checks the package holds each one.
 EXAMPLES    := $(shell cd deploy && find . -type f ! -name '*.go' ! -path '*/testdata/*' ! -path './debian/*' \
-		! -name ftpalg.service ! -name ftpalg.default ! -name ftpalg.toml | sed 's|^\./||' | LC_ALL=C sort)
+		! -path ./ftpalg.service ! -path ./ftpalg.default ! -path ./ftpalg.toml | sed 's|^\./||' | LC_ALL=C sort)
 
 # make deb: the Debian architecture, and the Go target that builds for it.
 DEB_HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
