@@ -122,6 +122,20 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer ct.Close()
 
 	pins := NewPinholes(fw, ports, cfg.PinholeTimeout, cfg.Limits, log)
+	// The sync link is bound, and given to the pinholes, before any
+	// packet is queued to us, so every pinhole this run opens is sent.
+	var (
+		link *pinsync.Link
+		ps   *PinSync
+	)
+	if cfg.SyncPeer.IsValid() {
+		ps = NewPinSync(pins, log)
+		if link, err = pinsync.Listen(cfg.SyncListen, cfg.SyncPeer, ps.SendFailed); err != nil {
+			return fmt.Errorf("%w: --sync-listen: %w", ErrEnvironment, err)
+		}
+		defer link.Close() // if Run ends before it is served; closing twice is harmless
+		pins.SyncTo(link)
+	}
 	// One shard per queue, each with its own engine, ctnetlink socket (NAT
 	// lookups, label writes with BE_LIBERAL) and label store; ct is shared
 	// for the rest (events, data connection marks, restoring state).
@@ -367,15 +381,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}
 
-	if cfg.SyncPeer.IsValid() {
-		// After the tables (a received pinhole needs them) and after the
-		// deferred stop above, so the link is closed, and its reader done,
-		// before the pinholes are stopped or detached.
-		ps := NewPinSync(pins, log)
-		link, err := pinsync.Listen(cfg.SyncListen, cfg.SyncPeer, ps.SendFailed)
-		if err != nil {
-			return fmt.Errorf("%w: --sync-listen: %w", ErrEnvironment, err)
-		}
+	if link != nil {
+		// Served after the tables and chains (a received pinhole needs
+		// them) and after the deferred stop above, so the link is closed,
+		// and its reader done, before the pinholes are stopped or
+		// detached.
 		served := make(chan struct{})
 		defer func() {
 			if cerr := link.Close(); cerr != nil {
@@ -389,7 +399,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				log.Error("pinhole sync link", "err", serr)
 			}
 		}()
-		pins.SyncTo(link)
 		// The other router may have pinholes open that this one, just
 		// started, never got (a failback: it was down when they opened).
 		if err := link.Send(pinsync.Message{Type: pinsync.TypeResync}); err != nil {
