@@ -199,10 +199,11 @@ func (k *Pinholes) Open(session uint64, conn conntrack.Conn, path conntrack.Path
 	if n := len(k.stats.OpenNanos); n > 4096 {
 		k.stats.OpenNanos = append(k.stats.OpenNanos[:0], k.stats.OpenNanos[n-2048:]...)
 	}
-	if old := k.open[keyOf(p)]; old != nil && old.p == p {
+	if old := k.open[keyOf(p)]; old != nil && old.p == p && !old.synced {
 		// The same endpoint announced again (a client repeating PORT):
 		// the firewall counts references, keep one record and restart
-		// its clock.
+		// its clock. (A synced one is replaced below: the pinhole is
+		// this router's own now.)
 		old.timer.Reset(k.timeout)
 		old.expires = k.clock().Add(k.timeout)
 		k.queueClose(&pinhole{p: p}, "") // drop the extra reference

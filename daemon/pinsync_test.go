@@ -221,3 +221,28 @@ func TestPinSyncMessage(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// A pinhole received from the other router and then announced here (a
+// client repeating its PORT after a failover) becomes this router's own:
+// one record, one firewall reference, sent to the other router in turn.
+func TestOpenTakesOverSynced(t *testing.T) {
+	fw, sent := newFakeFirewall(), &sentLog{}
+	k := NewPinholes(fw, newPorts(t), time.Minute, Limits{}, quiet)
+	defer k.Stop()
+	k.SyncTo(sent)
+	routed := rules.Pinhole{Peer: peer, Public: target, Target: target}
+	if err := k.OpenSynced(42, routed, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Open(1, cli0, conntrack.PathForward, routed, false); err != nil {
+		t.Fatal(err)
+	}
+	fw.waitClosed(t) // the synced record's reference
+	l := k.List()
+	if len(l) != 1 || l[0].Synced || l[0].Session != 1 || fw.open() != 1 {
+		t.Fatalf("List %+v, %d in firewall", l, fw.open())
+	}
+	if got := sent.all(); len(got) != 1 || got[0] != syncMsg(1, routed, time.Minute) {
+		t.Fatalf("sent %+v", got)
+	}
+}
