@@ -40,7 +40,8 @@ var (
 // joined by a veth pair, with real UDP sockets and ftpalg's real nftables
 // table: the receiving side (a child process in namespace B: NFTable,
 // Pinholes, PinSync, pinsync.Link as Run wires them) asks for a resync
-// and sends its own pinhole at start; a pinhole sent to it appears in its
+// and sends its own pinhole at start, and again when asked for a resync;
+// a pinhole sent to it appears in its
 // nat_targets map with the sender's remaining timeout and leaves it at
 // that timeout; a malformed datagram, an out-of-policy pinhole and a
 // datagram from another address are refused and counted.
@@ -81,21 +82,28 @@ func TestPinSyncNetns(t *testing.T) {
 	defer strange.Close()
 
 	child := startSyncChild(t, nsB)
-	// At start: a resync request, then the pinhole the child opened.
-	want := []pinsync.Message{{Type: pinsync.TypeResync}, syncMsg(3, childHole, 10*time.Second)}
-	for i, w := range want {
+	receive := func(what string) pinsync.Message {
+		t.Helper()
 		if err := sock.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
 			t.Fatal(err)
 		}
 		buf := make([]byte, pinsync.MaxLen)
 		n, from, err := sock.ReadFromUDPAddrPort(buf)
 		if err != nil {
-			t.Fatalf("datagram %d from the child: %v\n%s", i, err, child.output())
+			t.Fatalf("%s from the child: %v\n%s", what, err, child.output())
 		}
 		m, err := pinsync.Decode(buf[:n])
-		if err != nil || m != w || from != syncB {
-			t.Fatalf("datagram %d from %v: %+v, %v; want %+v from %v", i, from, m, err, w, syncB)
+		if err != nil || from != syncB {
+			t.Fatalf("%s from %v: %+v, %v; want one from %v", what, from, m, err, syncB)
 		}
+		return m
+	}
+	// At start: a resync request, then the pinhole the child opened.
+	if m := receive("resync request"); m != (pinsync.Message{Type: pinsync.TypeResync}) {
+		t.Fatalf("first datagram %+v, want a resync request", m)
+	}
+	if m := receive("pinhole"); m != syncMsg(3, childHole, 10*time.Second) {
+		t.Fatalf("second datagram %+v, want %+v", m, syncMsg(3, childHole, 10*time.Second))
 	}
 
 	send := func(c *net.UDPConn, m pinsync.Message) {
@@ -108,6 +116,13 @@ func TestPinSyncNetns(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Asked for a resync, the child sends its own pinhole again, with
+	// the time it has left.
+	send(sock, pinsync.Message{Type: pinsync.TypeResync})
+	if m := receive("resync answer"); m.Type != pinsync.TypePinhole || m.Public != childHole.Public || m.Timeout <= 0 || m.Timeout >= 10*time.Second {
+		t.Fatalf("resync answer %+v, want %v with less than 10 s left", m, childHole)
+	}
+
 	// A NAT'd pinhole with 3 s left: its map element carries 3 s plus
 	// NFTTimeoutMargin (nft lists "timeout 5s").
 	send(sock, syncMsg(77, hole, 3*time.Second))
