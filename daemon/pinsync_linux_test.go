@@ -41,10 +41,10 @@ var (
 // table: the receiving side (a child process in namespace B: NFTable,
 // Pinholes, PinSync, pinsync.Link as Run wires them) asks for a resync
 // and sends its own pinhole at start, and again when asked for a resync;
-// a pinhole sent to it appears in its
-// nat_targets map with the sender's remaining timeout and leaves it at
-// that timeout; a malformed datagram, an out-of-policy pinhole and a
-// datagram from another address are refused and counted.
+// a pinhole sent to it appears in its nat_targets map with the sender's
+// remaining timeout and leaves it at that timeout; a malformed datagram,
+// an out-of-policy pinhole and a datagram from another address are
+// refused and counted.
 func TestPinSyncNetns(t *testing.T) {
 	if os.Getenv(envSyncChild) != "" {
 		syncChild(t)
