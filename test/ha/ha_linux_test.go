@@ -85,6 +85,9 @@ func (r result) String() string {
 		r.portOK, r.pasvOK, r.pendingOK, r.filesOK, r.files, r.gap.Seconds(), r.pending, r.synced, r.invalid[0], r.invalid[1], r.refused)
 }
 
+// kitPreemptDelay is keepalived.conf's preempt_delay.
+const kitPreemptDelay = 5 * time.Second
+
 // pendingFile is what the pending PORT sessions fetch.
 const pendingFile = "pending.bin"
 
@@ -191,8 +194,17 @@ func (sc scenario) run(t *testing.T) result {
 		t.Fatal(err)
 	}
 	if sc.ev == Failback {
-		// ha2 is still master for preempt_delay: the PORTs are
-		// answered there, their pinholes sent to ha1's new ftpalg.
+		// ha2 stays master until ha1's keepalived preempts it,
+		// preempt_delay (5 s) after it started, and the takeover ends
+		// seconds later: the PORTs are answered on ha2 a second before
+		// that delay is over (scheduled, not awaited), so their
+		// pinholes, sent to ha1's new ftpalg, are still open (10 s) when
+		// the RETRs follow the takeover.
+		select {
+		case <-time.After(kitPreemptDelay - time.Second):
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		}
 		startPending()
 	}
 	if err := p.WaitMaster(ctx, to, 30*time.Second); err != nil {
