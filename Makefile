@@ -142,7 +142,8 @@ restart: deps build
 	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_RESTART=full $(GO) test -count=1 -timeout 20m -run '^TestRestartBusy$$' -v ./test/e2e
 
 # Two routers (keepalived + conntrackd, the deploy/ha kit): 20 PORT and 20
-# PASV sessions across a hard failure, a switchover and a failback of the
+# PASV sessions (and 10 PORT sessions whose pinholes are pending at the
+# event) across a hard failure, a switchover and a failback of the
 # master, through the kernel helper and through ftpalg; figures logged.
 ha: deps build
 	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_HA=full $(GO) test -count=1 -timeout 30m -run TestFailover -v ./test/ha | grep -E '^(=== RUN|--- |\s+ha_linux_test.go:[0-9]+: (kernel-helper|ftpalg),|\s+ha_linux_test.go:[0-9]+:   |ok|FAIL|PASS)'
