@@ -27,11 +27,11 @@ MANDATE     ?= $(shell git log -1 --format=%cs 2>/dev/null)
 MANGEN       = $(if $(strip $(CROSS)),$(GO) run -ldflags "$(LDFLAGS)" ./cmd/ftpalg,./$(BIN))
 
 # The example files: everything in deploy/ but Go code, test data, the
-# Debian packaging and the three files installed in their own places. A
+# Debian packaging and the three top-level files installed in their own places (deploy/ha/ftpalg.default is an example). A
 # new script or directory there (deploy/ha/...) ships without a change
 # here; test/e2e TestDebPackage checks the package holds each one.
 EXAMPLES    := $(shell cd deploy && find . -type f ! -name '*.go' ! -path '*/testdata/*' ! -path './debian/*' \
-		! -name ftpalg.service ! -name ftpalg.default ! -name ftpalg.toml | sed 's|^\./||' | LC_ALL=C sort)
+		! -path ./ftpalg.service ! -path ./ftpalg.default ! -path ./ftpalg.toml | sed 's|^\./||' | LC_ALL=C sort)
 
 # make deb: the Debian architecture, and the Go target that builds for it.
 DEB_HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
@@ -67,7 +67,7 @@ SHELL       := /bin/bash
 FUZZ_TARGETS := \
 	./alg:FuzzClientLine ./alg:FuzzServerLine ./alg:FuzzDialog ./alg:FuzzParseIP \
 	./conntrack:FuzzProcessRaw ./conntrack:FuzzSegments ./conntrack:FuzzLabels ./conntrack/seqnum:FuzzShiftRoundTrip ./config:FuzzParse \
-	./nfq:FuzzParse ./rules:FuzzParseNFTAcks ./rules:FuzzAppendNFTBatch ./rules:FuzzPureACK
+	./nfq:FuzzParse ./rules:FuzzParseNFTAcks ./rules:FuzzAppendNFTBatch ./rules:FuzzPureACK ./pinsync:FuzzDecode
 
 .PHONY: all build man test unit fuzz bench bench-pinholes lint deps demo matrix baseline loss restart ha install deb release cross-test clean
 
@@ -142,7 +142,8 @@ restart: deps build
 	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_RESTART=full $(GO) test -count=1 -timeout 20m -run '^TestRestartBusy$$' -v ./test/e2e
 
 # Two routers (keepalived + conntrackd, the deploy/ha kit): 20 PORT and 20
-# PASV sessions across a hard failure, a switchover and a failback of the
+# PASV sessions (and 10 PORT sessions whose pinholes are pending at the
+# event) across a hard failure, a switchover and a failback of the
 # master, through the kernel helper and through ftpalg; figures logged.
 ha: deps build
 	FTPALG_BIN=$(CURDIR)/$(BIN) FTPALG_HA=full $(GO) test -count=1 -timeout 30m -run TestFailover -v ./test/ha | grep -E '^(=== RUN|--- |\s+ha_linux_test.go:[0-9]+: (kernel-helper|ftpalg),|\s+ha_linux_test.go:[0-9]+:   |ok|FAIL|PASS)'

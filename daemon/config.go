@@ -51,8 +51,11 @@ type Config struct {
 	StateDir       string              // where rewritten connections' state survives a restart; "" disables
 	StatusSocket   string              // unix socket for `ftpalg status`; "" disables
 	MetricsAddr    string              // Prometheus listen address; "" disables
-	Version        string
-	Log            *slog.Logger
+	// SyncListen and SyncPeer are this router's and the other router's
+	// pinhole sync addresses (UDP) in an HA pair; both unset disables.
+	SyncListen, SyncPeer netip.AddrPort
+	Version              string
+	Log                  *slog.Logger
 }
 
 // Backend is how pinholes are put into the kernel.
@@ -115,6 +118,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: --accept-mark %#x must be a single bit", ErrConfig, c.AcceptMark)
 	case int(c.QueueNum)+int(c.queues())-1 > 65535:
 		return fmt.Errorf("%w: --queue %d with --queues %d: NFQUEUE numbers end at 65535", ErrConfig, c.QueueNum, c.queues())
+	case c.SyncListen.IsValid() != c.SyncPeer.IsValid():
+		return fmt.Errorf("%w: --sync-listen and --sync-peer go together", ErrConfig)
+	case c.SyncPeer.IsValid() && (c.SyncPeer.Port() == 0 || c.SyncPeer.Addr().Unmap().Is4() != c.SyncListen.Addr().Unmap().Is4()):
+		return fmt.Errorf("%w: --sync-peer %v with --sync-listen %v: want a port and one address family", ErrConfig, c.SyncPeer, c.SyncListen)
 	case c.queues() > 1 && c.StateDir != "":
 		// A saved connection cannot be put into the shard whose queue
 		// will see it: the kernel's hash is seeded per rule.

@@ -296,8 +296,12 @@ func snapshot(gws []*Gateway) status.Snapshot {
 		q.queued, q.dropped, q.userDropped = q.queued+v.queue.queued, q.dropped+v.queue.dropped, q.userDropped+v.queue.userDropped
 	}
 	for _, p := range first.pins.List() {
-		s.Pinholes = append(s.Pinholes, status.Pinhole{Session: p.Session, Path: p.Path.String(), Peer: p.Pinhole.Peer, Public: p.Pinhole.Public,
-			Target: p.Pinhole.Target, Opened: p.Opened, Expires: p.Expires})
+		path := p.Path.String()
+		if p.Synced {
+			path = status.PathSynced
+		}
+		s.Pinholes = append(s.Pinholes, status.Pinhole{Session: p.Session, Path: path, Peer: p.Pinhole.Peer, Public: p.Pinhole.Public,
+			Target: p.Pinhole.Target, Opened: p.Opened, Expires: p.Expires, Synced: p.Synced})
 	}
 	ps := first.pins.Stats()
 	for k, v := range map[string]uint64{
@@ -307,6 +311,8 @@ func snapshot(gws []*Gateway) status.Snapshot {
 		"pinholes_expired": ps.Expired, "pinholes_ended": ps.Ended, "pinholes_failed": ps.Failed, "pinholes_replaced": ps.Replaced,
 		"errors": errs, "queue_full_drops": q.dropped, "queue_delivery_failures": q.userDropped,
 		"label_writes": lw, "label_write_failures": lf, "connections_resumed": es.Resumed,
+		"sync_sent": ps.SyncSent, "sync_send_failed": ps.SyncSendFailed, "sync_received": ps.SyncReceived,
+		"sync_refused": ps.SyncRefused, "sync_used": ps.SyncUsed, "sync_expired": ps.SyncExpired,
 	} {
 		s.Counters[k] = v
 	}

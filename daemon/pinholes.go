@@ -10,6 +10,7 @@ import (
 
 	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/metrics"
+	"github.com/ftpalg/ftpalg/pinsync"
 	"github.com/ftpalg/ftpalg/rules"
 )
 
@@ -17,6 +18,19 @@ import (
 type Firewall interface {
 	Open(p rules.Pinhole) error
 	Close(p rules.Pinhole) error
+}
+
+// timedFirewall opens a pinhole with a timeout of its own: a pinhole
+// synced from the other router keeps only what was left of the sender's.
+// rules.NFTable implements it; with rules.Table (no kernel timeouts) the
+// keeper's timer alone closes the pinhole, as for any other.
+type timedFirewall interface {
+	OpenFor(p rules.Pinhole, timeout time.Duration) error
+}
+
+// syncSender sends pinholes to the other router of a pair (pinsync.Link).
+type syncSender interface {
+	Send(m pinsync.Message) error
 }
 
 // dataKey names the data connection a pinhole admits: its source address
@@ -39,6 +53,10 @@ type pinhole struct {
 	expires time.Time
 	timer   *time.Timer
 	nat     bool // a public port was reserved for it
+	// synced says the other router opened it and sent it here
+	// (OpenSynced): session is the sender's, client and path are unset,
+	// and it counts in the Sync* counters and against Limits.Total only.
+	synced bool
 }
 
 // Pinholes keeps the open pinholes: opened synchronously before the packet
@@ -62,6 +80,8 @@ type Pinholes struct {
 	closing   chan closeReq
 	wg        sync.WaitGroup
 	stats     PinholeStats
+	sync      syncSender // nil: no pair
+	synced    int        // open pinholes with synced set
 }
 
 // Limits bound the pinholes waiting for their data connection. A new
@@ -98,6 +118,13 @@ var (
 type PinholeStats struct {
 	Opened, Used, Expired, Ended, Failed, Replaced uint64
 	OpenNanos                                      []int64 // latest open latencies, newest last (bounded)
+	// Pinholes synced with the other router of a pair: sent to it
+	// (queued for its link), not sent (queue full, link closed, or, added
+	// by PinSync, a send that failed on the wire), received from it and
+	// opened here, received and refused (malformed, out of policy, not
+	// from the peer, or failed to open), and of those received, used by
+	// a data connection or expired unused.
+	SyncSent, SyncSendFailed, SyncReceived, SyncRefused, SyncUsed, SyncExpired uint64
 }
 
 type closeReq struct {
@@ -172,13 +199,15 @@ func (k *Pinholes) Open(session uint64, conn conntrack.Conn, path conntrack.Path
 	if n := len(k.stats.OpenNanos); n > 4096 {
 		k.stats.OpenNanos = append(k.stats.OpenNanos[:0], k.stats.OpenNanos[n-2048:]...)
 	}
-	if old := k.open[keyOf(p)]; old != nil && old.p == p {
+	if old := k.open[keyOf(p)]; old != nil && old.p == p && !old.synced {
 		// The same endpoint announced again (a client repeating PORT):
 		// the firewall counts references, keep one record and restart
-		// its clock.
+		// its clock. (A synced one is replaced below: the pinhole is
+		// this router's own now.)
 		old.timer.Reset(k.timeout)
 		old.expires = k.clock().Add(k.timeout)
 		k.queueClose(&pinhole{p: p}, "") // drop the extra reference
+		k.sendLocked(session, p, k.timeout)
 		return nil
 	}
 	ph := &pinhole{p: p, session: session, client: client.Unmap(), path: path, opened: start, expires: start.Add(k.timeout), nat: nat}
@@ -190,6 +219,141 @@ func (k *Pinholes) Open(session uint64, conn conntrack.Conn, path conntrack.Path
 	k.bySession[session] = append(k.bySession[session], p)
 	k.byClient[ph.client]++
 	k.log.Info("pinhole opened", "session", session, "conn", conn.String(), "path", path.String(), "pinhole", p.String(), "took", took.Round(time.Microsecond))
+	k.sendLocked(session, p, k.timeout)
+	return nil
+}
+
+// SyncTo makes the keeper send each pinhole it opens (not those it
+// receives) to the other router of a pair. Call it before the first Open.
+func (k *Pinholes) SyncTo(s syncSender) {
+	k.mu.Lock()
+	k.sync = s
+	k.mu.Unlock()
+}
+
+// sendLocked sends a pinhole this router opened to the other router. It
+// only queues: the packet that announced the pinhole is not delayed.
+func (k *Pinholes) sendLocked(session uint64, p rules.Pinhole, left time.Duration) {
+	if k.sync == nil {
+		return
+	}
+	err := k.sync.Send(pinsync.Message{Type: pinsync.TypePinhole, Session: session, Timeout: left,
+		Peer: p.Peer, Public: p.Public, Target: p.Target})
+	if err != nil {
+		k.stats.SyncSendFailed++
+		k.metrics.PinSync(metrics.SyncSendFailed)
+		return
+	}
+	k.stats.SyncSent++
+	k.metrics.PinSync(metrics.SyncSent)
+}
+
+// countSync counts a sync event of PinSync's.
+func (k *Pinholes) countSync(event string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	switch event {
+	case metrics.SyncReceived:
+		k.stats.SyncReceived++
+	case metrics.SyncRefused:
+		k.stats.SyncRefused++
+	case metrics.SyncSendFailed:
+		k.stats.SyncSendFailed++
+	}
+	k.metrics.PinSync(event)
+}
+
+// Resend sends every pinhole this router opened and still has open, with
+// the time each has left, to the other router: its answer to a resync
+// request from a router that just started. It returns how many it sent.
+func (k *Pinholes) Resend() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now, n := k.clock(), 0
+	for _, ph := range k.open {
+		if left := ph.expires.Sub(now).Truncate(time.Millisecond); !ph.synced && left > 0 {
+			k.sendLocked(ph.session, ph.p, left)
+			n++
+		}
+	}
+	return n
+}
+
+// Errors of OpenSynced, besides the firewall's and the port reserver's.
+var (
+	// ErrSyncConflict: this router has a pinhole of its own for the same
+	// data connection; it is kept.
+	ErrSyncConflict = errors.New("this router has its own pinhole for that data connection")
+	// ErrSyncPortTaken: the public port is reserved here for another
+	// pinhole, so a DNAT for the synced one would steal that one's
+	// connection.
+	ErrSyncPortTaken = errors.New("public port reserved here for another pinhole")
+)
+
+// OpenSynced opens a pinhole the other router opened and sent (session
+// is the sender's, for the log), for what was left of its timeout:
+// reserving its public port so this router never announces it while it
+// is open, admitting its data connection if it arrives here after a
+// failover (Used closes and marks it then, as any other), and closing it
+// at its timeout. The same pinhole received again restarts its clock.
+// It holds the keeper's lock throughout: synced pinholes arrive one at a
+// time from one reader, and the nftables backend opens one in
+// microseconds.
+func (k *Pinholes) OpenSynced(session uint64, p rules.Pinhole, timeout time.Duration) error {
+	p = rules.Pinhole{Peer: p.Peer.Unmap(), Public: netip.AddrPortFrom(p.Public.Addr().Unmap(), p.Public.Port()),
+		Target: netip.AddrPortFrom(p.Target.Addr().Unmap(), p.Target.Port())}
+	key := keyOf(p)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	old := k.open[key]
+	switch {
+	case old != nil && !old.synced:
+		return fmt.Errorf("synced pinhole %s: %w (%s)", p, ErrSyncConflict, old.p)
+	case old == nil && k.synced >= k.limits.Total:
+		return fmt.Errorf("synced pinhole %s: %w: %d synced pinholes open", p, ErrTotalLimit, k.synced)
+	}
+	nat := p.Public != p.Target
+	if old == nil && nat {
+		got, err := k.ports.Reserve(p.Public.Addr(), p.Public.Port())
+		if err != nil {
+			return fmt.Errorf("synced pinhole %s: %w", p, err)
+		}
+		if got != p.Public.Port() {
+			k.ports.Release(p.Public.Addr(), got)
+			return fmt.Errorf("synced pinhole %s: %w", p, ErrSyncPortTaken)
+		}
+	}
+	if old != nil && old.p != p {
+		// The same public endpoint, another target: the sender replaced
+		// its pinhole; so does this router. Its port stays reserved.
+		nat = old.nat
+		old.nat = false
+		k.removeLocked(old, "replaced by the other router")
+		old = nil
+	}
+	var err error
+	if tf, ok := k.fw.(timedFirewall); ok {
+		err = tf.OpenFor(p, timeout)
+	} else {
+		err = k.fw.Open(p)
+	}
+	if err != nil {
+		if old == nil && nat {
+			k.ports.Release(p.Public.Addr(), p.Public.Port())
+		}
+		return fmt.Errorf("opening synced pinhole: %w", err)
+	}
+	now := k.clock()
+	if old != nil {
+		old.timer.Reset(timeout)
+		old.expires = now.Add(timeout)
+		k.queueClose(&pinhole{p: p}, "") // drop the extra reference
+		return nil
+	}
+	ph := &pinhole{p: p, session: session, opened: now, expires: now.Add(timeout), nat: nat, synced: true}
+	ph.timer = time.AfterFunc(timeout, func() { k.expire(ph) })
+	k.open[key] = ph
+	k.synced++
 	return nil
 }
 
@@ -213,20 +377,30 @@ func (k *Pinholes) Used(peer netip.Addr, public netip.AddrPort, mark func() erro
 				"pinhole", ph.p.String(), "err", err)
 		}
 	}
-	k.stats.Used++
-	k.metrics.Pinhole(metrics.PinholeUsed)
-	k.removeLocked(ph, "used")
+	k.endLocked(ph, "used", &k.stats.Used, &k.stats.SyncUsed, metrics.PinholeUsed, metrics.SyncUsed)
 	return true
 }
 
 func (k *Pinholes) expire(ph *pinhole) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.open[keyOf(ph.p)] == ph {
-		k.stats.Expired++
-		k.metrics.Pinhole(metrics.PinholeExpired)
-		k.removeLocked(ph, "expired")
+	if k.open[keyOf(ph.p)] != ph {
+		return
 	}
+	k.endLocked(ph, "expired", &k.stats.Expired, &k.stats.SyncExpired, metrics.PinholeExpired, metrics.SyncExpired)
+}
+
+// endLocked counts why a pinhole closes, in the pinhole counters or, for a
+// synced one, in the sync counters, and removes it.
+func (k *Pinholes) endLocked(ph *pinhole, why string, local, synced *uint64, localEvent, syncEvent string) {
+	if ph.synced {
+		*synced++
+		k.metrics.PinSync(syncEvent)
+	} else {
+		*local++
+		k.metrics.Pinhole(localEvent)
+	}
+	k.removeLocked(ph, why)
 }
 
 // EndSession closes every pinhole of a control connection that ended.
@@ -246,6 +420,11 @@ func (k *Pinholes) EndSession(session uint64) {
 func (k *Pinholes) removeLocked(ph *pinhole, why string) {
 	ph.timer.Stop()
 	delete(k.open, keyOf(ph.p))
+	if ph.synced {
+		k.synced--
+		k.queueClose(ph, why)
+		return
+	}
 	if k.byClient[ph.client]--; k.byClient[ph.client] <= 0 {
 		delete(k.byClient, ph.client)
 	}
@@ -288,7 +467,12 @@ func (k *Pinholes) closeNow(req closeReq) {
 	if req.ph.nat {
 		k.ports.Release(req.ph.p.Public.Addr(), req.ph.p.Public.Port())
 	}
-	if req.why != "" {
+	switch {
+	case req.why == "":
+	case req.ph.synced:
+		k.log.Info("synced pinhole closed", "session", req.ph.session, "pinhole", req.ph.p.String(), "why", req.why,
+			"age", k.clock().Sub(req.ph.opened).Round(time.Millisecond))
+	default:
 		k.log.Info("pinhole closed", "session", req.ph.session, "path", req.ph.path.String(), "pinhole", req.ph.p.String(), "why", req.why,
 			"age", k.clock().Sub(req.ph.opened).Round(time.Millisecond))
 	}
@@ -300,6 +484,7 @@ type PinholeInfo struct {
 	Path            conntrack.Path
 	Pinhole         rules.Pinhole
 	Opened, Expires time.Time
+	Synced          bool // opened by the other router and sent here; Session is the sender's
 }
 
 // List returns the open pinholes.
@@ -308,7 +493,7 @@ func (k *Pinholes) List() []PinholeInfo {
 	defer k.mu.Unlock()
 	out := make([]PinholeInfo, 0, len(k.open))
 	for _, ph := range k.open {
-		out = append(out, PinholeInfo{Session: ph.session, Path: ph.path, Pinhole: ph.p, Opened: ph.opened, Expires: ph.expires})
+		out = append(out, PinholeInfo{Session: ph.session, Path: ph.path, Pinhole: ph.p, Opened: ph.opened, Expires: ph.expires, Synced: ph.synced})
 	}
 	return out
 }
@@ -339,6 +524,7 @@ func (k *Pinholes) Detach() {
 		ph.timer.Stop()
 	}
 	clear(k.open)
+	k.synced = 0
 	k.mu.Unlock()
 	close(k.closing)
 	k.wg.Wait()

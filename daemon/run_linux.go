@@ -18,6 +18,7 @@ import (
 	"github.com/ftpalg/ftpalg/ctnetlink"
 	"github.com/ftpalg/ftpalg/metrics"
 	"github.com/ftpalg/ftpalg/nfq"
+	"github.com/ftpalg/ftpalg/pinsync"
 	"github.com/ftpalg/ftpalg/rules"
 	"github.com/ftpalg/ftpalg/status"
 )
@@ -133,6 +134,20 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer ct.Close()
 
 	pins := NewPinholes(fw, ports, cfg.PinholeTimeout, cfg.Limits, log)
+	// The sync link is bound, and given to the pinholes, before any
+	// packet is queued to us, so every pinhole this run opens is sent.
+	var (
+		link *pinsync.Link
+		ps   *PinSync
+	)
+	if cfg.SyncPeer.IsValid() {
+		ps = NewPinSync(pins, log)
+		if link, err = pinsync.Listen(cfg.SyncListen, cfg.SyncPeer, ps.SendFailed); err != nil {
+			return fmt.Errorf("%w: --sync-listen: %w", ErrEnvironment, err)
+		}
+		defer link.Close() // if Run ends before it is served; closing twice is harmless
+		pins.SyncTo(link)
+	}
 	// One shard per queue, each with its own engine, ctnetlink socket (NAT
 	// lookups, label writes with BE_LIBERAL) and label store; ct is shared
 	// for the rest (events, data connection marks, restoring state).
@@ -386,6 +401,32 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}
 
+	if link != nil {
+		// Served after the tables and chains (a received pinhole needs
+		// them) and after the deferred stop above, so the link is closed,
+		// and its reader done, before the pinholes are stopped or
+		// detached.
+		served := make(chan struct{})
+		defer func() {
+			if cerr := link.Close(); cerr != nil {
+				log.Warn("closing the pinhole sync link", "err", cerr)
+			}
+			<-served
+		}()
+		go func() {
+			defer close(served)
+			if serr := link.Serve(qctx, ps.Message, ps.Refused); serr != nil {
+				log.Error("pinhole sync link", "err", serr)
+			}
+		}()
+		// The other router may have pinholes open that this one, just
+		// started, never got (a failback: it was down when they opened).
+		if err := link.Send(pinsync.Message{Type: pinsync.TypeResync}); err != nil {
+			ps.SendFailed(err)
+		}
+		log.Info("syncing pinholes with the other router", "listen", cfg.SyncListen.String(), "peer", cfg.SyncPeer.String())
+	}
+
 	watchDone := make(chan error, 1)
 	go func() {
 		watchDone <- ct.Watch(qctx, ctnetlink.WatchHandler{NewFlow: gw.DataConnection})
@@ -451,7 +492,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			ps := pins.Stats()
 			log.Info("ftpalg stopping", "for_good", stopForGood(ctx), "packets", s.Packets, "modified", s.Modified, "dropped", s.Dropped,
 				"rewrites", s.Rewrites, "refusals", s.Refusals, "pinholes_opened", ps.Opened, "pinholes_used", ps.Used,
-				"pinholes_expired", ps.Expired, "connections_seen", s.Flows, "connections_resumed", s.Resumed)
+				"pinholes_expired", ps.Expired, "connections_seen", s.Flows, "connections_resumed", s.Resumed,
+				"sync_sent", ps.SyncSent, "sync_received", ps.SyncReceived, "sync_refused", ps.SyncRefused, "sync_used", ps.SyncUsed)
 			return nil
 		}
 	}

@@ -55,6 +55,17 @@ const (
 	PinholeFailed  = "failed"  // installing it failed
 )
 
+// Pinhole sync events (the two routers of a pair), the label values of
+// ftpalg_pinhole_sync_total.
+const (
+	SyncSent       = "sent"        // a pinhole opened here, queued for the other router
+	SyncSendFailed = "send_failed" // not sent: queue full, link closed or a failed send
+	SyncReceived   = "received"    // received from the other router and opened here
+	SyncRefused    = "refused"     // received and refused: malformed, out of policy, not from the peer, or failed to open
+	SyncUsed       = "used"        // a received pinhole admitted its data connection here
+	SyncExpired    = "expired"     // a received pinhole closed unused at its timeout
+)
+
 // Refusal reasons, the label values of ftpalg_refusals_total. ReasonOf maps
 // the engine's errors onto them.
 const (
@@ -77,6 +88,7 @@ var (
 	verdicts = []string{VerdictAccept, VerdictAcceptModified, VerdictDrop}
 	kinds    = []string{KindPORT, KindEPRT, KindLPRT, Kind227, Kind228, Kind229}
 	events   = []string{PinholeOpened, PinholeUsed, PinholeExpired, PinholeEnded, PinholeFailed}
+	syncs    = []string{SyncSent, SyncSendFailed, SyncReceived, SyncRefused, SyncUsed, SyncExpired}
 	reasons  = []string{ReasonBounce, ReasonLowPort, ReasonSplit, ReasonStalled, ReasonTooManyEdits,
 		ReasonInvalidAck, ReasonGap, ReasonTableFull, ReasonNoMapping, ReasonOther}
 
@@ -124,12 +136,13 @@ func ReasonOf(err error) string {
 type Metrics struct {
 	reg *prometheus.Registry
 
-	packetsVec, rewritesVec, pinholesVec, refusalsVec *prometheus.CounterVec
+	packetsVec, rewritesVec, pinholesVec, refusalsVec, syncVec *prometheus.CounterVec
 
 	packets  [3]prometheus.Counter // by index in verdicts
 	rewrites [6]prometheus.Counter // by index in kinds
 	pinholes [5]prometheus.Counter // by index in events
 	refusals [10]prometheus.Counter
+	syncs    [6]prometheus.Counter // by index in syncs
 
 	tracked, open   prometheus.Gauge
 	verdict, instal prometheus.Histogram
@@ -157,6 +170,10 @@ func New(version string) *Metrics {
 		Name: "ftpalg_refusals_total",
 		Help: "Announcements or packets ftpalg refused to act on, by reason.",
 	}, []string{"reason"})
+	m.syncVec = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ftpalg_pinhole_sync_total",
+		Help: "Pinholes synced with the other router of a pair (--sync-peer): sent, send_failed, received, refused, and of those received, used or expired.",
+	}, []string{"event"})
 	m.tracked = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ftpalg_tracked_connections",
 		Help: "FTP control connections currently tracked.",
@@ -189,7 +206,7 @@ func New(version string) *Metrics {
 	}, []string{"version"})
 	build.WithLabelValues(version).Set(1)
 
-	m.reg.MustRegister(m.packetsVec, m.rewritesVec, m.pinholesVec, m.refusalsVec, m.tracked, m.open,
+	m.reg.MustRegister(m.packetsVec, m.rewritesVec, m.pinholesVec, m.refusalsVec, m.syncVec, m.tracked, m.open,
 		m.verdict, m.instal, m.labelWrites, m.labelFailures, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -205,6 +222,9 @@ func New(version string) *Metrics {
 	}
 	for i, v := range reasons {
 		m.refusals[i] = m.refusalsVec.WithLabelValues(v)
+	}
+	for i, v := range syncs {
+		m.syncs[i] = m.syncVec.WithLabelValues(v)
 	}
 	return m
 }
@@ -272,6 +292,20 @@ func (m *Metrics) Pinhole(event string) {
 	default:
 		m.pinholesVec.WithLabelValues(other).Inc()
 	}
+}
+
+// PinSync counts a pinhole sync event (SyncSent ...).
+func (m *Metrics) PinSync(event string) {
+	if m == nil {
+		return
+	}
+	for i, e := range syncs {
+		if e == event {
+			m.syncs[i].Inc()
+			return
+		}
+	}
+	m.syncVec.WithLabelValues(other).Inc()
 }
 
 // Refusal counts a refusal; reason is one of the Reason constants (see

@@ -317,3 +317,30 @@ func TestServeBadAddress(t *testing.T) {
 		}
 	}
 }
+
+func TestPinSyncCounters(t *testing.T) {
+	m := New("dev")
+	m.PinSync(SyncSent)
+	m.PinSync(SyncSent)
+	m.PinSync(SyncReceived)
+	m.PinSync(SyncRefused)
+	m.PinSync(SyncUsed)
+	m.PinSync("lost in the mail")
+	var none *Metrics
+	none.PinSync(SyncSent) // metrics off
+
+	const want = `
+# HELP ftpalg_pinhole_sync_total Pinholes synced with the other router of a pair (--sync-peer): sent, send_failed, received, refused, and of those received, used or expired.
+# TYPE ftpalg_pinhole_sync_total counter
+ftpalg_pinhole_sync_total{event="expired"} 0
+ftpalg_pinhole_sync_total{event="other"} 1
+ftpalg_pinhole_sync_total{event="received"} 1
+ftpalg_pinhole_sync_total{event="refused"} 1
+ftpalg_pinhole_sync_total{event="send_failed"} 0
+ftpalg_pinhole_sync_total{event="sent"} 2
+ftpalg_pinhole_sync_total{event="used"} 1
+`
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "ftpalg_pinhole_sync_total"); err != nil {
+		t.Error(err)
+	}
+}

@@ -77,6 +77,9 @@ type NFTable struct {
 // nftOpen is one open pinhole.
 type nftOpen struct {
 	refs int
+	// timeout replaces the table's pinhole timeout for this pinhole
+	// (OpenFor); 0 means the table's.
+	timeout time.Duration
 	// short says the elements carry the shorter of the two kernel
 	// timeouts; each refresh switches, so the kernel sees a new timeout.
 	short bool
@@ -151,10 +154,14 @@ func NewNFTable(cfg Config, timeout time.Duration, log *slog.Logger) (*NFTable, 
 
 // ttl is the kernel timeout of a pinhole's elements.
 func (t *NFTable) ttl(o *nftOpen) time.Duration {
-	if o.short {
-		return t.timeout + NFTTimeoutMargin - nftRefreshStep
+	timeout := t.timeout
+	if o.timeout > 0 {
+		timeout = o.timeout
 	}
-	return t.timeout + NFTTimeoutMargin
+	if o.short {
+		return timeout + NFTTimeoutMargin - nftRefreshStep
+	}
+	return timeout + NFTTimeoutMargin
 }
 
 // Install creates ftpalg's nftables tables for the enabled families, or
@@ -259,7 +266,13 @@ func (t *NFTable) remove(fs []Family) error {
 // them, so the caller can release the packet that announces the data
 // connection. Opening a pinhole that is already open adds a reference and
 // restarts its kernel timeout.
-func (t *NFTable) Open(p Pinhole) error {
+func (t *NFTable) Open(p Pinhole) error { return t.OpenFor(p, 0) }
+
+// OpenFor is Open with a pinhole timeout of its own instead of the
+// table's (0: the table's), for a pinhole synced from the other router of
+// a pair, which carries only what was left of the sender's timeout. Given
+// to a pinhole already open, it becomes that pinhole's timeout.
+func (t *NFTable) OpenFor(p Pinhole, timeout time.Duration) error {
 	n, err := p.normalize()
 	if err != nil {
 		return fmt.Errorf("opening pinhole: %w", err)
@@ -274,6 +287,7 @@ func (t *NFTable) Open(p Pinhole) error {
 		// A repeated announcement restarts the kernel timeout. If that
 		// fails the pinhole is still open, with its old timeout, so the
 		// reference is taken all the same, as Table does.
+		o.timeout = timeout
 		if err := t.refresh(n, o); err != nil {
 			t.log.Warn("restarting pinhole timeout", "pinhole", n, "err", err)
 		}
@@ -281,7 +295,7 @@ func (t *NFTable) Open(p Pinhole) error {
 		t.log.Debug("pinhole already open", "pinhole", n, "refs", o.refs)
 		return nil
 	}
-	o := &nftOpen{refs: 1}
+	o := &nftOpen{refs: 1, timeout: timeout}
 	if err := t.k.add(n.nftElems(), t.ttl(o)); err != nil {
 		return fmt.Errorf("opening pinhole %s: %w", n, err)
 	}
@@ -295,7 +309,7 @@ func (t *NFTable) refresh(n Pinhole, o *nftOpen) error {
 	if !t.update {
 		return t.k.replace(n.nftElems(), t.ttl(o))
 	}
-	next := &nftOpen{short: !o.short}
+	next := &nftOpen{short: !o.short, timeout: o.timeout}
 	if err := t.k.add(n.nftElems(), t.ttl(next)); err != nil {
 		return err
 	}

@@ -68,7 +68,14 @@ type Pinhole struct {
 	Target  netip.AddrPort `json:"target"`
 	Opened  time.Time      `json:"opened"`
 	Expires time.Time      `json:"expires"`
+	// Synced says the other router of an HA pair opened it and sent it
+	// here (--sync-peer); Session is the sender's and Path is PathSynced.
+	Synced bool `json:"synced,omitempty"`
 }
+
+// PathSynced is the path shown for a pinhole synced from the other
+// router: its control connection runs there.
+const PathSynced = "synced"
 
 // Render prints s as tables for a human: the control connections, the open
 // pinholes with the time they have left, and the counters.

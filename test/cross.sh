@@ -16,7 +16,7 @@ targets=(
 	"armv7 arm GOARCH=arm GOARM=7"
 	"mips mips GOARCH=mips GOMIPS=softfloat"
 )
-pkgs=(alg conntrack conntrack/seqnum nfq internal/nlmsg ctnetlink rules config status internal/manpage)
+pkgs=(alg conntrack conntrack/seqnum nfq internal/nlmsg ctnetlink rules config status internal/manpage pinsync)
 if [ $# -gt 0 ]; then pkgs=("$@"); fi
 
 work=$(mktemp -d)

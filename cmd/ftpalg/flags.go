@@ -69,6 +69,8 @@ type options struct {
 	statusSocket   string
 	metricsAddr    string
 	role           string
+	syncListen     string
+	syncPeer       string
 }
 
 // define registers the flags. The help texts are the reference documentation
@@ -103,6 +105,8 @@ func (o *options) define(fs *flag.FlagSet, run bool) {
 	fs.StringVar(&o.stateDir, "state-dir", daemon.RuntimePath(defaultStateDir), "`directory` (on tmpfs) where rewritten connections' sequence offsets survive a restart; empty disables")
 	fs.StringVar(&o.statusSocket, "status-socket", daemon.RuntimePath(status.DefaultSocket), "unix `socket` that 'ftpalg status' reads; empty disables")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`addr`/metrics (off when empty)")
+	fs.StringVar(&o.syncListen, "sync-listen", "", "HA pair: this router's `addr:port` (UDP, on the sync link) for pinhole sync with the other router's\nftpalg; needs --sync-peer (off when empty)")
+	fs.StringVar(&o.syncPeer, "sync-peer", "", "HA pair: the other router's --sync-listen `addr:port`: each pinhole opened here is sent there, and only\ndatagrams from that address are accepted (off when empty)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 }
@@ -219,7 +223,23 @@ func (o *options) daemonConfig(log *slog.Logger) (daemon.Config, error) {
 	default:
 		return daemon.Config{}, fmt.Errorf("%w: --queue-reader %q: want direct or go-nfqueue", errUsage, o.queueReader)
 	}
+	var syncListen, syncPeer netip.AddrPort
+	for _, f := range []struct {
+		name, val string
+		dst       *netip.AddrPort
+	}{{"sync-listen", o.syncListen, &syncListen}, {"sync-peer", o.syncPeer, &syncPeer}} {
+		if f.val == "" {
+			continue
+		}
+		ap, err := netip.ParseAddrPort(f.val)
+		if err != nil {
+			return daemon.Config{}, fmt.Errorf("%w: --%s %q: want addr:port, like 203.0.113.1:3781: %w", errUsage, f.name, f.val, err)
+		}
+		*f.dst = ap
+	}
 	cfg := daemon.Config{
+		SyncListen:     syncListen,
+		SyncPeer:       syncPeer,
 		StateDir:       o.stateDir,
 		StatusSocket:   o.statusSocket,
 		MetricsAddr:    o.metricsAddr,

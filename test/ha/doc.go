@@ -6,7 +6,9 @@
 //
 // It exists to prove what an admin who runs such a pair gets: whether FTP
 // sessions that ftpalg (or the kernel's FTP helper) rewrote survive a hard
-// failure of the master, a planned switchover and a failback. The daemons
+// failure of the master, a planned switchover and a failback, and whether
+// data connections announced on the old master but started on the new
+// one get through (ftpalg's pinhole sync, package pinsync). The daemons
 // run from the very files of deploy/ha, changed only in paths, so the kit
 // the admin installs is the kit that is tested.
 //

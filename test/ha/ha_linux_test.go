@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ftpalg/ftpalg/internal/testenv"
+	"github.com/ftpalg/ftpalg/test/rig"
 )
 
 // ftpalgBin is the binary under test: $FTPALG_BIN, or one built for the
@@ -49,6 +51,11 @@ type scenario struct {
 	// public address itself (pasv_address): nothing is rewritten, the
 	// gateway only opens the data connections.
 	noRewrite bool
+	// pendingPORT more PORT sessions (Pending) have their PORT answered
+	// by the master just before the event (at a failback: just after the
+	// returning router's daemons started) and send their RETR once the
+	// other router took over: their pinholes are pending at the event.
+	pendingPORT int
 }
 
 // name is the subtest's name: gateway/event[/no-rewrite].
@@ -63,18 +70,26 @@ func (sc scenario) name() string {
 // result is what a scenario measured.
 type result struct {
 	portOK, pasvOK int // sessions with every file intact
+	pendingOK      int // pending PORT sessions whose file arrived intact
 	filesOK, files int
 	gap            time.Duration // event to the new master's commit
 	pending        int           // pinholes (ftpalg) or expectations (kernel) on the old master just before
 	invalid        [2]uint64     // INVALID drops on ha1, ha2
 	refused        int           // ftpalg's "refused" log records on the new master
+	synced         int           // pinholes the new master's ftpalg received from the old one
 	errs           []string
 }
 
 func (r result) String() string {
-	return fmt.Sprintf("PORT %d ok, PASV %d ok, files %d/%d, takeover %.1fs, pending before %d, INVALID ha1=%d ha2=%d, ftpalg refusals %d",
-		r.portOK, r.pasvOK, r.filesOK, r.files, r.gap.Seconds(), r.pending, r.invalid[0], r.invalid[1], r.refused)
+	return fmt.Sprintf("PORT %d ok, PASV %d ok, pending PORT %d ok, files %d/%d, takeover %.1fs, pending before %d, synced to the new master %d, INVALID ha1=%d ha2=%d, ftpalg refusals %d",
+		r.portOK, r.pasvOK, r.pendingOK, r.filesOK, r.files, r.gap.Seconds(), r.pending, r.synced, r.invalid[0], r.invalid[1], r.refused)
 }
+
+// kitPreemptDelay is keepalived.conf's preempt_delay.
+const kitPreemptDelay = 5 * time.Second
+
+// pendingFile is what the pending PORT sessions fetch.
+const pendingFile = "pending.bin"
 
 // kitDir is deploy/ha, relative to this package.
 const kitDir = "../../deploy/ha"
@@ -87,7 +102,9 @@ func (sc scenario) run(t *testing.T) result {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	p, err := Build(ctx, Options{Gateway: sc.gw, FtpalgBin: ftpalgBin, Kit: kitDir, Prefix: "ha"})
+	// FTPALG_HA_PINSYNC=off runs ftpalg without the kit's pinhole sync,
+	// to measure what it saves (the pending sessions then fail).
+	p, err := Build(ctx, Options{Gateway: sc.gw, FtpalgBin: ftpalgBin, Kit: kitDir, Prefix: "ha", NoPinSync: os.Getenv("FTPALG_HA_PINSYNC") == "off"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +122,12 @@ func (sc scenario) run(t *testing.T) result {
 		}
 	})
 	portSrv, err := p.StartVsftpd(ctx, Server, PortServer, "", sc.files, sc.size, sc.rate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The pending sessions' file: small, so its transfer after the
+	// takeover adds half a second, not a whole paced file.
+	pendingSum, err := rig.WriteRandomFile(filepath.Join(portSrv.Root, pendingFile), 64<<10)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +167,19 @@ func (sc scenario) run(t *testing.T) result {
 		t.Fatalf("sessions ended before the %v at %v", sc.ev, sc.at)
 	}
 	var res result
+	var pendings []*Pending
+	startPending := func() {
+		for i := range sc.pendingPORT {
+			pd, err := p.StartPending(ctx, i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pendings = append(pendings, pd)
+		}
+	}
+	if sc.ev != Failback {
+		startPending()
+	}
 	res.pending = pending(ctx, p, from, sc.gw)
 	start := time.Now()
 	switch sc.ev {
@@ -157,10 +193,35 @@ func (sc scenario) run(t *testing.T) result {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if sc.ev == Failback {
+		// ha2 stays master until ha1's keepalived preempts it,
+		// preempt_delay (5 s) after it started, and the takeover ends
+		// seconds later: the PORTs are answered on ha2 a second before
+		// that delay is over (scheduled, not awaited), so their
+		// pinholes, sent to ha1's new ftpalg, are still open (10 s) when
+		// the RETRs follow the takeover.
+		select {
+		case <-time.After(kitPreemptDelay - time.Second):
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		}
+		startPending()
+	}
 	if err := p.WaitMaster(ctx, to, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	res.gap = time.Since(start)
+	pendingErrs := make(chan error, len(pendings))
+	for _, pd := range pendings {
+		go func() { pendingErrs <- pd.Retr(pendingFile, pendingSum) }()
+	}
+	for range pendings {
+		if err := <-pendingErrs; err != nil {
+			res.errs = append(res.errs, err.Error())
+		} else {
+			res.pendingOK++
+		}
+	}
 	sessions := <-done
 	for _, s := range sessions {
 		res.files += s.Files
@@ -184,6 +245,9 @@ func (sc scenario) run(t *testing.T) result {
 		for _, l := range strings.Split(to.Ftpalg.Output(), "\n") {
 			if strings.Contains(l, `"msg":"refused"`) {
 				res.refused++
+			}
+			if strings.Contains(l, `"msg":"synced pinhole opened"`) {
+				res.synced++
 			}
 		}
 	}
@@ -219,8 +283,9 @@ func (sc scenario) check(t *testing.T, res result) {
 	if sc.noRewrite {
 		wantPort = 0
 	}
-	if res.portOK != wantPort || res.pasvOK != sc.sessions {
-		t.Errorf("%v: %d of %d PORT and %d of %d PASV sessions intact", sc.ev, res.portOK, wantPort, res.pasvOK, sc.sessions)
+	if res.portOK != wantPort || res.pasvOK != sc.sessions || res.pendingOK != sc.pendingPORT {
+		t.Errorf("%v: %d of %d PORT, %d of %d PASV and %d of %d pending PORT sessions intact", sc.ev, res.portOK, wantPort,
+			res.pasvOK, sc.sessions, res.pendingOK, sc.pendingPORT)
 	}
 	to := 1
 	if sc.ev == Failback {
@@ -234,24 +299,28 @@ func (sc scenario) check(t *testing.T, res result) {
 // TestFailover runs sessions through the pair across a failover. In make
 // test a reduced slice: 4 PORT and 4 PASV sessions, every PORT and 227
 // rewritten by ftpalg, one hard failure of the master during their
-// transfers. make ha (FTPALG_HA=full): 20+20
-// sessions, each event, each gateway, figures logged.
+// transfers, and 4 PORT sessions whose pinholes are pending at the
+// failure. make ha (FTPALG_HA=full): 20+20 sessions and 10 pending ones,
+// each event, each gateway, figures logged.
 func TestFailover(t *testing.T) {
 	reduced := []scenario{
 		// One 1 MiB file per session, paced over 8 s: the PORT or 227 of
 		// each was rewritten and its data connection started long before
-		// the failure at 4 s, so no pinhole is pending then (those are
-		// lost: nftables sets are not replicated) and what is tested is
-		// the takeover of rewritten control connections (226, QUIT) and
-		// of established data connections.
-		{gw: Ftpalg, ev: HardFailure, sessions: 4, files: 1, size: 1 << 20, rate: 128 << 10, at: 4 * time.Second},
+		// the failure at 4 s, so no pinhole of theirs is pending then and
+		// what they test is the takeover of rewritten control
+		// connections (226, QUIT) and of established data connections.
+		//
+		// And 4 pending PORT sessions: PORT answered on the master just
+		// before the failure, RETR sent after the takeover; their
+		// pinholes reach the new master only through pinhole sync.
+		{gw: Ftpalg, ev: HardFailure, sessions: 4, files: 1, size: 1 << 20, rate: 128 << 10, at: 4 * time.Second, pendingPORT: 4},
 	}
 	var cases []scenario
 	switch os.Getenv("FTPALG_HA") {
 	case "full":
 		for _, gw := range []Gateway{KernelHelper, Ftpalg} {
 			for _, ev := range []Event{HardFailure, Switchover, Failback} {
-				cases = append(cases, scenario{gw: gw, ev: ev, sessions: 20, files: 12, size: 256 << 10, rate: 128 << 10, at: 10 * time.Second})
+				cases = append(cases, scenario{gw: gw, ev: ev, sessions: 20, files: 12, size: 256 << 10, rate: 128 << 10, at: 10 * time.Second, pendingPORT: 10})
 			}
 		}
 	case "":
@@ -261,6 +330,9 @@ func TestFailover(t *testing.T) {
 			for _, ev := range []Event{HardFailure, Switchover, Failback} {
 				for _, nr := range []bool{false, true} {
 					sc := scenario{gw: gw, ev: ev, sessions: 20, files: 12, size: 256 << 10, rate: 128 << 10, at: 10 * time.Second, noRewrite: nr}
+					if !nr {
+						sc.pendingPORT = 10
+					}
 					if sc.name() == os.Getenv("FTPALG_HA") {
 						cases = append(cases, sc)
 					}

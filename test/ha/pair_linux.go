@@ -93,6 +93,9 @@ type Options struct {
 	Kit string
 	// Prefix names the namespaces: prefix+PID+4 hex digits+role.
 	Prefix string
+	// NoPinSync runs ftpalg without the kit's pinhole sync flags, to
+	// measure what is lost without them.
+	NoPinSync bool
 }
 
 // Pair is the running rig.
@@ -135,6 +138,9 @@ type Router struct {
 
 	Keepalived, Conntrackd, Ftpalg *rig.Proc
 	ftpalgRuns                     int
+	// ftpalgFlags are the kit's (deploy/ha/ftpalg.default) for this
+	// router: the pinhole sync addresses.
+	ftpalgFlags []string
 }
 
 // Build creates the namespaces, links, addresses and firewalls, then starts
@@ -342,6 +348,9 @@ func (r *Router) writeKit() error {
 	if err != nil {
 		return err
 	}
+	if r.ftpalgFlags, err = r.kitFtpalgFlags(); err != nil {
+		return err
+	}
 	// The notify script logs what it did where the test can read it.
 	script = strings.Replace(script, "set -u\n", "set -u\nexec 2>>"+filepath.Join(r.Dir, "notify.log")+"\necho \"$(date +%T.%N) $*\" >&2\n", 1)
 	for _, f := range []struct {
@@ -353,6 +362,33 @@ func (r *Router) writeKit() error {
 		}
 	}
 	return nil
+}
+
+// kitSync is the kit's sync flags as the first router's file has them.
+const kitSync = "--sync-listen 203.0.113.1:3781 --sync-peer 203.0.113.2:3781"
+
+// kitFtpalgFlags reads FTPALG_FLAGS from deploy/ha/ftpalg.default, the
+// sync addresses swapped on ha2, without the --config of a real router
+// (the rig passes its own flags).
+func (r *Router) kitFtpalgFlags() ([]string, error) {
+	repl := []string{"--config /etc/ftpalg/ftpalg.toml ", ""}
+	if r.Name == "ha2" {
+		repl = append(repl, kitSync, "--sync-listen 203.0.113.2:3781 --sync-peer 203.0.113.1:3781")
+	} else {
+		repl = append(repl, kitSync, kitSync)
+	}
+	s, err := r.p.kitFile("ftpalg.default", repl...)
+	if err != nil {
+		return nil, err
+	}
+	m := regexp.MustCompile(`(?m)^FTPALG_FLAGS="([^"]*)"$`).FindStringSubmatch(s)
+	if m == nil {
+		return nil, fmt.Errorf("ftpalg.default: no FTPALG_FLAGS line: %w", ErrKit)
+	}
+	if r.p.opts.NoPinSync {
+		return nil, nil
+	}
+	return strings.Fields(m[1]), nil
 }
 
 // Start starts conntrackd, ftpalg (Gateway Ftpalg) and keepalived, in that
@@ -385,9 +421,10 @@ func (r *Router) Start(ctx context.Context) error {
 func (r *Router) StartFtpalg(ctx context.Context) error {
 	r.ftpalgRuns++
 	var err error
-	r.Ftpalg, err = r.p.Start(r.NS, r.p.opts.FtpalgBin, "run", "--log-format", "json",
+	args := append([]string{"run", "--log-format", "json",
 		"--state-dir", filepath.Join(r.Dir, "state"), "--status-socket", filepath.Join(r.Dir, "status.sock"),
-		"--ipv6=false", "--pinhole-timeout", "10s")
+		"--ipv6=false", "--pinhole-timeout", "10s"}, r.ftpalgFlags...)
+	r.Ftpalg, err = r.p.Start(r.NS, r.p.opts.FtpalgBin, args...)
 	if err != nil {
 		return err
 	}

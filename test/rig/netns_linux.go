@@ -59,15 +59,23 @@ func (r *Rig) ListenPacket(n Node, network, address string) (net.PacketConn, err
 	return c, nil
 }
 
-// inNamespace runs fn on an OS thread switched into node's network
-// namespace. The thread is switched back afterwards; if that fails it
-// stays locked so the runtime discards it with the goroutine, and no other
-// goroutine ever runs in the wrong namespace.
+// inNamespace runs fn in node's namespace; see InNamespace.
 func (r *Rig) inNamespace(n Node, fn func() error) error {
 	ns := r.NS(n)
 	if ns == "" {
 		return fmt.Errorf("entering %v: %w", n, ErrNode)
 	}
+	return InNamespace(ns, fn)
+}
+
+// InNamespace runs fn on an OS thread switched into the named network
+// namespace (as `ip netns` names it). The thread is switched back
+// afterwards; if that fails it stays locked so the runtime discards it
+// with the goroutine, and no other goroutine ever runs in the wrong
+// namespace. A socket fn creates keeps that namespace, so it can be used
+// from any goroutine afterwards: test code acts as a client, server or
+// router peer inside a namespace without an external program.
+func InNamespace(ns string, fn func() error) error {
 	target, err := os.Open(netnsDir + "/" + ns)
 	if err != nil {
 		return fmt.Errorf("opening namespace %s: %w", ns, err)
