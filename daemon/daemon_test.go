@@ -264,3 +264,47 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// A pinhole a previous run left is taken over: its public port is reserved
+// while it is open, its data connection closes it (one connection only),
+// and it closes by itself at the time it had left. One whose port is
+// already reserved here is refused.
+func TestPinholeAdopt(t *testing.T) {
+	fw, ports := newFakeFirewall(), newPorts(t)
+	k := NewPinholes(fw, ports, time.Minute, Limits{}, quiet)
+	defer k.Stop()
+	if err := k.Adopt(hole, time.Minute); err != nil || fw.open() != 1 || k.Len() != 1 {
+		t.Fatalf("Adopt: %v, %d in firewall, %d kept", err, fw.open(), k.Len())
+	}
+	if !ports.Reserved(public.Addr(), public.Port()) {
+		t.Fatal("adopted pinhole's public port not reserved")
+	}
+	if err := k.Adopt(hole, time.Minute); err != nil || k.Len() != 1 {
+		t.Fatalf("adopting it again: %v, %d kept", err, k.Len())
+	}
+	if !k.Used(peer, public, nil) {
+		t.Fatal("the data connection did not match the adopted pinhole")
+	}
+	if got := fw.waitClosed(t); got != hole {
+		t.Fatalf("closed %v", got)
+	}
+	if ports.Reserved(public.Addr(), public.Port()) || k.Used(peer, public, nil) {
+		t.Fatal("after its data connection: port still reserved, or the pinhole matched a second connection")
+	}
+
+	short := holeOn(50005)
+	if err := k.Adopt(short, 30*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if got := fw.waitClosed(t); got != short || ports.Reserved(short.Public.Addr(), short.Public.Port()) {
+		t.Fatalf("closed %v at its time left; port reserved: %v", got, ports.Reserved(short.Public.Addr(), short.Public.Port()))
+	}
+
+	taken := holeOn(50006)
+	if _, err := ports.Reserve(taken.Public.Addr(), taken.Public.Port()); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Adopt(taken, time.Minute); !errors.Is(err, ErrSyncPortTaken) {
+		t.Fatalf("adopting a pinhole whose port is reserved here: %v, want ErrSyncPortTaken", err)
+	}
+}

@@ -279,6 +279,64 @@ func (k *Pinholes) Resend() int {
 	return n
 }
 
+// openFor opens p in the firewall for timeout (with a firewall that has no
+// timeouts of its own, the keeper's timer closes it), reserving its public
+// port first when reserve says so: ErrSyncPortTaken when this process holds
+// that port for another pinhole. On failure nothing stays reserved.
+func (k *Pinholes) openFor(p rules.Pinhole, timeout time.Duration, reserve bool) error {
+	if reserve {
+		got, err := k.ports.Reserve(p.Public.Addr(), p.Public.Port())
+		if err != nil {
+			return err
+		}
+		if got != p.Public.Port() {
+			k.ports.Release(p.Public.Addr(), got)
+			return ErrSyncPortTaken
+		}
+	}
+	var err error
+	if tf, ok := k.fw.(timedFirewall); ok {
+		err = tf.OpenFor(p, timeout)
+	} else {
+		err = k.fw.Open(p)
+	}
+	if err != nil && reserve {
+		k.ports.Release(p.Public.Addr(), p.Public.Port())
+	}
+	return err
+}
+
+// Adopt takes over a pinhole a previous ftpalg left in the kernel
+// (rules.NFTable.Leftovers: a handover keeps the nftables tables with their
+// elements, so does a crash) for the time it has left. Without it the
+// pinhole would still admit connections until the kernel expired it, more
+// than the one it was opened for, and its public port would not be
+// reserved, so this process could announce it to another client of the
+// same server. Adopted, its data connection closes it (Used), it closes at
+// its timeout, and its port is reserved until then, as for a pinhole of
+// this process's own. Its control connection is unknown here: session 0,
+// no client, so it counts against Limits.Total only. A pinhole already
+// open here is left alone.
+func (k *Pinholes) Adopt(p rules.Pinhole, left time.Duration) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.open[keyOf(p)] != nil {
+		return nil
+	}
+	nat := p.NAT()
+	if err := k.openFor(p, left, nat); err != nil {
+		return fmt.Errorf("adopting pinhole %s: %w", p, err)
+	}
+	now := k.clock()
+	ph := &pinhole{p: p, opened: now, expires: now.Add(left), nat: nat}
+	ph.timer = time.AfterFunc(left, func() { k.expire(ph) })
+	k.open[keyOf(p)] = ph
+	k.bySession[0] = append(k.bySession[0], p)
+	k.byClient[ph.client]++
+	k.log.Info("pinhole taken over from the previous run", "pinhole", p.String(), "left", left.Round(time.Millisecond))
+	return nil
+}
+
 // Errors of OpenSynced, besides the firewall's and the port reserver's.
 var (
 	// ErrSyncConflict: this router has a pinhole of its own for the same
@@ -313,16 +371,7 @@ func (k *Pinholes) OpenSynced(session uint64, p rules.Pinhole, timeout time.Dura
 		return fmt.Errorf("synced pinhole %s: %w: %d synced pinholes open", p, ErrTotalLimit, k.synced)
 	}
 	nat := p.Public != p.Target
-	if old == nil && nat {
-		got, err := k.ports.Reserve(p.Public.Addr(), p.Public.Port())
-		if err != nil {
-			return fmt.Errorf("synced pinhole %s: %w", p, err)
-		}
-		if got != p.Public.Port() {
-			k.ports.Release(p.Public.Addr(), got)
-			return fmt.Errorf("synced pinhole %s: %w", p, ErrSyncPortTaken)
-		}
-	}
+	reserve := old == nil && nat
 	if old != nil && old.p != p {
 		// The same public endpoint, another target: the sender replaced
 		// its pinhole; so does this router. Its port stays reserved.
@@ -331,17 +380,8 @@ func (k *Pinholes) OpenSynced(session uint64, p rules.Pinhole, timeout time.Dura
 		k.removeLocked(old, "replaced by the other router")
 		old = nil
 	}
-	var err error
-	if tf, ok := k.fw.(timedFirewall); ok {
-		err = tf.OpenFor(p, timeout)
-	} else {
-		err = k.fw.Open(p)
-	}
-	if err != nil {
-		if old == nil && nat {
-			k.ports.Release(p.Public.Addr(), p.Public.Port())
-		}
-		return fmt.Errorf("opening synced pinhole: %w", err)
+	if err := k.openFor(p, timeout, reserve); err != nil {
+		return fmt.Errorf("synced pinhole %s: %w", p, err)
 	}
 	now := k.clock()
 	if old != nil {

@@ -136,9 +136,10 @@ func TestPinSyncNetns(t *testing.T) {
 	waitUntil(t, 10*time.Second, func() bool { return element.MatchString(natTargets()) },
 		func() string { return "no element " + element.String() + " in\n" + natTargets() + child.output() })
 	child.waitStats(t, func(s PinholeStats) bool { return s.SyncReceived == 1 })
-	if !strings.Contains(child.output(), `"msg":"synced pinhole opened","session":77,"from":"203.0.113.1:3781"`) {
-		t.Errorf("no log line for the received pinhole:\n%s", child.output())
-	}
+	// The line is logged after the count: wait for it too.
+	opened := `"msg":"synced pinhole opened","session":77,"from":"203.0.113.1:3781"`
+	waitUntil(t, 10*time.Second, func() bool { return strings.Contains(child.output(), opened) },
+		func() string { return "no log line for the received pinhole:\n" + child.output() })
 
 	bad, _ := pinsync.Encode(nil, syncMsg(78, holeOn(50002), time.Second))
 	if _, err := sock.WriteToUDPAddrPort(bad[:len(bad)-1], syncB); err != nil { // truncated
@@ -148,9 +149,9 @@ func TestPinSyncNetns(t *testing.T) {
 	send(sock, syncMsg(80, holeOn(50003), time.Minute))    // beyond the child's 10 s
 	send(strange, syncMsg(81, holeOn(50004), time.Second)) // not from the peer
 	child.waitStats(t, func(s PinholeStats) bool { return s.SyncRefused == 4 && s.SyncReceived == 1 })
-	if !strings.Contains(child.output(), `"msg":"synced pinhole refused","from":"203.0.113.1:3781","err":"malformed pinsync message: IPv4 pinhole of 39 bytes"`) {
-		t.Errorf("no log line for the malformed datagram:\n%s", child.output())
-	}
+	malformed := `"msg":"synced pinhole refused","from":"203.0.113.1:3781","err":"malformed pinsync message: IPv4 pinhole of 39 bytes"`
+	waitUntil(t, 10*time.Second, func() bool { return strings.Contains(child.output(), malformed) },
+		func() string { return "no log line for the malformed datagram:\n" + child.output() })
 
 	// At its timeout the pinhole is closed: gone from the map (the
 	// kernel's timeout comes 2 s after the keeper's own).

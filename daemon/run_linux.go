@@ -365,6 +365,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return nil
 		})
 		repair.sets = append(repair.sets, nft)
+		adoptPinholes(nft, pins, log)
 	}
 	if cfg.InstallRules {
 		if err := chains.SweepDisabled(); err != nil {
@@ -496,6 +497,26 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				"sync_sent", ps.SyncSent, "sync_received", ps.SyncReceived, "sync_refused", ps.SyncRefused, "sync_used", ps.SyncUsed)
 			return nil
 		}
+	}
+}
+
+// adoptPinholes takes over the pinholes a previous run left in the
+// nftables tables (Pinholes.Adopt).
+func adoptPinholes(nft *rules.NFTable, pins *Pinholes, log *slog.Logger) {
+	left, err := nft.Leftovers()
+	if err != nil {
+		log.Warn("listing the previous run's pinholes; they stay open until their kernel timeout", "err", err)
+	}
+	n := 0
+	for _, l := range left {
+		if err := pins.Adopt(l.Pinhole, l.Left); err != nil {
+			log.Warn("not taking over a pinhole of the previous run; it stays open until its kernel timeout", "pinhole", l.Pinhole.String(), "err", err)
+			continue
+		}
+		n++
+	}
+	if n > 0 {
+		log.Info("took over pending pinholes from the previous run", "pinholes", n)
 	}
 }
 

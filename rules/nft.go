@@ -403,6 +403,9 @@ type nftKernel interface {
 	del(e nftElems) error
 	// flush empties f's set and map; a missing table is not an error.
 	flush(f Family) error
+	// leftovers lists the pinholes f's sets hold (routed_pinholes and
+	// nat_targets), with the time their elements have left.
+	leftovers(f Family) ([]Leftover, error)
 }
 
 // nftTimed is a pinhole's elements with their timeout.
@@ -433,6 +436,95 @@ func (p Pinhole) nftElems() nftElems {
 		e.natVal = appendAddrPort(nil, p.Target)
 	}
 	return e
+}
+
+// Leftover is a pinhole the kernel holds that this process did not open (a
+// predecessor's, kept across a handover or a crash), with the time its
+// elements have left.
+type Leftover struct {
+	Pinhole Pinhole
+	Left    time.Duration
+}
+
+// fieldReader reads the fields of a concatenated set key or map value as
+// nftElems writes them.
+type fieldReader struct {
+	b      []byte
+	family Family
+	bad    bool
+}
+
+func (r *fieldReader) addr() netip.Addr {
+	n := 4
+	if r.family == IPv6 {
+		n = 16
+	}
+	if len(r.b) < n {
+		r.bad = true
+		return netip.Addr{}
+	}
+	a, _ := netip.AddrFromSlice(r.b[:n])
+	r.b = r.b[n:]
+	return a
+}
+
+func (r *fieldReader) port() uint16 {
+	if len(r.b) < 4 {
+		r.bad = true
+		return 0
+	}
+	p := binary.BigEndian.Uint16(r.b)
+	r.b = r.b[4:]
+	return p
+}
+
+// pinholeFromRouted reads a routed_pinholes key (peer . target); false for
+// anything else, such as the probe element Install leaves (port 0).
+func pinholeFromRouted(f Family, key []byte) (Pinhole, bool) {
+	r := fieldReader{b: key, family: f}
+	peer, ta, tp := r.addr(), r.addr(), r.port()
+	p := Pinhole{Peer: peer, Public: netip.AddrPortFrom(ta, tp), Target: netip.AddrPortFrom(ta, tp)}
+	return p, !r.bad && len(r.b) == 0 && p.valid()
+}
+
+// pinholeFromNAT reads a nat_targets element (peer . public : target).
+func pinholeFromNAT(f Family, key, val []byte) (Pinhole, bool) {
+	r := fieldReader{b: key, family: f}
+	peer, pa, pp := r.addr(), r.addr(), r.port()
+	v := fieldReader{b: val, family: f}
+	ta, tp := v.addr(), v.port()
+	p := Pinhole{Peer: peer, Public: netip.AddrPortFrom(pa, pp), Target: netip.AddrPortFrom(ta, tp)}
+	return p, !r.bad && !v.bad && len(r.b) == 0 && len(v.b) == 0 && p.valid()
+}
+
+// valid reports whether p can be a pinhole ftpalg opened: every address
+// set, no port 0.
+func (p Pinhole) valid() bool {
+	return p.Peer.IsValid() && !p.Peer.IsUnspecified() && !p.Public.Addr().IsUnspecified() &&
+		!p.Target.Addr().IsUnspecified() && p.Public.Port() != 0 && p.Target.Port() != 0
+}
+
+// Leftovers returns the pinholes of the enabled families that the kernel
+// holds and this table did not open: what a predecessor left (a handover
+// keeps its tables and their elements; so does a crash). The daemon takes
+// them over, so that each still admits one data connection only and its
+// public port stays reserved until it expires. Call it after Install.
+func (t *NFTable) Leftovers() ([]Leftover, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []Leftover
+	for _, f := range t.cfg.Families() {
+		ls, err := t.k.leftovers(f)
+		if err != nil {
+			return out, fmt.Errorf("listing %s pinholes left in nftables table %s: %w", f, NFTTableName, err)
+		}
+		for _, l := range ls {
+			if t.open[l.Pinhole] == nil && l.Left > 0 {
+				out = append(out, l)
+			}
+		}
+	}
+	return out, nil
 }
 
 // appendAddr appends a as 4 or 16 bytes in network order.

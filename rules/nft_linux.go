@@ -274,6 +274,34 @@ func (c *nftConn) probeUpdate(f Family) (bool, error) {
 	return true, nil
 }
 
+func (c *nftConn) leftovers(f Family) ([]Leftover, error) {
+	nf := c.fams[f]
+	cc, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("%w: opening netlink: %w", ErrNFTables, err)
+	}
+	var out []Leftover
+	routed, err := cc.GetSetElements(nf.routed)
+	if err != nil && !missing(err) {
+		return nil, fmt.Errorf("%w: listing %s: %w", ErrNFTables, nftSetRouted, err)
+	}
+	for _, el := range routed {
+		if p, ok := pinholeFromRouted(f, el.Key); ok {
+			out = append(out, Leftover{Pinhole: p, Left: el.Expires})
+		}
+	}
+	targets, err := cc.GetSetElements(nf.targets)
+	if err != nil && !missing(err) {
+		return nil, fmt.Errorf("%w: listing %s: %w", ErrNFTables, nftMapTargets, err)
+	}
+	for _, el := range targets {
+		if p, ok := pinholeFromNAT(f, el.Key, el.Val); ok {
+			out = append(out, Leftover{Pinhole: p, Left: el.Expires})
+		}
+	}
+	return out, nil
+}
+
 func (c *nftConn) exists(f Family) (bool, error) {
 	l := c.look
 	l.mu.Lock()
