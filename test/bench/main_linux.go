@@ -68,7 +68,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&cfg.clients, "clients", 40, "concurrent clients of the parallel workload")
 	fs.IntVar(&cfg.parallelSessions, "parallel-sessions", 1000, "sessions per repetition of the parallel workload")
 	fs.IntVar(&cfg.files, "files", 1000, "small files fetched by the long session")
-	fs.IntVar(&cfg.idle, "idle", 10000, "idle logged-in control connections for the memory workload")
+	fs.IntVar(&cfg.idle, "idle", 100000, "idle logged-in control connections for the memory workload")
 	fs.IntVar(&cfg.parallel, "idle-parallel", 32, "connections opened concurrently by the memory workload")
 	fs.StringVar(&cfg.backends, "backends", "",
 		`ftpalg --pinholes values to compare, comma-separated (nftables,iptables); "auto" takes those "ftpalg run -help" names; empty runs ftpalg's default only`)

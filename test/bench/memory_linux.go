@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -100,7 +101,10 @@ func memory(ctx context.Context, cfg *config, backend string, conns, parallel in
 			return nil
 		}
 	}
-	alg, err := startFtpalg(ctx, r, cfg.ftpalgBin, backend, cfg.algArgs)
+	// Room for every connection, so that the figure is memory per
+	// tracked connection and not per evicted one.
+	args := append(slices.Clone(cfg.algArgs), fmt.Sprintf("--max-connections=%d", conns+conns/10))
+	alg, err := startFtpalg(ctx, r, cfg.ftpalgBin, backend, args)
 	if err != nil {
 		return res, err
 	}
