@@ -206,6 +206,10 @@ func (k *Pinholes) Open(session uint64, conn conntrack.Conn, path conntrack.Path
 		// this router's own now.)
 		old.timer.Reset(k.timeout)
 		old.expires = k.clock().Add(k.timeout)
+		// The caller reserved the public port only if it was free: the
+		// old record holds no reservation (an adopted pinhole's, whose
+		// announcement a resumed connection replays); it holds this one.
+		old.nat = old.nat || nat
 		k.queueClose(&pinhole{p: p}, "") // drop the extra reference
 		k.sendLocked(session, p, k.timeout)
 		return nil
@@ -310,25 +314,28 @@ func (k *Pinholes) openFor(p rules.Pinhole, timeout time.Duration, reserve bool)
 // (rules.NFTable.Leftovers: a handover keeps the nftables tables with their
 // elements, so does a crash) for the time it has left. Without it the
 // pinhole would still admit connections until the kernel expired it, more
-// than the one it was opened for, and its public port would not be
-// reserved, so this process could announce it to another client of the
-// same server. Adopted, its data connection closes it (Used), it closes at
-// its timeout, and its port is reserved until then, as for a pinhole of
-// this process's own. Its control connection is unknown here: session 0,
-// no client, so it counts against Limits.Total only. A pinhole already
-// open here is left alone.
+// than the one it was opened for. Adopted, its data connection closes it
+// (Used) and it closes at its timeout, as a pinhole of this process's own.
+// Its public port is not reserved: a connection taken over from its labels
+// replays the announcement that opened it when the sender retransmits it,
+// and must get the same public port again, or the rewrite changes length
+// (measured: the replayed 227 of a SIGKILLed predecessor dropped, "rewrites
+// to another length", in two CI runs in two). The replay's reservation then
+// passes to this record (Open). Until then the port could be announced to
+// another client of the same server. Its control connection is unknown
+// here: session 0, no client, so it counts against Limits.Total only. A
+// pinhole already open here is left alone.
 func (k *Pinholes) Adopt(p rules.Pinhole, left time.Duration) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.open[keyOf(p)] != nil {
 		return nil
 	}
-	nat := p.NAT()
-	if err := k.openFor(p, left, nat); err != nil {
+	if err := k.openFor(p, left, false); err != nil {
 		return fmt.Errorf("adopting pinhole %s: %w", p, err)
 	}
 	now := k.clock()
-	ph := &pinhole{p: p, opened: now, expires: now.Add(left), nat: nat}
+	ph := &pinhole{p: p, opened: now, expires: now.Add(left)}
 	ph.timer = time.AfterFunc(left, func() { k.expire(ph) })
 	k.open[keyOf(p)] = ph
 	k.bySession[0] = append(k.bySession[0], p)
