@@ -557,9 +557,9 @@ func (e *Engine) end(f *flow) {
 // EventFlowEnd events (valid until the next call).
 func (e *Engine) Expire(now time.Time) []Event {
 	e.events = e.events[:0]
+	t := e.stamp(now)
 	for f := e.tab.oldest; f != nil; {
 		next := f.newer
-		t := e.stamp(now)
 		idle := t.sub(f.last) > e.cfg.IdleTimeout
 		closed := f.closeAt != 0 && t > f.closeAt
 		if idle || closed {

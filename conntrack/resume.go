@@ -130,7 +130,8 @@ func (e *Engine) Resume(conn Conn, l Labels, now time.Time) ([]Event, error) {
 	}
 	e.stats.Flows++
 	e.tab.m[conn] = f
-	f.started, f.last = e.stamp(now), e.stamp(now)
+	f.started = e.stamp(now)
+	f.last = f.started
 	e.tab.touch(f)
 	return e.events, nil
 }

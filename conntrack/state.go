@@ -139,7 +139,8 @@ func (e *Engine) Restore(s FlowState, now time.Time) error {
 		return fmt.Errorf("restoring %s: %w", s.Conn, ErrTableFull)
 	}
 	e.tab.m[s.Conn] = f
-	f.started, f.last = e.stamp(now), e.stamp(now)
+	f.started = e.stamp(now)
+	f.last = f.started
 	e.tab.touch(f)
 	e.ids = max(e.ids, s.Session/e.cfg.Shards) // later IDs stay above it
 	return nil

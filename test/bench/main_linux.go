@@ -246,7 +246,7 @@ func raiseFileLimit(n int) error {
 		return fmt.Errorf("reading the open file limit: %w", err)
 	}
 	if n <= 0 { // as high as allowed
-		n = int(min(lim.Max, 1<<20))
+		n = fileLimitMax()
 	}
 	if lim.Cur >= uint64(n) {
 		return nil
