@@ -51,7 +51,10 @@ const (
 	// has just taken (a PORT data connection to the SNAT address, the
 	// port-forwarded server's clients) would otherwise meet the router's
 	// own TCP, which resets it (measured: a PORT session in three lost
-	// its data connection to such a reset at a hard failure).
+	// its data connection to such a reset at a hard failure). INPUT drops
+	// INVALID ones too: a FIN of a connection conntrack does not know yet
+	// starts no entry, so it is INVALID, not NEW, and the reset it met
+	// lost the end of PORT data connections at a switchover.
 	MidStreamMatch = "ha: mid-stream drop"
 )
 
@@ -287,7 +290,7 @@ COMMIT
 :INPUT ACCEPT [0:0]
 :FORWARD DROP [0:0]
 :OUTPUT ACCEPT [0:0]
--A INPUT -p tcp ! --syn -m conntrack --ctstate NEW -m comment --comment "` + MidStreamMatch + `" -j DROP
+-A INPUT -p tcp ! --syn -m conntrack --ctstate NEW,INVALID -m comment --comment "` + MidStreamMatch + `" -j DROP
 -A FORWARD -m conntrack --ctstate INVALID -m comment --comment "` + InvalidMatch + `" -j DROP
 -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A FORWARD -p tcp ! --syn -m conntrack --ctstate NEW -m comment --comment "` + MidStreamMatch + `" -j DROP
