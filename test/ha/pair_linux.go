@@ -530,6 +530,21 @@ func (p *Pair) WaitMaster(ctx context.Context, r *Router, timeout time.Duration)
 // call: time and transition.
 var notifyLine = regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d\.\d+ (\w+) `)
 
+// gateLine is what the notify script logs when it opens its gate.
+var gateLine = regexp.MustCompile(`(?m)^ftpalg-ha: iptables: gate opened, (\d+) segments held back$`)
+
+// GateHeld returns how many segments the kit's gate dropped before it last
+// opened on r (0 if it never opened): forwarded TCP segments that reached
+// r while it was backup or before its commit, which TCP then retransmitted.
+func (r *Router) GateHeld() uint64 {
+	b, _ := os.ReadFile(filepath.Join(r.Dir, "notify.log"))
+	var n uint64
+	for _, m := range gateLine.FindAllStringSubmatch(string(b), -1) {
+		n, _ = strconv.ParseUint(m[1], 10, 64)
+	}
+	return n
+}
+
 var counterLine = regexp.MustCompile(`^\s*(\d+)\s+\d+\s+DROP\b.*` + regexp.QuoteMeta(InvalidMatch))
 
 // InvalidDrops returns the router's INVALID drop counter.
