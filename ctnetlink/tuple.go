@@ -127,16 +127,25 @@ type Entry struct {
 // TCPState is enum tcp_conntrack (include/uapi/linux/netfilter/nf_conntrack_tcp.h).
 type TCPState uint8
 
-// TCP states of a connection that has ended: both FINs seen and
-// acknowledged, or reset.
+// TCP states this package tells apart.
 const (
+	TCPSynSent     TCPState = 1 // a SYN seen, nothing back yet
+	TCPSynRecv     TCPState = 2 // SYN and SYN/ACK seen
 	TCPEstablished TCPState = 3
-	TCPTimeWait    TCPState = 7
-	TCPClose       TCPState = 8
+	TCPTimeWait    TCPState = 7 // both FINs seen and acknowledged
+	TCPClose       TCPState = 8 // reset
+	TCPSynSent2    TCPState = 9 // a SYN from each side (simultaneous open)
 )
 
 // Closed reports whether a connection in state s has ended.
 func (s TCPState) Closed() bool { return s == TCPTimeWait || s == TCPClose }
+
+// Opening reports whether a connection in state s is still in its
+// handshake: the state of an entry that its first segment created, as a
+// NEW event reports it. An entry that ctnetlink created (conntrackd
+// committing what another router replicated) is reported NEW in whatever
+// state it had there.
+func (s TCPState) Opening() bool { return s == TCPSynSent || s == TCPSynRecv || s == TCPSynSent2 }
 
 // ForwardView returns the tuple a packet travelling in direction d has in
 // mangle FORWARD (post-DNAT, pre-SNAT).

@@ -331,7 +331,19 @@ func (g *Gateway) MarkDataConnections(m Marker, bit uint32) {
 // DataConnection is told of each new TCP connection conntrack sees; the
 // pinhole it came through, if any, is closed, after the connection is
 // marked (see MarkDataConnections).
+//
+// Only a connection in its handshake can have come through a pinhole here.
+// A NEW event also reports each entry conntrackd commits at a takeover:
+// data connections that started on the other router, through its own
+// pinhole. The copy of that pinhole synced here may by now stand for a
+// later data connection to the same port (the client reused its port for
+// the next PORT), which must keep its pinhole: closing it cost a pending
+// PORT session at a switchover (the server's connection dropped, 425).
+// The copy of a pinhole that was used on the sender expires by itself.
 func (g *Gateway) DataConnection(f ctnetlink.NewFlow) {
+	if f.TCPState != 0 && !f.TCPState.Opening() {
+		return
+	}
 	var mark func() error
 	if g.marker != nil {
 		mark = func() error { return g.marker.SetMarkBits(f.Orig, g.dataMark) }

@@ -103,3 +103,39 @@ func TestShardsSnapshot(t *testing.T) {
 		t.Errorf("Stats().Flows = %d, want 3", got)
 	}
 }
+
+// TestDataConnectionOnlyFromHandshake: a NEW event closes the pinhole its
+// connection came through only if the entry is in its handshake. At a
+// takeover conntrackd commits the other router's data connections, each
+// reported NEW in its own state (here TIME_WAIT); the synced pinhole with
+// the same peer and public port may by then stand for the client's next
+// data connection on that port, which must still get in.
+func TestDataConnectionOnlyFromHandshake(t *testing.T) {
+	fw, ports := newFakeFirewall(), newPorts(t)
+	pins := NewPinholes(fw, ports, time.Minute, Limits{}, quiet)
+	defer pins.Stop()
+	gw := NewGateway(conntrack.New(conntrack.Config{}, nil), pins, nil, quiet)
+	if err := pins.OpenSynced(42, hole, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	flow := func(s ctnetlink.TCPState) ctnetlink.NewFlow {
+		return ctnetlink.NewFlow{
+			Orig:     ctnetlink.Tuple{Src: netip.AddrPortFrom(peer, 38703), Dst: public},
+			Reply:    ctnetlink.Tuple{Src: target, Dst: netip.AddrPortFrom(peer, 38703)},
+			TCPState: s,
+		}
+	}
+	for _, s := range []ctnetlink.TCPState{ctnetlink.TCPEstablished, ctnetlink.TCPTimeWait, ctnetlink.TCPClose} {
+		gw.DataConnection(flow(s))
+		if pins.Len() != 1 || fw.open() != 1 {
+			t.Fatalf("a committed entry in state %d closed the pinhole", s)
+		}
+	}
+	gw.DataConnection(flow(ctnetlink.TCPSynSent))
+	if got := fw.waitClosed(t); got != hole {
+		t.Fatalf("closed %v, want %v", got, hole)
+	}
+	if s := pins.Stats(); s.SyncUsed != 1 {
+		t.Fatalf("stats %+v, want one synced pinhole used", s)
+	}
+}
