@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -197,22 +198,27 @@ func parseBackends(help string) []string {
 	return nil
 }
 
-// parseQueued reads the id_sequence (packets ever queued) of the one queue
-// in /proc/net/netfilter/nfnetlink_queue: queue number, peer port id,
-// queue total, copy mode, copy range, queue dropped, user dropped,
-// id_sequence, 1.
+// parseQueued sums the id_sequence (packets ever queued) of the queues in
+// /proc/net/netfilter/nfnetlink_queue, one line per bound queue: queue
+// number, peer port id, queue total, copy mode, copy range, queue dropped,
+// user dropped, id_sequence, 1. ftpalg --queues N binds N queues, and the
+// rig's router has no others; a packet enters exactly one of them.
 func parseQueued(s string) (uint64, error) {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) != 1 {
-		return 0, fmt.Errorf("nfnetlink_queue has %d queues, want 1: %q", len(lines), s)
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, errors.New("nfnetlink_queue lists no queue")
 	}
-	f := strings.Fields(lines[0])
-	if len(f) < 8 {
-		return 0, fmt.Errorf("nfnetlink_queue line %q: too few fields", lines[0])
+	var sum uint64
+	for _, l := range strings.Split(s, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 8 {
+			return 0, fmt.Errorf("nfnetlink_queue line %q: too few fields", l)
+		}
+		n, err := strconv.ParseUint(f[7], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("nfnetlink_queue id_sequence %q: %w", f[7], err)
+		}
+		sum += n
 	}
-	n, err := strconv.ParseUint(f[7], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("nfnetlink_queue id_sequence %q: %w", f[7], err)
-	}
-	return n, nil
+	return sum, nil
 }

@@ -316,7 +316,12 @@ func TestParseQueued(t *testing.T) {
 	if err != nil || n != 110045 {
 		t.Errorf("parseQueued = %d, %v; want 110045", n, err)
 	}
-	for _, bad := range []string{"", "21 1 0 2", "21 1 0 2 65531 0 0 x 1", "21 1 0 2 65531 0 0 5 1\n22 1 0 2 65531 0 0 5 1"} {
+	// --queues 2: two bound queues, each packet in one of them.
+	n, err = parseQueued("   21 2727913850     0 2 65531     0     0   110045  1\n   22 3727913850     0 2 65531     0     0       55  1\n")
+	if err != nil || n != 110100 {
+		t.Errorf("parseQueued of two queues = %d, %v; want 110100", n, err)
+	}
+	for _, bad := range []string{"", "\n", "21 1 0 2", "21 1 0 2 65531 0 0 x 1", "21 1 0 2 65531 0 0 5 1\n22 1 0 2"} {
 		if _, err := parseQueued(bad); err == nil {
 			t.Errorf("parseQueued(%q) succeeded", bad)
 		}
