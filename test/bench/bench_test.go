@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -325,5 +327,18 @@ func TestParseQueued(t *testing.T) {
 		if _, err := parseQueued(bad); err == nil {
 			t.Errorf("parseQueued(%q) succeeded", bad)
 		}
+	}
+}
+
+// TestUnitNice: the bench runs ftpalg at the nice value its systemd unit
+// gives it.
+func TestUnitNice(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/ftpalg.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("\nNice=%d\n", unitNice)
+	if !strings.Contains(string(b), want) {
+		t.Fatalf("deploy/ftpalg.service has no %q line: keep unitNice and the unit's Nice= equal", strings.TrimSpace(want))
 	}
 }

@@ -89,7 +89,7 @@ func (g *gateway) setup(ctx context.Context, cfg *config, data *dataSet) error {
 		return fmt.Errorf("gateway %s: %w", g.name, err)
 	}
 	if g.runAlg {
-		if g.proc, err = startFtpalg(ctx, r, cfg.ftpalgBin, g.backend, cfg.algArgs); err != nil {
+		if g.proc, err = startFtpalg(ctx, r, cfg.ftpalgBin, g.backend, cfg.nice, cfg.algArgs); err != nil {
 			return fmt.Errorf("gateway %s: %w", g.name, err)
 		}
 	}
@@ -119,7 +119,7 @@ type ftpalgProc struct {
 // startFtpalg runs `ftpalg run` in the router at log level info (what an
 // admin runs; debug would add a line per connection) with the JSON log the
 // pinhole latencies are read from, and waits until it serves.
-func startFtpalg(ctx context.Context, r *rig.Rig, bin, backend string, extra []string) (*ftpalgProc, error) {
+func startFtpalg(ctx context.Context, r *rig.Rig, bin, backend string, nice int, extra []string) (*ftpalgProc, error) {
 	args := []string{"run", "--log-format", "json", "--log-level", "info"}
 	// A rewrite's state is written before its packet is released, to
 	// --state-dir under /run: tmpfs on a router (6 µs a write here), but
@@ -140,7 +140,7 @@ func startFtpalg(ctx context.Context, r *rig.Rig, bin, backend string, extra []s
 		args = append(args, "--pinholes", backend)
 	}
 	args = append(args, extra...)
-	cmd := r.Exec(rig.Router, bin, args...)
+	cmd := r.Exec(rig.Router, "nice", append([]string{"-n", strconv.Itoa(nice), bin}, args...)...)
 	a := &ftpalgProc{log: &algLog{}, stateDir: stateDir}
 	cmd.Stdout, cmd.Stderr = a.log, a.log
 	p, err := r.StartCmd(cmd)

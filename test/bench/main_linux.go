@@ -20,6 +20,7 @@ import (
 type config struct {
 	ftpalgBin                 string
 	algArgs                   []string // extra `ftpalg run` flags
+	nice                      int      // ftpalg's nice value
 	prefix                    string
 	outDir                    string
 	reps                      int
@@ -57,6 +58,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		cfg.algArgs = append(cfg.algArgs, v)
 		return nil
 	})
+	fs.IntVar(&cfg.nice, "ftpalg-nice", unitNice, "nice `value` ftpalg runs at (deploy/ftpalg.service's Nice=)")
 	fs.StringVar(&cfg.prefix, "prefix", "fp", "network namespace name prefix")
 	fs.StringVar(&cfg.outDir, "out", "test/bench/out", "directory for bench-<time>.txt and .json")
 	fs.IntVar(&cfg.reps, "reps", 3, "repetitions of each workload per gateway (interleaved across gateways)")
@@ -156,7 +158,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	rep := &Report{
 		Started: time.Now(), CPUs: runtime.NumCPU(), GoVersion: runtime.Version(),
 		Params: Params{Reps: cfg.reps, BulkReps: cfg.bulkReps, BulkBytes: int64(cfg.bulkMB) * 1e6, NOOPs: cfg.noops,
-			Sessions: cfg.sessions, Files: cfg.files, IdleConns: cfg.idle, Workloads: cfg.workloads, FtpalgArgs: cfg.algArgs,
+			Sessions: cfg.sessions, Files: cfg.files, IdleConns: cfg.idle, Workloads: cfg.workloads, FtpalgArgs: cfg.algArgs, FtpalgNice: cfg.nice,
 			Placement: cfg.placement, Clients: cfg.clients, ParallelSessions: cfg.parallelSessions},
 		Pinholes: map[string]map[string]Summary{}, FtpalgStats: map[string]map[string]any{},
 	}

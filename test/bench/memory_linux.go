@@ -104,7 +104,7 @@ func memory(ctx context.Context, cfg *config, backend string, conns, parallel in
 	// Room for every connection, so that the figure is memory per
 	// tracked connection and not per evicted one.
 	args := append(slices.Clone(cfg.algArgs), fmt.Sprintf("--max-connections=%d", conns+conns/10))
-	alg, err := startFtpalg(ctx, r, cfg.ftpalgBin, backend, args)
+	alg, err := startFtpalg(ctx, r, cfg.ftpalgBin, backend, cfg.nice, args)
 	if err != nil {
 		return res, err
 	}

@@ -66,6 +66,8 @@ type Params struct {
 	Workloads string `json:"workloads"`
 	// FtpalgArgs are the extra `ftpalg run` flags (-ftpalg-arg).
 	FtpalgArgs []string `json:"ftpalg_args,omitempty"`
+	// FtpalgNice is ftpalg's nice value (-ftpalg-nice).
+	FtpalgNice int `json:"ftpalg_nice"`
 	// Placement is the CPU placement (placeFree or placeShared).
 	Placement        string `json:"placement"`
 	Clients          int    `json:"clients"`
@@ -318,9 +320,11 @@ func (r *Report) WriteText(w io.Writer) error {
 	default:
 		b.WriteString("placement: free (no pinning)\n")
 	}
+	fmt.Fprintf(&b, "ftpalg at nice %d", p.FtpalgNice)
 	if len(p.FtpalgArgs) > 0 {
-		fmt.Fprintf(&b, "ftpalg run with %s\n", strings.Join(p.FtpalgArgs, " "))
+		fmt.Fprintf(&b, ", run with %s", strings.Join(p.FtpalgArgs, " "))
 	}
+	b.WriteString("\n")
 	b.WriteString("\n")
 
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
