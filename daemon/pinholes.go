@@ -379,6 +379,18 @@ func (k *Pinholes) OpenSynced(session uint64, p rules.Pinhole, timeout time.Dura
 	}
 	nat := p.Public != p.Target
 	reserve := old == nil && nat
+	if stale := k.syncedOnPortLocked(p.Public, key, reserve); stale != nil {
+		// Another peer's pinhole on the same public port, from the
+		// other router too. The sender reserves a public port for one
+		// pinhole at a time, so it announced the port again only after
+		// its pinhole there was used or closed, which a copy is not
+		// told: this copy is stale and hands its port over. Refusing
+		// instead cost a pending PORT at a switchover (the copy of a
+		// used PASV pinhole kept the port; "public port reserved here").
+		stale.nat = false
+		k.removeLocked(stale, "replaced: the other router reused its public port")
+		reserve = false
+	}
 	if old != nil && old.p != p {
 		// The same public endpoint, another target: the sender replaced
 		// its pinhole; so does this router. Its port stays reserved.
@@ -401,6 +413,22 @@ func (k *Pinholes) OpenSynced(session uint64, p rules.Pinhole, timeout time.Dura
 	ph.timer = time.AfterFunc(timeout, func() { k.expire(ph) })
 	k.open[key] = ph
 	k.synced++
+	return nil
+}
+
+// syncedOnPortLocked returns the synced pinhole other than key's that holds
+// the reservation of public, or nil (always nil unless look). It scans the
+// open pinholes, at most Limits.Total of each kind, and only when a synced
+// pinhole needs a reservation.
+func (k *Pinholes) syncedOnPortLocked(public netip.AddrPort, key dataKey, look bool) *pinhole {
+	if !look {
+		return nil
+	}
+	for kk, ph := range k.open {
+		if kk != key && ph.synced && ph.nat && ph.p.Public == public {
+			return ph
+		}
+	}
 	return nil
 }
 

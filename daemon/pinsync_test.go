@@ -246,3 +246,33 @@ func TestOpenTakesOverSynced(t *testing.T) {
 		t.Fatalf("sent %+v", got)
 	}
 }
+
+// A synced pinhole on a public port that a synced copy of another peer's
+// pinhole still holds replaces that copy: the sender reserves a port for
+// one pinhole at a time, so the copy is stale. The port stays reserved,
+// now for the new one, and is released when that closes.
+func TestOpenSyncedReusedPort(t *testing.T) {
+	fw, ports := newFakeFirewall(), newPorts(t)
+	k := NewPinholes(fw, ports, time.Minute, Limits{}, quiet)
+	defer k.Stop()
+	if err := k.OpenSynced(13, hole, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	next := rules.Pinhole{Peer: netip.MustParseAddr("198.51.100.30"), Public: public, Target: netip.MustParseAddrPort("192.0.2.20:50001")}
+	if err := k.OpenSynced(44, next, time.Minute); err != nil {
+		t.Fatalf("the other router reused its public port: %v", err)
+	}
+	if got := fw.waitClosed(t); got != hole {
+		t.Fatalf("closed %v, want the stale copy %v", got, hole)
+	}
+	if l := k.List(); len(l) != 1 || l[0].Pinhole != next || !ports.Reserved(public.Addr(), public.Port()) {
+		t.Fatalf("List %+v, port reserved %v", l, ports.Reserved(public.Addr(), public.Port()))
+	}
+	if !k.Used(next.Peer, public, nil) {
+		t.Fatal("the new pinhole did not admit its data connection")
+	}
+	fw.waitClosed(t)
+	if ports.Reserved(public.Addr(), public.Port()) {
+		t.Fatal("public port still reserved after the last pinhole on it closed")
+	}
+}
