@@ -379,17 +379,19 @@ func (k *Pinholes) OpenSynced(session uint64, p rules.Pinhole, timeout time.Dura
 	}
 	nat := p.Public != p.Target
 	reserve := old == nil && nat
-	if stale := k.syncedOnPortLocked(p.Public, key, reserve); stale != nil {
-		// Another peer's pinhole on the same public port, from the
-		// other router too. The sender reserves a public port for one
-		// pinhole at a time, so it announced the port again only after
-		// its pinhole there was used or closed, which a copy is not
-		// told: this copy is stale and hands its port over. Refusing
-		// instead cost a pending PORT at a switchover (the copy of a
-		// used PASV pinhole kept the port; "public port reserved here").
-		stale.nat = false
-		k.removeLocked(stale, "replaced: the other router reused its public port")
-		reserve = false
+	if reserve {
+		if stale := k.syncedOnPortLocked(p.Public, key); stale != nil {
+			// Another peer's pinhole on the same public port, from the
+			// other router too. The sender reserves a public port for one
+			// pinhole at a time, so it announced the port again only after
+			// its pinhole there was used or closed, which a copy is not
+			// told: this copy is stale and hands its port over. Refusing
+			// instead cost a pending PORT at a switchover (the copy of a
+			// used PASV pinhole kept the port; "public port reserved here").
+			stale.nat = false
+			k.removeLocked(stale, "replaced: the other router reused its public port")
+			reserve = false
+		}
 	}
 	if old != nil && old.p != p {
 		// The same public endpoint, another target: the sender replaced
@@ -417,13 +419,9 @@ func (k *Pinholes) OpenSynced(session uint64, p rules.Pinhole, timeout time.Dura
 }
 
 // syncedOnPortLocked returns the synced pinhole other than key's that holds
-// the reservation of public, or nil (always nil unless look). It scans the
-// open pinholes, at most Limits.Total of each kind, and only when a synced
-// pinhole needs a reservation.
-func (k *Pinholes) syncedOnPortLocked(public netip.AddrPort, key dataKey, look bool) *pinhole {
-	if !look {
-		return nil
-	}
+// the reservation of public, or nil. It scans the open pinholes, at most
+// Limits.Total of each kind, once per synced pinhole received.
+func (k *Pinholes) syncedOnPortLocked(public netip.AddrPort, key dataKey) *pinhole {
 	for kk, ph := range k.open {
 		if kk != key && ph.synced && ph.nat && ph.p.Public == public {
 			return ph
