@@ -355,7 +355,7 @@ func (r *Router) writeKit() error {
 		return err
 	}
 	// The notify script logs what it did where the test can read it.
-	script = strings.Replace(script, "set -u\n", "set -u\nexec 2>>"+filepath.Join(r.Dir, "notify.log")+"\necho \"$(date +%T.%N) $*\" >&2\n", 1)
+	script = strings.Replace(script, "set -u\n", "set -u\nexec 2>>"+r.notifyLog()+"\necho \"$(date +%T.%N) $*\" >&2\n", 1)
 	for _, f := range []struct {
 		path, text string
 		mode       os.FileMode
@@ -513,7 +513,7 @@ func (p *Pair) WaitMaster(ctx context.Context, r *Router, timeout time.Duration)
 		other = p.Routers[1]
 	}
 	err := waitFor(ctx, timeout, func() bool {
-		b, _ := os.ReadFile(filepath.Join(r.Dir, "notify.log"))
+		b, _ := os.ReadFile(r.notifyLog())
 		last := ""
 		for _, m := range notifyLine.FindAllStringSubmatch(string(b), -1) {
 			last = m[1]
@@ -530,6 +530,9 @@ func (p *Pair) WaitMaster(ctx context.Context, r *Router, timeout time.Duration)
 // call: time and transition.
 var notifyLine = regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d\.\d+ (\w+) `)
 
+// notifyLog is where the rig's copy of the notify script logs.
+func (r *Router) notifyLog() string { return filepath.Join(r.Dir, "notify.log") }
+
 // gateLine is what the notify script logs when it opens its gate.
 var gateLine = regexp.MustCompile(`(?m)^ftpalg-ha: iptables: gate opened, (\d+) segments held back$`)
 
@@ -537,7 +540,7 @@ var gateLine = regexp.MustCompile(`(?m)^ftpalg-ha: iptables: gate opened, (\d+) 
 // opened on r (0 if it never opened): forwarded TCP segments that reached
 // r while it was backup or before its commit, which TCP then retransmitted.
 func (r *Router) GateHeld() uint64 {
-	b, _ := os.ReadFile(filepath.Join(r.Dir, "notify.log"))
+	b, _ := os.ReadFile(r.notifyLog())
 	var n uint64
 	for _, m := range gateLine.FindAllStringSubmatch(string(b), -1) {
 		n, _ = strconv.ParseUint(m[1], 10, 64)
