@@ -48,12 +48,14 @@ type Client struct {
 	fd  int
 	seq uint32
 	buf []byte
-	// events joins NFNLGRP_CONNTRACK_NEW while Watch runs. It is opened
-	// with the query socket so that both live in the namespace Open was
-	// called in, whichever thread Watch later runs on.
-	events   *netlink.Conn
-	watching atomic.Bool
-	overruns atomic.Uint64
+	// events joins NFNLGRP_CONNTRACK_NEW from Subscribe (or Watch) until
+	// Watch returns. It is opened with the query socket so that both live
+	// in the namespace Open was called in, whichever thread Watch later
+	// runs on.
+	events     *netlink.Conn
+	subscribed atomic.Bool
+	watching   atomic.Bool
+	overruns   atomic.Uint64
 }
 
 // Open connects to ctnetlink in the network namespace of the calling thread.
@@ -385,10 +387,29 @@ type WatchHandler struct {
 // since the Client was opened.
 func (c *Client) Overruns() uint64 { return c.overruns.Load() }
 
+// Subscribe joins the conntrack NEW event group now, so that a Watch
+// started later reports every event from this moment on: the kernel queues
+// them in the event socket (up to its buffer; beyond, Watch reports an
+// overrun). A daemon subscribes before it lets a packet through that may
+// open a connection it must see, and starts Watch once it is ready to
+// handle what it reports. Subscribing twice is harmless.
+func (c *Client) Subscribe() error {
+	if c.subscribed.Load() {
+		return nil
+	}
+	if err := c.events.JoinGroup(uint32(netfilter.GroupCTNew)); err != nil {
+		return fmt.Errorf("joining conntrack NEW event group: %w", err)
+	}
+	c.subscribed.Store(true)
+	return nil
+}
+
 // Watch reports conntrack NEW events for TCP connections until ctx is done
-// (it then returns ctx.Err()), the Client is closed, or receiving fails. An
-// overrun is counted, logged, reported to h.Overrun, and Watch carries on.
-// One Watch at a time per Client; a second returns ErrWatching.
+// (it then returns ctx.Err()), the Client is closed, or receiving fails. It
+// reports the events since Subscribe, if that was called, else since it
+// started. An overrun is counted, logged, reported to h.Overrun, and Watch
+// carries on. One Watch at a time per Client; a second returns ErrWatching.
+// When Watch returns, the Client leaves the event group.
 func (c *Client) Watch(ctx context.Context, h WatchHandler) error {
 	if h.NewFlow == nil {
 		return errors.New("watching conntrack events: WatchHandler.NewFlow is nil")
@@ -401,10 +422,11 @@ func (c *Client) Watch(ctx context.Context, h WatchHandler) error {
 	if err := c.events.SetReadDeadline(time.Time{}); err != nil {
 		return fmt.Errorf("watching conntrack events: %w", err)
 	}
-	if err := c.events.JoinGroup(uint32(netfilter.GroupCTNew)); err != nil {
-		return fmt.Errorf("joining conntrack NEW event group: %w", err)
+	if err := c.Subscribe(); err != nil {
+		return err
 	}
 	defer func() {
+		c.subscribed.Store(false)
 		if err := c.events.LeaveGroup(uint32(netfilter.GroupCTNew)); err != nil && !errors.Is(err, unix.EBADF) {
 			c.log.Debug("ctnetlink: leaving NEW event group", "err", err)
 		}

@@ -397,6 +397,36 @@ func TestWatch(t *testing.T) {
 	}
 }
 
+// TestSubscribeBeforeWatch checks that a connection opened after Subscribe
+// but before Watch starts is still reported: a daemon subscribes before it
+// binds its queues and starts Watch later, and an event in between must not
+// be lost (it would leave a used pinhole open).
+func TestSubscribeBeforeWatch(t *testing.T) {
+	r := newRig(t)
+	c := r.openClient(t)
+	if err := c.Subscribe(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Subscribe(); err != nil {
+		t.Fatalf("second Subscribe: %v", err)
+	}
+	f := flows[2] // DNAT port forward
+	cn := r.dial(t, f)
+	early := addrPort(cn.cli.LocalAddr())
+	events, _ := watch(t, c, nil)
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case got := <-events:
+			if got.Orig.Src == early {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no NEW event for %v, opened between Subscribe and Watch", early)
+		}
+	}
+}
+
 // TestWatchOverrun fills the event socket while the handler is stuck and
 // checks that Watch reports the overrun and goes on delivering events.
 func TestWatchOverrun(t *testing.T) {

@@ -132,6 +132,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("%w: opening ctnetlink: %w", ErrEnvironment, err)
 	}
 	defer ct.Close()
+	// Joined before any queue is bound or pinhole adopted: a data
+	// connection that opens a pinhole while this run starts up is
+	// reported to the Watch started once everything is ready, instead of
+	// being missed and leaving its pinhole open to a second connection.
+	if err := ct.Subscribe(); err != nil {
+		return fmt.Errorf("%w: %w", ErrEnvironment, err)
+	}
 
 	pins := NewPinholes(fw, ports, cfg.PinholeTimeout, cfg.Limits, log)
 	// The sync link is bound, and given to the pinholes, before any
