@@ -1,9 +1,11 @@
 package daemon
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -58,10 +60,20 @@ func netnsID() (id string, initial bool) {
 // that changed a sequence mapping or the dialog is released (see
 // conntrack.FlowState.Mapping); other changes are written within
 // flushEvery; a file is removed when its connection ends.
+//
+// A file is overwritten in place by one pwrite at offset 0, padded with
+// spaces (which JSON allows after a value) to the file's size when the new
+// state is shorter: a process killed at any instant leaves either the old
+// state or the new one, never a mix, because the kernel finishes a write
+// it has begun. The former way, a temporary file renamed over the old
+// one, took 31-36 µs a write on /dev/shm of the test VM (open, write,
+// close, rename, and os.File's poller registration), and a PORT session
+// writes several times a file; open, pwrite and close take a fraction.
 type stateStore struct {
 	dir     string
 	log     *slog.Logger
 	pending map[uint64]conntrack.FlowState // lazy writes
+	sizes   map[uint64]int                 // file sizes written by this process
 	writes  uint64
 	errors  uint64
 }
@@ -77,11 +89,11 @@ func openStateStore(dir string, log *slog.Logger) (*stateStore, error) {
 	// (armv7, mips), where RAMFS_MAGIC does not fit in it as a constant.
 	if err := unix.Statfs(dir, &fs); err == nil && uint32(fs.Type) != unix.TMPFS_MAGIC && uint32(fs.Type) != unix.RAMFS_MAGIC {
 		// A rewrite waits for its state file before its packet is
-		// released: 6 µs on tmpfs, 95 µs on the ext4 of a test VM.
+		// released, and on a disk a write may wait for the device.
 		log.Warn("state directory is not on tmpfs: every rewrite waits for a file write; use a directory under /run or /dev/shm",
 			"state_dir", dir, "fs_magic", fmt.Sprintf("%#x", uint32(fs.Type)))
 	}
-	return &stateStore{dir: dir, log: log, pending: map[uint64]conntrack.FlowState{}}, nil
+	return &stateStore{dir: dir, log: log, pending: map[uint64]conntrack.FlowState{}, sizes: map[uint64]int{}}, nil
 }
 
 func (s *stateStore) path(session uint64) string {
@@ -100,7 +112,7 @@ func (s *stateStore) load(maxAge time.Duration) []conntrack.FlowState {
 	for _, e := range entries {
 		p := filepath.Join(s.dir, e.Name())
 		if !strings.HasSuffix(e.Name(), ".json") {
-			os.Remove(p) // a write interrupted by a crash
+			os.Remove(p) // an older version's temporary file, left by a crash
 			continue
 		}
 		info, err := e.Info()
@@ -136,10 +148,7 @@ func (s *stateStore) save(st conntrack.FlowState) {
 func (s *stateStore) write(st conntrack.FlowState) {
 	b, err := json.Marshal(st)
 	if err == nil {
-		tmp := s.path(st.Session) + ".tmp"
-		if err = os.WriteFile(tmp, b, 0o600); err == nil {
-			err = os.Rename(tmp, s.path(st.Session))
-		}
+		err = s.overwrite(st.Session, b)
 	}
 	if err != nil {
 		s.errors++
@@ -148,6 +157,39 @@ func (s *stateStore) write(st conntrack.FlowState) {
 		return
 	}
 	s.writes++
+}
+
+// overwrite replaces the content of session's file with b in one pwrite
+// (see stateStore), creating the file if need be.
+func (s *stateStore) overwrite(session uint64, b []byte) error {
+	p := s.path(session)
+	fd, err := unix.Open(p, unix.O_WRONLY|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: p, Err: err}
+	}
+	defer unix.Close(fd)
+	size, ok := s.sizes[session]
+	if !ok {
+		// A file a previous process wrote, for a connection taken over.
+		var stat unix.Stat_t
+		if err := unix.Fstat(fd, &stat); err != nil {
+			return &os.PathError{Op: "fstat", Path: p, Err: err}
+		}
+		size = int(stat.Size)
+	}
+	if pad := size - len(b); pad > 0 {
+		b = append(b, bytes.Repeat([]byte{' '}, pad)...)
+	}
+	n, err := unix.Pwrite(fd, b, 0)
+	if err == nil && n < len(b) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		delete(s.sizes, session) // the size is unknown now
+		return &os.PathError{Op: "write", Path: p, Err: err}
+	}
+	s.sizes[session] = max(size, len(b))
+	return nil
 }
 
 // flush writes the scheduled states.
@@ -160,6 +202,7 @@ func (s *stateStore) flush() {
 
 func (s *stateStore) remove(session uint64) {
 	delete(s.pending, session)
+	delete(s.sizes, session)
 	if err := os.Remove(s.path(session)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		s.log.Warn("removing saved connection state", "session", session, "err", err)
 	}

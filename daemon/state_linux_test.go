@@ -118,3 +118,52 @@ func TestResumeCountsNew(t *testing.T) {
 		t.Fatalf("resumed sessions %v, want only the one not restored", resumed)
 	}
 }
+
+// TestStateOverwrite checks the in-place writes of a state file: a shorter
+// state after a longer one, in this process and over a file a previous
+// process left, loads as the shorter one (the padding is JSON whitespace),
+// and a removed session's file is gone.
+func TestStateOverwrite(t *testing.T) {
+	dir := t.TempDir()
+	conn := conntrack.Conn{Client: netip.MustParseAddrPort("192.0.2.10:40000"), Server: netip.MustParseAddrPort("198.51.100.20:21")}
+	long := conntrack.FlowState{Conn: conn, Session: 3, Mapping: true, Dialog: make([]byte, 300)}
+	long.Halves[0].Edits = []conntrack.EditState{{Start: 100, OldLen: 25, Repl: []byte("PORT 198,51,100,1,200,1\r\n")}}
+	short := conntrack.FlowState{Conn: conn, Session: 3, Mapping: true, Dialog: []byte{1}}
+	short.Halves[1].Base = 7
+
+	loadOne := func(s *stateStore) conntrack.FlowState {
+		t.Helper()
+		got := s.load(time.Hour)
+		if len(got) != 1 {
+			t.Fatalf("loaded %d states, want 1", len(got))
+		}
+		return got[0]
+	}
+	s1, err := openStateStore(dir, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1.save(long)
+	s1.save(short)
+	if got := loadOne(s1); len(got.Dialog) != 1 || got.Halves[1].Base != 7 || len(got.Halves[0].Edits) != 0 {
+		t.Fatalf("after a shorter write in the same process: %+v", got)
+	}
+	s1.save(long)
+
+	// A successor knows no sizes: it must still pad to the file's.
+	s2, err := openStateStore(dir, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2.save(short)
+	if got := loadOne(s2); len(got.Dialog) != 1 || got.Halves[1].Base != 7 {
+		t.Fatalf("after a shorter write over a previous process's file: %+v", got)
+	}
+	if s2.errors != 0 || s1.errors != 0 {
+		t.Errorf("write errors: %d, %d", s1.errors, s2.errors)
+	}
+	s2.remove(3)
+	if got := s2.load(time.Hour); len(got) != 0 {
+		t.Errorf("after remove: %d states", len(got))
+	}
+}
