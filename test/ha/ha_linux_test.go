@@ -76,14 +76,15 @@ type result struct {
 	pending        int           // pinholes (ftpalg) or expectations (kernel) on the old master just before
 	invalid        [2]uint64     // INVALID drops on ha1, ha2
 	held           uint64        // segments the new master's gate held back
+	unclaimed      uint64        // SYNs to the WAN VIP the new master dropped (no pinhole yet)
 	refused        int           // ftpalg's "refused" log records on the new master
 	synced         int           // pinholes the new master's ftpalg received from the old one
 	errs           []string
 }
 
 func (r result) String() string {
-	return fmt.Sprintf("PORT %d ok, PASV %d ok, pending PORT %d ok, files %d/%d, takeover %.1fs, pending before %d, synced to the new master %d, INVALID ha1=%d ha2=%d, held at the gate %d, ftpalg refusals %d",
-		r.portOK, r.pasvOK, r.pendingOK, r.filesOK, r.files, r.gap.Seconds(), r.pending, r.synced, r.invalid[0], r.invalid[1], r.held, r.refused)
+	return fmt.Sprintf("PORT %d ok, PASV %d ok, pending PORT %d ok, files %d/%d, takeover %.1fs, pending before %d, synced to the new master %d, INVALID ha1=%d ha2=%d, held at the gate %d, unclaimed SYNs dropped %d, ftpalg refusals %d",
+		r.portOK, r.pasvOK, r.pendingOK, r.filesOK, r.files, r.gap.Seconds(), r.pending, r.synced, r.invalid[0], r.invalid[1], r.held, r.unclaimed, r.refused)
 }
 
 // kitPreemptDelay is keepalived.conf's preempt_delay.
@@ -243,6 +244,9 @@ func (sc scenario) run(t *testing.T) result {
 		}
 	}
 	res.held = to.GateHeld()
+	if res.unclaimed, err = to.UnclaimedDrops(); err != nil {
+		t.Error(err)
+	}
 	if to.Ftpalg != nil {
 		for _, l := range strings.Split(to.Ftpalg.Output(), "\n") {
 			if strings.Contains(l, `"msg":"refused"`) {
