@@ -543,7 +543,7 @@ func (k *Pinholes) closeNow(req closeReq) {
 	switch {
 	case req.why == "":
 	case req.ph.synced:
-		k.log.Info("synced pinhole closed", "session", req.ph.session, "pinhole", req.ph.p.String(), "why", req.why,
+		k.log.Info("synced pinhole closed", "peer_session", req.ph.session, "pinhole", req.ph.p.String(), "why", req.why,
 			"age", k.clock().Sub(req.ph.opened).Round(time.Millisecond))
 	default:
 		k.log.Info("pinhole closed", "session", req.ph.session, "path", req.ph.path.String(), "pinhole", req.ph.p.String(), "why", req.why,

@@ -79,7 +79,9 @@ func (s *PinSync) Message(from netip.AddrPort, m pinsync.Message) {
 		return
 	}
 	s.pins.countSync(metrics.SyncReceived)
-	s.log.Info("synced pinhole opened", "session", m.Session, "from", from.String(), "pinhole", p.String(), "timeout", m.Timeout.String())
+	// peer_session, not session: the number is the sender's, and the same
+	// number names another connection in this router's own lines.
+	s.log.Info("synced pinhole opened", "peer_session", m.Session, "from", from.String(), "pinhole", p.String(), "timeout", m.Timeout.String())
 }
 
 // Refused counts and logs (rate-limited) a datagram that was not opened.

@@ -137,7 +137,7 @@ func TestPinSyncNetns(t *testing.T) {
 		func() string { return "no element " + element.String() + " in\n" + natTargets() + child.output() })
 	child.waitStats(t, func(s PinholeStats) bool { return s.SyncReceived == 1 })
 	// The line is logged after the count: wait for it too.
-	opened := `"msg":"synced pinhole opened","session":77,"from":"203.0.113.1:3781"`
+	opened := `"msg":"synced pinhole opened","peer_session":77,"from":"203.0.113.1:3781"`
 	waitUntil(t, 10*time.Second, func() bool { return strings.Contains(child.output(), opened) },
 		func() string { return "no log line for the received pinhole:\n" + child.output() })
 
