@@ -50,6 +50,30 @@ func TestOpenWrtFiles(t *testing.T) {
 	}
 }
 
+// TestOpenWrtNice keeps the init script's priority the unit's: both run the
+// queue reader ahead of busy processes, and the bench measures at the
+// unit's value.
+func TestOpenWrtNice(t *testing.T) {
+	value := func(file, prefix string) string {
+		t.Helper()
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(l), prefix); ok {
+				return strings.TrimSpace(v)
+			}
+		}
+		t.Fatalf("%s has no %q line", file, prefix)
+		return ""
+	}
+	unit, init := value("ftpalg.service", "Nice="), value("openwrt/ftpalg.init", "procd_set_param nice ")
+	if unit != init {
+		t.Errorf("ftpalg.service Nice=%s, openwrt/ftpalg.init procd_set_param nice %s", unit, init)
+	}
+}
+
 // The snippet loads where fw4 includes it and becomes the first rule of
 // fw4's forward chain, ahead of its drop.
 func TestOpenWrtSnippetLoads(t *testing.T) {
