@@ -358,7 +358,10 @@ func TestHostileClient(t *testing.T) {
 			long := dialFTP(t, r, server)
 			long.login()
 			long.send(strings.Repeat("A", 64<<10))
-			long.send("\r\n")
+			// vsftpd answers "500 Input line too long." and ends the
+			// session, so the CRLF may meet its reset (seen once in CI:
+			// broken pipe). What this checks is ftpalg's verdict.
+			_, _ = long.c.Write([]byte("\r\n"))
 			g.wantRefused(t, long, "line too long")
 
 			junk := dialFTP(t, r, server)
