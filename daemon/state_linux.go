@@ -170,7 +170,8 @@ func (s *stateStore) overwrite(session uint64, b []byte) error {
 	defer unix.Close(fd)
 	size, ok := s.sizes[session]
 	if !ok {
-		// A file a previous process wrote, for a connection taken over.
+		// Not written by this process yet: a new file (size 0), or one a
+		// previous process left for a connection taken over.
 		var stat unix.Stat_t
 		if err := unix.Fstat(fd, &stat); err != nil {
 			return &os.PathError{Op: "fstat", Path: p, Err: err}
@@ -188,7 +189,7 @@ func (s *stateStore) overwrite(session uint64, b []byte) error {
 		delete(s.sizes, session) // the size is unknown now
 		return &os.PathError{Op: "write", Path: p, Err: err}
 	}
-	s.sizes[session] = max(size, len(b))
+	s.sizes[session] = len(b) // padded to size above, never shorter
 	return nil
 }
 
