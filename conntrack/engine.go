@@ -372,7 +372,7 @@ func New(cfg Config, nat NAT) *Engine {
 	return &Engine{
 		cfg: cfg,
 		nat: nat,
-		tab: table{m: make(map[Conn]*flow)},
+		tab: table{m: make(map[ConnKey]*flow)},
 		dec: newDecoder(),
 		out: gopacket.NewSerializeBuffer(),
 	}
@@ -468,7 +468,7 @@ func (e *Engine) ProcessAt(pkt []byte, hook Hook, now time.Time) Result {
 
 // lookup finds or creates the flow of a segment.
 func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
-	f := e.tab.m[conn]
+	f := e.tab.get(conn)
 	newSYN := e.side == alg.Client && seg.has(flagSYN) && !seg.has(flagACK)
 	if f != nil && newSYN && f.c.init && !f.c.isSYN(seg.seq) {
 		e.end(f) // the port pair is reused by a new connection
@@ -496,7 +496,7 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 				f.rechecks = maxRechecks
 			}
 		}
-		e.tab.m[conn] = f
+		e.tab.put(f)
 	} else if f.rechecks > 0 && !newSYN {
 		f = e.recheck(f)
 	}
@@ -542,7 +542,7 @@ func (e *Engine) recheck(f *flow) *flow {
 		}
 	}
 	g.id = f.id
-	e.tab.m[g.conn] = g
+	e.tab.put(g)
 	return g
 }
 

@@ -98,8 +98,12 @@ func driveSegments(t *testing.T, e *Engine, next [2]seqnum.Value, in []byte) {
 		}
 		for _, f := range e.tab.m {
 			for _, h := range []*half{&f.c, &f.s} {
-				if len(h.held) > 128 || len(h.line) > 128 || len(h.m.edits) > 64 {
-					t.Fatalf("unbounded state: held %d line %d edits %d", len(h.held), len(h.line), len(h.m.edits))
+				var line []byte
+				if h.part != nil {
+					line = h.part.line
+				}
+				if len(h.held()) > 128 || len(line) > 128 || len(h.m.edits) > 64 {
+					t.Fatalf("unbounded state: held %d line %d edits %d", len(h.held()), len(line), len(h.m.edits))
 				}
 			}
 		}

@@ -117,7 +117,7 @@ func (e *Engine) Resume(conn Conn, l Labels, now time.Time) ([]Event, error) {
 	if !conn.Client.IsValid() || !conn.Server.IsValid() {
 		return nil, fmt.Errorf("%w: connection %s", ErrState, conn)
 	}
-	if e.tab.m[conn] != nil {
+	if e.tab.get(conn) != nil {
 		return nil, nil // seen already
 	}
 	if len(e.tab.m) >= e.cfg.MaxFlows {
@@ -129,7 +129,7 @@ func (e *Engine) Resume(conn Conn, l Labels, now time.Time) ([]Event, error) {
 		return nil, err
 	}
 	e.stats.Flows++
-	e.tab.m[conn] = f
+	e.tab.put(f)
 	f.started = e.stamp(now)
 	f.last = f.started
 	e.tab.touch(f)

@@ -20,29 +20,29 @@ func (e *edit) delta() seqnum.Delta { return seqnum.Delta(len(e.repl)) - seqnum.
 // referenced by a retransmission or an ACK, so they are folded into base and
 // floor; the list therefore only holds the edits still in flight.
 type seqMap struct {
-	floor  seqnum.Value // positions before floor are forgotten
-	base   seqnum.Delta // shift at floor
 	edits  []edit       // sorted, disjoint, all at or after floor
 	folded uint64       // edits folded into base (for status and tests)
-	added  bool         // an edit was added since the engine last looked
+	floor  seqnum.Value // positions before floor are forgotten
+	base   seqnum.Delta // shift at floor
 	// last is the most recent edit ever made (kept after it is folded):
 	// what the conntrack labels record of this direction.
 	lastAt   seqnum.Value
 	lastStep seqnum.Delta
-	hasLast  bool
 	// lab: the map was resumed from conntrack labels, which know only the
 	// last edit's start and length change; base is the shift after it.
 	// Until the receiver acknowledges past that edit, or its line comes
 	// again and is rewritten the same way, where it ends is unknown.
-	lab labelPoint
+	lab     labelPoint
+	hasLast bool
+	added   bool // an edit was added since the engine last looked
 }
 
 // labelPoint is the last edit of a map resumed from labels.
 type labelPoint struct {
-	active bool
 	at     seqnum.Value // the edit's start, sender space
 	step   seqnum.Delta // its length change
-	multi  bool         // earlier edits were in flight: positions before at cannot be mapped
+	active bool
+	multi  bool // earlier edits were in flight: positions before at cannot be mapped
 }
 
 // rAt is the receiver position of the resumed edit's start.

@@ -628,18 +628,18 @@ func runSessionRestartingBy(t *testing.T, seed uint64, commands int, restarts []
 	// Closed: tracked while conntrack would still pass the connection's
 	// last retransmissions, if rewrites shifted it, then forgotten.
 	conn := Conn{Client: simClient, Server: simServer}
-	f := m.e.tab.m[conn]
+	f := m.e.tab.get(conn)
 	if f == nil || f.closeAt == 0 {
 		t.Fatalf("seed %d: connection not tracked as closed after its end: %+v", seed, f)
 	}
 	if f.shifted() {
 		m.e.Expire(m.now.Add(m.e.cfg.CloseTimeout + time.Second))
-		if m.e.tab.m[conn] == nil {
+		if m.e.tab.get(conn) == nil {
 			t.Fatalf("seed %d: a shifted connection forgotten %v after its end", seed, m.e.cfg.CloseTimeout+time.Second)
 		}
 	}
 	m.e.Expire(m.now.Add(121 * time.Second))
-	if m.e.tab.m[conn] != nil {
+	if m.e.tab.get(conn) != nil {
 		t.Fatalf("seed %d: connection still tracked 121s after its end", seed)
 	}
 }

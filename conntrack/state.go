@@ -73,7 +73,7 @@ func (e *Engine) Changed() []FlowState {
 	}
 	out := make([]FlowState, 0, len(e.changed))
 	for _, f := range e.changed {
-		if e.tab.m[f.conn] == f {
+		if e.tab.get(f.conn) == f {
 			st := f.state()
 			st.Mapping = f.mappingChanged
 			out = append(out, st)
@@ -88,8 +88,10 @@ func (f *flow) state() FlowState {
 	d, _ := f.dialog.MarshalBinary()
 	s := FlowState{Conn: f.conn, Session: f.id, Dialog: d, Liberal: f.liberal}
 	for i, h := range []*half{&f.c, &f.s} {
-		hs := HalfState{Next: h.next, Sync: h.sync, Held: len(h.held) > 0, Floor: h.m.floor, Base: h.m.base,
-			Line: append([]byte(nil), h.line...), LineLen: h.lineLen, Long: h.long}
+		hs := HalfState{Next: h.next, Sync: h.sync, Held: len(h.held()) > 0, Floor: h.m.floor, Base: h.m.base}
+		if p := h.part; p != nil {
+			hs.Line, hs.LineLen, hs.Long = append([]byte(nil), p.line...), p.lineLen, p.long
+		}
 		for _, ed := range h.m.edits {
 			hs.Edits = append(hs.Edits, EditState{Start: ed.start, OldLen: uint32(ed.oldLen), Repl: ed.repl})
 		}
@@ -115,7 +117,10 @@ func (e *Engine) Restore(s FlowState, now time.Time) error {
 			return fmt.Errorf("%w: %s: partial line of %d bytes", ErrState, s.Conn, hs.LineLen)
 		}
 		h.init, h.restored, h.sync, h.restoredHeld = true, true, hs.Sync, hs.Held
-		h.line, h.lineLen, h.long = append([]byte(nil), hs.Line...), hs.LineLen, hs.Long
+		if len(hs.Line) > 0 || hs.LineLen > 0 || hs.Long {
+			p := h.partial()
+			p.line, p.lineLen, p.long = append([]byte(nil), hs.Line...), hs.LineLen, hs.Long
+		}
 		h.next, h.sent = hs.Next, hs.Next
 		h.m.floor, h.m.base = hs.Floor, hs.Base
 		prev := hs.Floor
@@ -132,13 +137,13 @@ func (e *Engine) Restore(s FlowState, now time.Time) error {
 			h.m.lastAt, h.m.lastStep, h.m.hasLast = h.m.floor, 0, true
 		}
 	}
-	if old := e.tab.m[s.Conn]; old != nil {
+	if old := e.tab.get(s.Conn); old != nil {
 		e.tab.remove(old)
 	}
 	if len(e.tab.m) >= e.cfg.MaxFlows {
 		return fmt.Errorf("restoring %s: %w", s.Conn, ErrTableFull)
 	}
-	e.tab.m[s.Conn] = f
+	e.tab.put(f)
 	f.started = e.stamp(now)
 	f.last = f.started
 	e.tab.touch(f)

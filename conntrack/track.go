@@ -52,7 +52,7 @@ func (e *Engine) track(f *flow, pkt []byte, seg *segment, now time.Time) Result 
 		}
 	}
 
-	dialog, held, partial := f.dialog, len(snd.held) > 0, snd.lineLen > 0
+	dialog, held, partial := f.dialog, len(snd.held()) > 0, snd.lineLen() > 0
 	var undo *replayUndo
 	if snd.m.lab.active && len(seg.payload) > 0 {
 		undo = &replayUndo{h: snd.clone(), dialog: f.dialog, refused: f.refused, rewrites: f.rewrites, liberal: f.liberal, events: len(e.events), step: snd.m.lab.step, at: snd.m.lab.at}
@@ -74,7 +74,7 @@ func (e *Engine) track(f *flow, pkt []byte, seg *segment, now time.Time) Result 
 		}
 	}
 	switch {
-	case snd.m.added || held || len(snd.held) > 0 || partial || snd.lineLen > 0:
+	case snd.m.added || held || len(snd.held()) > 0 || partial || snd.lineLen() > 0:
 		// A new edit, bytes held back, or a segment that ended (or
 		// began) inside a line: a successor must know exactly which bytes
 		// the receiver was given and where lines begin. (Real clients and
