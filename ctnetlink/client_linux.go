@@ -317,14 +317,19 @@ func (c *Client) SetMarkBits(orig Tuple, bits uint32) error {
 var ErrNoLabels = errors.New("conntrack entry has no label extension (created before a connlabel rule was loaded)")
 
 // SetLabels sets the label bits selected by mask to those of labels on the
-// entry whose original tuple is orig (both as the kernel lays them out, see
+// entry one of whose two tuples is t (both as the kernel lays them out, see
 // conntrack.Labels.Bytes), and with liberal also BE_LIBERAL in both
 // directions, in one update. BE_LIBERAL is applied even when the labels are
 // refused (ErrNoLabels): the kernel applies protoinfo first.
-func (c *Client) SetLabels(orig Tuple, labels, mask [16]byte, liberal bool) error {
-	n, err := orig.normalize()
+//
+// The kernel looks the tuple up in its hash, which holds both tuples of
+// every entry, so a reply tuple names its entry as well as the original one
+// does (TestLabelsByReplyTuple): a caller that saw a connection after DNAT
+// needs no copy of its original tuple.
+func (c *Client) SetLabels(t Tuple, labels, mask [16]byte, liberal bool) error {
+	n, err := t.normalize()
 	if err != nil {
-		return fmt.Errorf("setting labels on %s: %w", orig, err)
+		return fmt.Errorf("setting labels on %s: %w", t, err)
 	}
 	req, err := labelsRequest(n, labels, mask, liberal)
 	if err != nil {
@@ -337,7 +342,7 @@ func (c *Client) SetLabels(orig Tuple, labels, mask [16]byte, liberal bool) erro
 		case errors.Is(err, unix.ENOSPC):
 			err = fmt.Errorf("%w: %w", ErrNoLabels, err)
 		}
-		return fmt.Errorf("setting labels on %s: %w", orig, err)
+		return fmt.Errorf("setting labels on the entry of %s: %w", t, err)
 	}
 	return nil
 }

@@ -185,16 +185,13 @@ func TestSetLiberal(t *testing.T) {
 	ct := r.dialConntrack(t)
 	for i, f := range flows {
 		t.Run(f.name, func(t *testing.T) {
-			cn := r.dial(t, f)
-			e, _, err := c.Lookup(cn.seen())
-			if err != nil {
-				t.Fatal(err)
-			}
+			cn, e := r.dialEntry(t, c, f)
 			before := tcpInfo(t, ct, e)
 			if ctFlags(before.OriginalFlags)&TCPFlagBeLiberal != 0 || ctFlags(before.ReplyFlags)&TCPFlagBeLiberal != 0 {
 				t.Fatalf("entry already liberal: %+v", before)
 			}
 			// Alternate the two entry points and both directions of seen.
+			var err error
 			switch {
 			case i%3 == 0:
 				err = c.SetLiberalEntry(e)
@@ -232,11 +229,7 @@ func TestSetMarkBits(t *testing.T) {
 	ct := r.dialConntrack(t)
 	for _, f := range flows {
 		t.Run(f.name, func(t *testing.T) {
-			cn := r.dial(t, f)
-			e, _, err := c.Lookup(cn.seen())
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, e := r.dialEntry(t, c, f)
 			for _, bits := range []uint32{0x1, 0x20000000} {
 				if err := c.SetMarkBits(e.Orig, bits); err != nil {
 					t.Fatal(err)

@@ -194,3 +194,30 @@ func TestLabels(t *testing.T) {
 		t.Errorf("labels on a missing entry: %v, want ErrNotFound", err)
 	}
 }
+
+// TestLabelsByReplyTuple writes labels naming entries by their reply
+// tuple, on every NAT kind of the rig: the daemon does so for port
+// forwards, where the tuple it sees, reversed, is the reply tuple, so that
+// it keeps no copy of the original one.
+func TestLabelsByReplyTuple(t *testing.T) {
+	r := newRig(t)
+	c := r.openClient(t)
+	r.exec(t, "iptables", "-t", "mangle", "-A", "FORWARD", "-m", "connlabel", "--label", "127")
+	r.exec(t, "ip6tables", "-t", "mangle", "-A", "FORWARD", "-m", "connlabel", "--label", "127")
+	for i, f := range flows {
+		t.Run(f.name, func(t *testing.T) {
+			cn, e := r.dialEntry(t, c, f)
+			want := labelBytes(i, 64+i, 127)
+			if err := c.SetLabels(e.Reply, want, allLabels, false); err != nil {
+				t.Fatalf("entry %s: %v", e, err)
+			}
+			got, _, err := c.Lookup(cn.seen())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Labels != want {
+				t.Errorf("entry %s: labels %x after a write by its reply tuple, want %x", e, got.Labels, want)
+			}
+		})
+	}
+}

@@ -225,6 +225,17 @@ func (c conn) seen() Tuple {
 }
 
 // dial connects through the router as f describes.
+// dialEntry opens a connection of f and looks up its conntrack entry.
+func (r *rig) dialEntry(tb testing.TB, c *Client, f flow) (conn, Entry) {
+	tb.Helper()
+	cn := r.dial(tb, f)
+	e, _, err := c.Lookup(cn.seen())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return cn, e
+}
+
 func (r *rig) dial(tb testing.TB, f flow) conn {
 	tb.Helper()
 	var ln net.Listener

@@ -25,7 +25,7 @@ func (l *orderCheckingLabels) Lookup(seen ctnetlink.Tuple) (ctnetlink.Entry, ctn
 	return ctnetlink.Entry{Orig: seen, Reply: ctnetlink.Tuple{Src: seen.Dst, Dst: seen.Src}}, 0, nil
 }
 
-func (l *orderCheckingLabels) SetLabels(orig ctnetlink.Tuple, labels, mask [16]byte, liberal bool) error {
+func (l *orderCheckingLabels) SetLabels(_ ctnetlink.Tuple, labels, mask [16]byte, liberal bool) error {
 	lab, err := conntrack.LabelsFromBytes(labels[:])
 	if err != nil || !lab.Bit(conntrack.LabelRewritten) {
 		return err // the login's write: nothing rewritten yet
