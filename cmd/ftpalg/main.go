@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -153,13 +152,6 @@ func cmdRun(args []string, stderr io.Writer) error {
 	cfg, err := runConfig("run", aboutRun, args, stderr)
 	if err != nil {
 		return err
-	}
-	// A router daemon holds many small, long-lived connection records and
-	// makes little garbage: collecting at 50% growth instead of 100% keeps
-	// its resident memory close to what it holds (see the README's memory
-	// figure). GOGC in the environment still wins.
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(50)
 	}
 	ctx, stop := daemon.SignalContext(context.Background())
 	defer stop()
