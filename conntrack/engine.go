@@ -51,6 +51,11 @@ var (
 	ErrNotTakenOver   = errors.New("the previous process could not record this connection's offsets (OVERFLOW); its packets are dropped")
 )
 
+// DefaultMinDataPort is the lowest data port announcements may name
+// (Config.MinDataPort): no PORT to a privileged service (22, 25) of the
+// client's host, no 227 to one of the server's.
+const DefaultMinDataPort = 1024
+
 // LabelSource reads the conntrack labels a previous process wrote on a
 // connection's entry. The daemon implements it with one ctnetlink GET.
 type LabelSource interface {
@@ -126,7 +131,7 @@ type Config struct {
 	// needs the mapping. Unshifted ones pass the same untracked, so they
 	// go sooner. Default 120s.
 	TimeWaitTimeout time.Duration
-	MinDataPort     uint16        // lowest acceptable data port; default 1024
+	MinDataPort     uint16        // lowest acceptable data port; default DefaultMinDataPort
 	StallTimeout    time.Duration // hold a partial address line at most this long against a retransmitting sender; default 150ms
 	VerifyChecksum  bool          // drop segments with a bad TCP checksum
 	TLS             TLSPolicy     // what to do with AUTH; default TLSPass
@@ -188,7 +193,7 @@ func (c *Config) fill() {
 		c.StallTimeout = 150 * time.Millisecond
 	}
 	if c.MinDataPort == 0 {
-		c.MinDataPort = 1024
+		c.MinDataPort = DefaultMinDataPort
 	}
 }
 

@@ -409,6 +409,21 @@ func (c *Client) Subscribe() error {
 	return nil
 }
 
+// FilterEvents makes the kernel drop, before they reach Watch, the NEW
+// events of entries that are not TCP or whose original destination port is
+// below minDstPort (see EventFilter). Call it before Subscribe: events
+// queued before it are not filtered.
+func (c *Client) FilterEvents(minDstPort uint16) error {
+	prog, err := EventFilter(minDstPort)
+	if err != nil {
+		return err
+	}
+	if err := c.events.SetBPF(prog); err != nil {
+		return fmt.Errorf("attaching the conntrack event filter: %w", err)
+	}
+	return nil
+}
+
 // Watch reports conntrack NEW events for TCP connections until ctx is done
 // (it then returns ctx.Err()), the Client is closed, or receiving fails. It
 // reports the events since Subscribe, if that was called, else since it

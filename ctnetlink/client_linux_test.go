@@ -506,3 +506,61 @@ func BenchmarkSetLiberal(b *testing.B) {
 		}
 	})
 }
+
+// TestWatchFilter checks the event filter in the kernel, beside a Watch
+// without it: the NEW events of a UDP entry and of TCP connections to port
+// 21 (MASQUERADE, port forward, IPv6) never reach the filtered Watch, while
+// a connection to port 2100 after them does, and the unfiltered Watch sees
+// them all. If the kernel laid events out otherwise than the filter reads
+// them, it would keep everything, and this test would fail.
+func TestWatchFilter(t *testing.T) {
+	r := newRig(t)
+	all, filtered := r.openClient(t), r.openClient(t)
+	if err := filtered.FilterEvents(1024); err != nil {
+		t.Fatal(err)
+	}
+	allEvents, _ := watch(t, all, nil)
+	events, _ := watch(t, filtered, nil)
+	waitWatching(t, r, allEvents)
+	waitWatching(t, r, events) // flows[0] is to port 2121
+
+	ct := r.dialConntrack(t)
+	createUDP(t, ct, 40001)
+	udp := netip.MustParseAddrPort("203.0.113.1:40001")
+	dropped := map[netip.AddrPort]string{udp: "UDP to port 53"}
+	for _, f := range flows {
+		if netip.MustParseAddrPort(f.target).Port() < 1024 {
+			cn := r.dial(t, f)
+			dropped[addrPort(cn.cli.LocalAddr())] = f.name
+		}
+	}
+	last := r.dial(t, flows[3]) // DNAT and SNAT, to port 2100
+	marker := addrPort(last.cli.LocalAddr())
+
+	for name, ch := range map[string]<-chan NewFlow{"filtered": events, "unfiltered": allEvents} {
+		seen := map[netip.AddrPort]bool{}
+		timeout := time.After(5 * time.Second)
+	wait:
+		for {
+			select {
+			case f := <-ch:
+				if f.Orig.Src == marker {
+					break wait
+				}
+				seen[f.Orig.Src] = true
+			case <-timeout:
+				t.Fatalf("%s Watch: no NEW event for %v", name, marker)
+			}
+		}
+		for src, what := range dropped {
+			if name == "filtered" && seen[src] {
+				t.Errorf("filtered Watch got the event of %s (%v)", what, src)
+			}
+			// Watch reports TCP only: the UDP entry's event reached
+			// the unfiltered socket but is not reported.
+			if name == "unfiltered" && !seen[src] && src != udp {
+				t.Errorf("unfiltered Watch missed the event of %s (%v)", what, src)
+			}
+		}
+	}
+}

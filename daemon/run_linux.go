@@ -132,6 +132,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("%w: opening ctnetlink: %w", ErrEnvironment, err)
 	}
 	defer ct.Close()
+	// The kernel drops the events of connections no pinhole can admit:
+	// they are not TCP, or their port is below any a pinhole is opened to
+	// (announced ports are DefaultMinDataPort or above; NAT'd ones may
+	// move into --data-ports). The rest of the router's traffic then
+	// costs ftpalg nothing and cannot overrun the event socket, which
+	// would lose data connections' events with it.
+	if err := ct.FilterEvents(min(conntrack.DefaultMinDataPort, cfg.DataPortLo)); err != nil {
+		log.Warn("conntrack events are not filtered in the kernel: every new connection of this machine is read", "err", err)
+	}
 	// Joined before any queue is bound or pinhole adopted: a data
 	// connection that opens a pinhole while this run starts up is
 	// reported to the Watch started once everything is ready, instead of
