@@ -397,5 +397,9 @@ func (b *bench) runMemory(ctx context.Context) {
 		anon.Cells[g.name] = &Cell{Value: res.PerConnAnon, Reps: []float64{res.PerConnAnon}}
 		b.progress("memory %s: %s B/conn (RSS %d → %d kB, %d conns opened in %.1fs)",
 			g.name, num(res.PerConn), res.BaseRSS>>10, res.LoadedRSS>>10, res.Conns, res.OpenSeconds)
+		b.progress("memory %s: %d client processes, %d idle servers on %s, %d-%d open files each (limit %d), %s B/conn RssAnon, took %v",
+			g.name, res.ClientProcs, len(res.ServerFiles), strings.Join(res.ServerAddrs, " "),
+			slices.Min(res.ServerFiles), slices.Max(res.ServerFiles), res.FileLimit, num(res.PerConnAnon),
+			time.Since(start).Round(100*time.Millisecond))
 	}
 }

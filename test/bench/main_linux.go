@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftpalg/ftpalg/test/rig"
 )
 
 // config is the command line.
@@ -102,11 +104,18 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 func (c *config) runs(w string) bool { return slices.Contains(strings.Split(c.workloads, ","), w) }
 
 func main() {
-	if len(os.Args) == 3 && os.Args[1] == idleServerArg {
-		// The memory workload re-runs this binary in the server's
-		// namespace as its idle FTP server.
-		if err := idleServerMain(os.Args[2], os.Stdout); err != nil {
+	// The memory workload re-runs this binary in the rig's namespaces as
+	// its idle FTP servers and client processes.
+	switch {
+	case len(os.Args) == 3 && os.Args[1] == idleServerArg:
+		if err := idleServerMain(os.Args[2], os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "bench idle server:", err)
+			os.Exit(1)
+		}
+		return
+	case len(os.Args) >= 2 && os.Args[1] == idleClientsArg:
+		if err := idleClientsMain(os.Args[2:], os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "bench idle clients:", err)
 			os.Exit(1)
 		}
 		return
@@ -128,19 +137,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return errors.New("requires root: the benchmark builds network namespaces, veth pairs and firewall rules")
 	}
 	if cfg.runs("memory") {
-		if err := raiseFileLimit(cfg.idle + 1024); err != nil {
-			// Without CAP_SYS_RESOURCE (a container) the hard limit
-			// stays: measure as many as it allows, and say so, rather
-			// than run nothing.
-			n := fileLimitMax() - 1024
-			if n < 1000 {
-				return err
-			}
-			fmt.Fprintf(stderr, "bench: %v; the memory workload runs %d idle connections instead of %d\n", err, n, cfg.idle)
-			cfg.idle = n
-			if err := raiseFileLimit(n + 1024); err != nil {
-				return err
-			}
+		// The rig checks again with what it finds; this fails at once
+		// rather than after the other workloads.
+		if err := checkIdlePlan(cfg.idle); err != nil {
+			return err
 		}
 	}
 	if cfg.placement == placeShared {
@@ -238,10 +238,29 @@ func fileLimitMax() int {
 	return int(min(lim.Max, 1<<20))
 }
 
-// raiseFileLimit lifts RLIMIT_NOFILE to at least n: the memory workload
-// holds the client end of every idle connection in this process (the
-// server ends are in the idle server's). Raising the hard limit needs
-// CAP_SYS_RESOURCE, which containers often drop; the error says so.
+// checkIdlePlan fails if -idle connections cannot be spread over the
+// memory workload's processes and server addresses with this process's
+// file limit and the client port range the workload sets (planIdle).
+func checkIdlePlan(conns int) error {
+	ports, err := parsePortRange(clientPortRange)
+	if err != nil {
+		return err
+	}
+	cands, err := serverAddrs(rig.ClientNAT.Addresses(rig.IPv4))
+	if err != nil {
+		return err
+	}
+	if _, err := planIdle(conns, fileLimitMax(), ports, len(cands)); err != nil {
+		return fmt.Errorf("-idle: %w", err)
+	}
+	return nil
+}
+
+// raiseFileLimit lifts the soft RLIMIT_NOFILE to at least n, or to the
+// hard limit for n <= 0: the memory workload's idle servers and client
+// processes each hold thousands of sockets. Raising the hard limit needs
+// CAP_SYS_RESOURCE, which containers often drop; planIdle keeps each
+// process's share under the hard limit, so that it need not.
 func raiseFileLimit(n int) error {
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
@@ -257,8 +276,7 @@ func raiseFileLimit(n int) error {
 	lim.Cur = uint64(n)
 	lim.Max = max(lim.Max, lim.Cur)
 	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return fmt.Errorf("raising the open file limit from %d to %d for -idle %d (lower -idle, or run with CAP_SYS_RESOURCE): %w",
-			cur, n, n-1024, err)
+		return fmt.Errorf("raising the open file limit from %d to %d (hard limit %d): %w", cur, n, fileLimitMax(), err)
 	}
 	return nil
 }

@@ -124,6 +124,14 @@ type MemoryResult struct {
 	PerConnAnon float64 `json:"per_conn_anon_bytes"`
 	OpenSeconds float64 `json:"open_seconds"`
 	QueueStats  string  `json:"queue_stats,omitempty"` // the router's /proc/net/netfilter/nfnetlink_queue afterwards
+	// How the connections were spread (see planIdle): the idle servers'
+	// endpoints, the client processes, each idle server's open files once
+	// loaded (how evenly SO_REUSEPORT hashed the connections) and the
+	// open file limit of each helper process.
+	ServerAddrs []string `json:"server_addrs,omitempty"`
+	ClientProcs int      `json:"client_procs,omitempty"`
+	ServerFiles []int    `json:"server_files,omitempty"`
+	FileLimit   int      `json:"file_limit,omitempty"`
 }
 
 // Verdict is one target judged for one ftpalg gateway.
