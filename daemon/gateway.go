@@ -123,7 +123,7 @@ func (g *Gateway) Resume(dump []ctnetlink.Entry, now time.Time) int {
 			continue
 		}
 		if g.labels != nil {
-			g.labels.adopt(c, e)
+			g.labels.remember(c, e)
 		}
 		if g.engine.Len() == tracked {
 			continue // restored from --state-dir already, which knows more

@@ -65,21 +65,24 @@ func newLabelStore(ct LabelClient, log *slog.Logger) *labelStore {
 
 func seenOf(c conntrack.Conn) ctnetlink.Tuple { return ctnetlink.Tuple{Src: c.Client, Dst: c.Server} }
 
-// remember records which tuple names e, the entry of c. Only a tuple
+// remember records which tuple names e, the entry of c (found by a lookup
+// or by the start-up dump), and returns that tuple. Only a tuple
 // that is e's own names it: the engine's tuple of a port-forwarded
 // connection may be another entry's (a direct connection to the server's
 // private address from the same client port).
-func (s *labelStore) remember(c conntrack.Conn, e ctnetlink.Entry) {
+func (s *labelStore) remember(c conntrack.Conn, e ctnetlink.Entry) ctnetlink.Tuple {
 	seen, k := seenOf(c), c.Key()
 	switch {
 	case e.Orig == seen:
 		s.refs[k] = refSeen
+		return seen
 	case e.Reply == seen.Reverse():
 		s.refs[k] = refReversed
-	default:
-		s.refs[k] = refOrig
-		s.orig[k] = e.Orig
+		return e.Reply
 	}
+	s.refs[k] = refOrig
+	s.orig[k] = e.Orig
+	return e.Orig
 }
 
 // entryTuple returns the tuple that names c's entry, if c was looked up.
@@ -121,9 +124,6 @@ func (s *labelStore) Labels(c conntrack.Conn) (conntrack.Labels, error) {
 	return l, err
 }
 
-// adopt remembers the entry of c, found by a dump.
-func (s *labelStore) adopt(c conntrack.Conn, e ctnetlink.Entry) { s.remember(c, e) }
-
 // write stores ev.Labels (with BE_LIBERAL when ev.Liberal) in the entry of
 // ev's connection.
 func (s *labelStore) write(ev *conntrack.Event) {
@@ -134,8 +134,7 @@ func (s *labelStore) write(ev *conntrack.Event) {
 			s.fail(ev, err)
 			return
 		}
-		s.remember(ev.Conn, e)
-		t, _ = s.entryTuple(ev.Conn)
+		t = s.remember(ev.Conn, e)
 	}
 	if err := s.ct.SetLabels(t, ev.Labels.Bytes(), allLabelBits, ev.Liberal); err != nil {
 		s.fail(ev, err)

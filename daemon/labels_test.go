@@ -66,7 +66,7 @@ func TestLabelStoreNamesOwnEntry(t *testing.T) {
 						t.Fatal(err)
 					}
 				case "adopted":
-					s.adopt(c, tt.e)
+					s.remember(c, tt.e)
 				}
 				for range 3 {
 					s.write(&conntrack.Event{Kind: conntrack.EventLabels, Session: 1, Conn: c})
