@@ -49,6 +49,7 @@ var (
 	ErrMulti          = errors.New("segment needs sequence positions the conntrack labels cannot map (MULTI); dropped")
 	ErrLabelOverflow  = errors.New("sequence offsets too large for the conntrack labels (OVERFLOW): a successor cannot take this connection over")
 	ErrNotTakenOver   = errors.New("the previous process could not record this connection's offsets (OVERFLOW); its packets are dropped")
+	ErrKernelMap      = errors.New("segment needs a sequence number the kernel's one correction point cannot produce; dropped")
 )
 
 // DefaultMinDataPort is the lowest data port announcements may name
@@ -281,6 +282,12 @@ type Event struct {
 	Path    Path           // the connection's path through this machine
 	Labels  Labels         // labels: the new labels
 	Liberal bool           // labels: the connection needs BE_LIBERAL
+	// Kernel (labels): the kernel maps the connection; SeqAdj must be
+	// written with the labels. SeqAdj (labels) is the mapping of the
+	// client's and the server's stream as the kernel's seqadj would
+	// hold it, whether or not it does.
+	Kernel bool
+	SeqAdj [2]SeqAdj
 }
 
 // LogAttrs renders the event as slog attributes.

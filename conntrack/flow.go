@@ -46,6 +46,7 @@ type flow struct {
 	c, s     half          // the client's and the server's byte streams
 	public   [2]netip.Addr // per alg.Side: the sender's address as the peer sees it, once looked up
 	liberal  bool          // a length-changing rewrite was made
+	kernel   bool          // the kernel's seqadj maps sequence numbers (SeqAdj), not the engine
 	pickedUp bool          // first seen after its SYN: login state unknown
 	rechecks uint8         // picked up while conntrack had no entry: segments left to look for labels again
 	path     Path          // set from every packet's hook

@@ -26,7 +26,7 @@ var ErrLabels = errors.New("conntrack labels do not hold an ftpalg state")
 //	 60- 91  server-to-client pos
 //	 92-111  server-to-client shift
 //	112-119  server-to-client step
-//	120      reserved, 0
+//	120      KERNEL: the kernel's seqadj extension maps the connection's sequence numbers (SeqAdj), not ftpalg
 //	121      SEEN: set by the kernel (the pure-ACK rule's `--set`, rules.LabelSeen) and in every write; no state
 //	122      MULTI: more than one edit of some direction was in flight when written
 //	123      OVERFLOW: the state did not fit (|shift| >= 2^19 or |step| >= 128); a successor must not take over
@@ -57,7 +57,7 @@ const (
 	LabelLoggedIn  = 126
 	LabelRewritten = 127
 	LabelSeen      = 121
-	labelReserved  = 120
+	LabelKernel    = 120
 )
 
 // Limits of the two's complement fields: a value fits when -limit < v < limit.
@@ -112,6 +112,10 @@ type LabelState struct {
 	Answer    alg.Answer
 	LoggedIn  bool
 	Rewritten bool
+	// Kernel: the entry's seqadj extension holds the halves' mapping
+	// (SeqAdj: Pos, Shift-Step, Shift) and the kernel applies it; a
+	// successor must not map again.
+	Kernel bool
 }
 
 // Encode packs s. When a half does not fit, the result has OVERFLOW set and
@@ -137,6 +141,7 @@ func (s LabelState) Encode() Labels {
 	l.setField(labelAnswer, 2, uint64(s.Answer))
 	set(LabelLoggedIn, s.LoggedIn)
 	set(LabelRewritten, s.Rewritten)
+	set(LabelKernel, s.Kernel && !overflow)
 	set(LabelSeen, true)
 	return l
 }
@@ -148,13 +153,10 @@ func (l Labels) Empty() bool {
 	return l == Labels{}
 }
 
-// Decode unpacks l. Labels with a reserved bit set, or with sequence fields
-// beside OVERFLOW, were not written by ftpalg (an administrator's own
-// connlabel rules?) and give ErrLabels.
+// Decode unpacks l. Labels with sequence fields, MULTI or KERNEL beside
+// OVERFLOW were not written by ftpalg (an administrator's own connlabel
+// rules?) and give ErrLabels.
 func (l Labels) Decode() (LabelState, error) {
-	if l.Bit(labelReserved) {
-		return LabelState{}, fmt.Errorf("%w: reserved bit 120 set (%s)", ErrLabels, l)
-	}
 	var s LabelState
 	for i := range s.Halves {
 		off := uint(i * labelHalfBits)
@@ -166,8 +168,8 @@ func (l Labels) Decode() (LabelState, error) {
 	}
 	s.Multi, s.Overflow = l.Bit(LabelMulti), l.Bit(LabelOverflow)
 	s.Answer = alg.Answer(l.field(labelAnswer, 2))
-	s.LoggedIn, s.Rewritten = l.Bit(LabelLoggedIn), l.Bit(LabelRewritten)
-	if s.Overflow && (!s.Halves[0].zero() || !s.Halves[1].zero() || s.Multi) {
+	s.LoggedIn, s.Rewritten, s.Kernel = l.Bit(LabelLoggedIn), l.Bit(LabelRewritten), l.Bit(LabelKernel)
+	if s.Overflow && (!s.Halves[0].zero() || !s.Halves[1].zero() || s.Multi || s.Kernel) {
 		return LabelState{}, fmt.Errorf("%w: sequence fields beside OVERFLOW (%s)", ErrLabels, l)
 	}
 	return s, nil

@@ -45,6 +45,7 @@ func TestLabelsLayout(t *testing.T) {
 		{"s2c pos all", LabelState{Halves: [2]LabelHalf{{}, {Pos: ^seqnum.Value(0)}}}, seq(60, 91)},
 		{"s2c shift -1", LabelState{Halves: [2]LabelHalf{{}, {Shift: -1}}}, seq(92, 111)},
 		{"s2c step -1", LabelState{Halves: [2]LabelHalf{{}, {Step: -1}}}, seq(112, 119)},
+		{"kernel", LabelState{Kernel: true}, []int{120}},
 		{"multi", LabelState{Multi: true}, []int{122}},
 		{"answer PASV", LabelState{Answer: alg.AnswerPASV}, []int{124}},
 		{"answer EPSV", LabelState{Answer: alg.AnswerEPSV}, []int{125}},
@@ -94,9 +95,9 @@ func TestLabelsOverflow(t *testing.T) {
 
 func TestLabelsNotOurs(t *testing.T) {
 	for _, l := range []Labels{
-		{0, 1 << (120 - 64)},                            // reserved bit 120
-		{1, 1 << (LabelOverflow - 64)},                  // pos beside OVERFLOW
-		{0, 1<<(LabelOverflow-64) | 1<<(LabelMulti-64)}, // MULTI beside OVERFLOW
+		{0, 1<<(LabelOverflow-64) | 1<<(LabelKernel-64)}, // KERNEL beside OVERFLOW
+		{1, 1 << (LabelOverflow - 64)},                   // pos beside OVERFLOW
+		{0, 1<<(LabelOverflow-64) | 1<<(LabelMulti-64)},  // MULTI beside OVERFLOW
 	} {
 		if _, err := l.Decode(); !errors.Is(err, ErrLabels) {
 			t.Errorf("Decode(%s) = %v, want ErrLabels", l, err)

@@ -17,10 +17,14 @@ func (f *flow) labelState() LabelState {
 			s.Halves[i] = LabelHalf{Pos: h.m.lastAt, Shift: h.m.total(), Step: h.m.lastStep}
 			s.Rewritten = true
 		}
-		s.Multi = s.Multi || len(h.m.edits) > 1
+		// A map resumed from MULTI labels still cannot map what lies
+		// before its edit; the kernel's skip rule must not let pure
+		// ACKs pass unmapped either.
+		s.Multi = s.Multi || len(h.m.edits) > 1 || h.m.lab.active && h.m.lab.multi
 	}
 	s.Answer, s.LoggedIn = f.dialog.Answer(), f.dialog.LoggedIn()
 	s.Overflow = f.labels.Bit(LabelOverflow) // once overflowed, always: the offsets were lost
+	s.Kernel = f.kernel
 	return s
 }
 
@@ -36,7 +40,31 @@ func (e *Engine) reportLabels(f *flow) {
 		e.refuse(f, alg.KindNone, netip.AddrPort{}, ErrLabelOverflow)
 	}
 	f.labels = l
-	e.events = append(e.events, Event{Kind: EventLabels, Session: f.id, Conn: f.conn, Path: f.path, Labels: l, Liberal: f.liberal})
+	e.events = append(e.events, f.labelsEvent())
+}
+
+// labelsEvent is the EventLabels that writes f.labels.
+func (f *flow) labelsEvent() Event {
+	return Event{Kind: EventLabels, Session: f.id, Conn: f.conn, Path: f.path, Labels: f.labels,
+		Liberal: f.liberal && !f.kernel, Kernel: f.kernel, SeqAdj: f.seqAdj()}
+}
+
+// KernelMaps hands the mapping of c's sequence numbers to the kernel,
+// whose seqadj extension on c's entry the daemon has just written with the
+// SeqAdj of the connection's last EventLabels and read back. From now on
+// the engine releases each segment with the numbers the kernel must be
+// given, and its labels say KERNEL. It returns the EventLabels to write
+// instead of that last one (KERNEL set, no BE_LIBERAL), and false when c is
+// not tracked.
+func (e *Engine) KernelMaps(c Conn) (Event, bool) {
+	f := e.tab.get(c)
+	if f == nil || f.dead {
+		return Event{}, false
+	}
+	f.kernel = true
+	f.labels = f.labelState().Encode()
+	e.markChanged(f, true)
+	return f.labelsEvent(), true
 }
 
 // fromLabels looks up the labels of a connection seen without its SYN and
@@ -99,7 +127,11 @@ func (e *Engine) resumed(conn Conn, l Labels) (*flow, error) {
 			f.liberal = true
 		}
 	}
-	if f.liberal {
+	// KERNEL: the entry's seqadj maps it (the daemon checked that the
+	// entry has one and cleared the bit otherwise); the kernel tracks its
+	// window strictly, subtracting the offsets.
+	f.kernel = st.Kernel
+	if f.liberal && !f.kernel {
 		// A standby's conntrackd commit forces BE_LIBERAL only without
 		// TCPWindowTracking; a restarted router has it already.
 		e.emit(Event{Kind: EventLiberal, Session: f.id, Conn: f.conn, Path: f.path})

@@ -231,6 +231,11 @@ type sim struct {
 	labels   map[Conn]Labels
 	cfg      Config
 	nat      NAT
+	// kernel: a simulated kernel seqadj takes the mapping over (see
+	// runSessionRestartingBy); adj is what it holds, once adjOn.
+	kernel bool
+	adjOn  bool
+	adj    [2]SeqAdj
 }
 
 func (m *sim) fail(format string, a ...any) {
@@ -388,14 +393,31 @@ func (m *sim) deliver(i int) {
 	}
 	switch i {
 	case 0, 2:
+		if m.kernelSkips(b) {
+			m.links[i+1] = append(m.links[i+1], m.kernelAdjust(b, i == 0))
+			return
+		}
 		out, res := throughAt(m.t, m.e, b, m.now)
 		for _, st := range m.e.Changed() {
 			m.saved[st.Conn] = st
 		}
+		liberal := false
 		for _, ev := range res.Events {
-			if ev.Kind == EventLabels {
+			switch ev.Kind {
+			case EventLabels:
 				m.labels[ev.Conn] = ev.Labels
+				if ev.Kernel {
+					m.adj = ev.SeqAdj // written before the packet is released
+				}
+			case EventLiberal:
+				liberal = true
 			}
+		}
+		if m.kernel && liberal && !m.adjOn {
+			m.takeOver(res.Events)
+		}
+		if out != nil && m.adjOn {
+			out = m.kernelAdjust(out, i == 0)
 		}
 		if os.Getenv("DBG") != "" {
 			in := parse(m.t, b)
@@ -538,10 +560,14 @@ func runSession(t *testing.T, seed uint64, commands int) {
 }
 
 func runSessionRestarting(t *testing.T, seed uint64, commands int, restarts []int) {
-	runSessionRestartingBy(t, seed, commands, restarts, false)
+	runSessionRestartingBy(t, seed, commands, restarts, false, false)
 }
 
-func runSessionRestartingBy(t *testing.T, seed uint64, commands int, restarts []int, byLabels bool) {
+// runSessionRestartingBy runs a generated session; byLabels: restarts keep
+// only the labels; kernel: the connection's mapping is handed to a
+// simulated kernel seqadj at its first length change (the daemon's
+// tryKernel), whose pure ACKs then skip the engine (rules' kernel skip rule).
+func runSessionRestartingBy(t *testing.T, seed uint64, commands int, restarts []int, byLabels, kernel bool) {
 	nRestarts := len(restarts)
 	r := rand.New(rand.NewPCG(seed, seed^0x5eed))
 	script := genSession(r, commands)
@@ -565,10 +591,10 @@ func runSessionRestartingBy(t *testing.T, seed uint64, commands int, restarts []
 	c.in, c.have = make([]byte, len(toClient.want)), make([]bool, len(toClient.want))
 	s.in, s.have = make([]byte, len(toServer.want)), make([]bool, len(toServer.want))
 	nat := &fakeNAT{clientPublic: simClientPublic, serverPublic: simServerPublic}
-	cfg := Config{VerifyChecksum: true, SaveDialogs: !byLabels, WriteLabels: byLabels}
+	cfg := Config{VerifyChecksum: true, SaveDialogs: !byLabels, WriteLabels: byLabels || kernel}
 	m := &sim{t: t, r: r, e: New(cfg, nat), c: c, s: s, script: script, lossy: true, mss: 64 + r.IntN(1400),
 		saved: map[Conn]FlowState{}, cfg: cfg, nat: nat, upstreamClean: len(restarts) > 0,
-		byLabels: byLabels, labels: map[Conn]Labels{}}
+		byLabels: byLabels, labels: map[Conn]Labels{}, kernel: kernel}
 	if r.IntN(3) == 0 {
 		m.mss = 64 + r.IntN(40) // many segments per line
 	}
@@ -702,7 +728,7 @@ func TestLabelRestartedSessions(t *testing.T) {
 			for s := 0; s < 5; s++ {
 				at = append(at, 500+s*1500+r.IntN(1000))
 			}
-			runSessionRestartingBy(t, seed, 120, at, true)
+			runSessionRestartingBy(t, seed, 120, at, true, false)
 		})
 	}
 }

@@ -18,9 +18,11 @@ var ErrState = errors.New("bad saved connection state")
 type FlowState struct {
 	Conn    Conn
 	Session uint64
-	Dialog  []byte       // alg.Dialog.MarshalBinary
-	Liberal bool         // conntrack was told to be liberal on it
-	Halves  [2]HalfState // the client's stream, then the server's
+	Dialog  []byte // alg.Dialog.MarshalBinary
+	Liberal bool   // conntrack was told to be liberal on it
+	// Kernel: the kernel's seqadj maps its numbers (Engine.KernelMaps).
+	Kernel bool         `json:",omitempty"`
+	Halves [2]HalfState // the client's stream, then the server's
 	// Mapping is set when the state must be durable before the packet is
 	// released: a sequence mapping changed, or the dialog of a connection
 	// that was rewritten moved on (which decides which command a later
@@ -86,7 +88,7 @@ func (e *Engine) Changed() []FlowState {
 
 func (f *flow) state() FlowState {
 	d, _ := f.dialog.MarshalBinary()
-	s := FlowState{Conn: f.conn, Session: f.id, Dialog: d, Liberal: f.liberal}
+	s := FlowState{Conn: f.conn, Session: f.id, Dialog: d, Liberal: f.liberal, Kernel: f.kernel}
 	for i, h := range []*half{&f.c, &f.s} {
 		hs := HalfState{Next: h.next, Sync: h.sync, Held: len(h.held()) > 0, Floor: h.m.floor, Base: h.m.base}
 		if p := h.part; p != nil {
@@ -107,7 +109,7 @@ func (e *Engine) Restore(s FlowState, now time.Time) error {
 	if !s.Conn.Client.IsValid() || !s.Conn.Server.IsValid() {
 		return fmt.Errorf("%w: connection %s", ErrState, s.Conn)
 	}
-	f := &flow{conn: s.Conn, id: s.Session, liberal: s.Liberal, pickedUp: true, saved: true}
+	f := &flow{conn: s.Conn, id: s.Session, liberal: s.Liberal, kernel: s.Kernel, pickedUp: true, saved: true}
 	if err := f.dialog.UnmarshalBinary(s.Dialog); err != nil {
 		return fmt.Errorf("restoring %s: %w", s.Conn, err)
 	}
@@ -162,6 +164,7 @@ type FlowInfo struct {
 	// direction: what the receiver's numbers are ahead of the sender's.
 	ShiftC2S, ShiftS2C int32
 	Liberal            bool
+	Kernel             bool // mapped by the kernel's seqadj
 	Path               Path
 	// Labels are the conntrack labels last written (or found, for a
 	// resumed connection); zero when none were needed.
@@ -173,7 +176,7 @@ type FlowInfo struct {
 func (e *Engine) Flows(fn func(FlowInfo)) {
 	for f := e.tab.newest; f != nil; f = f.older {
 		fn(FlowInfo{Session: f.id, Conn: f.conn, Started: e.at(f.started), Last: e.at(f.last), Rewrites: f.rewrites,
-			ShiftC2S: int32(f.c.m.total()), ShiftS2C: int32(f.s.m.total()), Liberal: f.liberal, Path: f.path,
+			ShiftC2S: int32(f.c.m.total()), ShiftS2C: int32(f.s.m.total()), Liberal: f.liberal, Kernel: f.kernel, Path: f.path,
 			Labels: f.labels, Resumed: f.resumed})
 	}
 }

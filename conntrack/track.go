@@ -98,6 +98,14 @@ func (e *Engine) track(f *flow, pkt []byte, seg *segment, now time.Time) Result 
 	if !seg.has(flagSYN) {
 		seq = snd.m.toReceiver(pr.start)
 	}
+	if f.kernel {
+		want, wantAck := seq, ack
+		if !e.kernelNumbers(f, snd, rcv, pkt, seg, &seq, &ack, &sacks, &sackChanged) {
+			e.refuse(f, alg.KindNone, netip.AddrPort{}, fmt.Errorf("%w: seq %d (receiver %d, seqadj %+v), ack %d (sender %d, seqadj %+v)",
+				ErrKernelMap, seg.seq, want, snd.m.kernelAdj(), seg.ack, wantAck, rcv.m.kernelAdj()))
+			return Result{Verdict: Drop}
+		}
+	}
 	if !pr.changed && seq == seg.seq && ack == seg.ack && !sackChanged {
 		return Result{Verdict: Accept}
 	}
@@ -112,6 +120,37 @@ func (e *Engine) track(f *flow, pkt []byte, seg *segment, now time.Time) Result 
 		return Result{Verdict: Drop}
 	}
 	return Result{Verdict: AcceptModified, Packet: out}
+}
+
+// kernelNumbers turns the numbers a segment of a kernel-mapped connection
+// must reach its receiver with into those to release it with, which the
+// kernel's seqadj then maps (SeqAdj.preSeq, preAck); sackChanged is set
+// anew against the packet's own SACK edges. false: some number cannot be
+// produced by the kernel's model.
+func (e *Engine) kernelNumbers(f *flow, snd, rcv *half, pkt []byte, seg *segment, seq, ack *seqnum.Value, sacks *[maxSACKs][2]seqnum.Value, sackChanged *bool) bool {
+	ok := true
+	*seq, ok = snd.m.kernelAdj().preSeq(*seq, seg.seq)
+	if !ok || !rcv.init {
+		return ok
+	}
+	ra := rcv.m.kernelAdj()
+	if seg.has(flagACK) {
+		if *ack, ok = ra.preAck(*ack, seg.ack); !ok {
+			return false
+		}
+	}
+	*sackChanged = false
+	for i := 0; i < seg.nSACK; i++ {
+		l, r := seg.sackBlock(pkt, i)
+		pl, okl := ra.preAck(sacks[i][0], l)
+		pr, okr := ra.preAck(sacks[i][1], r)
+		if !okl || !okr {
+			return false
+		}
+		sacks[i] = [2]seqnum.Value{pl, pr}
+		*sackChanged = *sackChanged || pl != l || pr != r
+	}
+	return true
 }
 
 // patchNumbers copies pkt and changes only sequence, acknowledgement and

@@ -1,0 +1,159 @@
+package conntrack
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/ftpalg/ftpalg/conntrack/seqnum"
+)
+
+// TestSeqAdjPre checks preSeq and preAck against the kernel's own
+// arithmetic (seq, ack, as nf_ct_seq_adjust and nf_ct_sack_block_adjust
+// compute it) around the correction point, across the wrap, for edits that
+// lengthen and shorten: whatever they return, the kernel makes the wanted
+// number of it, and they fail only inside the gap the kernel's model leaves.
+func TestSeqAdjPre(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for n := 0; n < 2000; n++ {
+		before := seqnum.Delta(r.IntN(400) - 200)
+		step := seqnum.Delta(r.IntN(60) - 30)
+		a := SeqAdj{Pos: seqnum.Value(r.Uint32()), Before: before, After: before + step}
+		if n%10 == 0 {
+			a.Pos = seqnum.Value(0xffffffff - r.Uint32N(100)) // near the wrap
+		}
+		for d := -300; d <= 300; d++ {
+			want := a.Pos.Shift(seqnum.Delta(d))
+			raw := want.Shift(seqnum.Delta(r.IntN(5) - 2))
+			if s, ok := a.preSeq(want, raw); ok {
+				if got := a.seq(s); got != want {
+					t.Fatalf("%+v: preSeq(%d) = %d, which the kernel makes %d", a, want, s, got)
+				}
+			} else if !(a.Pos.Shift(a.Before).LessThan(want) && want.LessThanEq(a.Pos.Shift(a.After))) {
+				t.Fatalf("%+v: preSeq(%d) failed outside the gap (pos+before, pos+after]", a, want)
+			}
+			if x, ok := a.preAck(want, raw); ok {
+				if got := a.ack(x); got != want {
+					t.Fatalf("%+v: preAck(%d) = %d, which the kernel makes %d", a, want, x, got)
+				}
+			} else if !(a.Pos.LessThan(want) && want.LessThanEq(a.Pos.Shift(-step))) {
+				t.Fatalf("%+v: preAck(%d) failed outside the gap (pos, pos-step]", a, want)
+			}
+		}
+	}
+}
+
+// TestSeqAdjPreKeepsRaw: a number the kernel already maps right is released
+// as it came, so a kernel-mapped connection's segments are mostly accepted
+// unmodified.
+func TestSeqAdjPreKeepsRaw(t *testing.T) {
+	a := SeqAdj{Pos: 1000, Before: 3, After: 5}
+	for _, raw := range []seqnum.Value{10, 999, 1000, 1001, 5000} {
+		if s, ok := a.preSeq(a.seq(raw), raw); !ok || s != raw {
+			t.Errorf("preSeq(seq(%d)) = %d, %v", raw, s, ok)
+		}
+		if x, ok := a.preAck(a.ack(raw), raw); !ok || x != raw {
+			t.Errorf("preAck(ack(%d)) = %d, %v", raw, x, ok)
+		}
+	}
+}
+
+// TestKernelSessions runs generated sessions (loss, reordering,
+// duplication, retransmission both sides) whose mapping is handed to a
+// simulated kernel seqadj at the first length change, whose pure ACKs then
+// bypass the engine unless the labels say MULTI: each receiver must still
+// get exactly the expected stream, with every ACK and SACK in its
+// sender's space.
+func TestKernelSessions(t *testing.T) {
+	n := 40
+	if testing.Short() {
+		n = 8
+	}
+	for seed := uint64(3000); seed < uint64(3000+n); seed++ {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			runSessionRestartingBy(t, seed, 40+int(seed%5)*40, nil, false, true)
+		})
+	}
+}
+
+// TestKernelRestartedSessions restarts the engine of kernel-mapped sessions,
+// keeping only the saved state, or only the labels (KERNEL among them): the
+// seeds of TestRestartedSessions and TestLabelRestartedSessions.
+func TestKernelRestartedSessions(t *testing.T) {
+	n := 20
+	if testing.Short() {
+		n = 4
+	}
+	for _, byLabels := range []bool{false, true} {
+		first := uint64(1000)
+		if byLabels {
+			first = 2000
+		}
+		for seed := first; seed < first+uint64(n); seed++ {
+			t.Run(fmt.Sprintf("%d/labels=%v", seed, byLabels), func(t *testing.T) {
+				r := rand.New(rand.NewPCG(seed, 7))
+				var at []int
+				for s := 0; s < 5; s++ {
+					at = append(at, 500+s*1500+r.IntN(1000))
+				}
+				runSessionRestartingBy(t, seed, 120, at, byLabels, true)
+			})
+		}
+	}
+}
+
+// takeOver does what the daemon does after a first length change when the
+// entry's seqadj took: Engine.KernelMaps, whose labels and SeqAdj the
+// kernel then holds.
+func (m *sim) takeOver(evs []Event) {
+	for _, ev := range evs {
+		if ev.Kind != EventLiberal {
+			continue
+		}
+		lev, ok := m.e.KernelMaps(ev.Conn)
+		if !ok {
+			m.fail("KernelMaps(%s): not tracked", ev.Conn)
+		}
+		if !lev.Kernel || lev.Liberal || !lev.Labels.Bit(LabelKernel) {
+			m.fail("KernelMaps event %+v: want KERNEL without BE_LIBERAL", lev)
+		}
+		m.labels[ev.Conn], m.adj, m.adjOn = lev.Labels, lev.SeqAdj, true
+		for _, st := range m.e.Changed() {
+			if !st.Kernel {
+				m.fail("saved state of %s after KernelMaps without Kernel", st.Conn)
+			}
+			m.saved[st.Conn] = st
+		}
+	}
+}
+
+// kernelSkips reports whether the kernel skip rule lets b pass without
+// queueing: a segment with only ACK and no payload, of a connection whose
+// labels say KERNEL and not MULTI.
+func (m *sim) kernelSkips(b []byte) bool {
+	if !m.adjOn {
+		return false
+	}
+	k := parse(m.t, b)
+	l := m.labels[Conn{Client: simClient, Server: simServer}]
+	return k.flags == flagACK && len(k.payload) == 0 && l.Bit(LabelKernel) && !l.Bit(LabelMulti)
+}
+
+// kernelAdjust applies the simulated kernel seqadj to b, sent by the client
+// when fromClient: its sequence number by its own direction's adjustment,
+// its ACK and SACK edges by the other's.
+func (m *sim) kernelAdjust(b []byte, fromClient bool) []byte {
+	k := parse(m.t, b)
+	own, other := m.adj[0], m.adj[1]
+	if !fromClient {
+		own, other = other, own
+	}
+	k.seq = own.seq(k.seq)
+	if k.flags&flagACK != 0 {
+		k.ack = other.ack(k.ack)
+	}
+	for i := range k.sacks {
+		k.sacks[i] = [2]seqnum.Value{other.ack(k.sacks[i][0]), other.ack(k.sacks[i][1])}
+	}
+	return k.build(m.t)
+}
