@@ -327,11 +327,58 @@ var ErrNoLabels = errors.New("conntrack entry has no label extension (created be
 // does (TestLabelsByReplyTuple): a caller that saw a connection after DNAT
 // needs no copy of its original tuple.
 func (c *Client) SetLabels(t Tuple, labels, mask [16]byte, liberal bool) error {
+	return c.setLabels(t, labels, mask, liberal, nil)
+}
+
+// SetLabelsSeqAdj is SetLabels without BE_LIBERAL and with the entry's
+// seqadj (original direction, then reply) in the same update, applied
+// before the labels. The seqadj is ignored on an entry without the
+// extension (see SetSeqAdj).
+func (c *Client) SetLabelsSeqAdj(t Tuple, labels, mask [16]byte, adj [2]SeqAdj) error {
+	return c.setLabels(t, labels, mask, false, &adj)
+}
+
+// SetSeqAdj sets the seqadj of both directions (original, then reply) of the
+// entry one of whose tuples is t. The kernel ignores it without an error on
+// an entry without the seqadj extension: Get the entry back (SeqAdjust) to
+// know whether it took.
+func (c *Client) SetSeqAdj(t Tuple, adj [2]SeqAdj) error {
+	n, err := t.normalize()
+	if err != nil {
+		return fmt.Errorf("setting seqadj on %s: %w", t, err)
+	}
+	req, err := seqAdjRequest(n, &adj)
+	if err != nil {
+		return err
+	}
+	if err := c.roundTrip(req, func(netlink.Message) error { return nil }); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			err = ErrNotFound
+		}
+		return fmt.Errorf("setting seqadj on the entry of %s: %w", t, err)
+	}
+	return nil
+}
+
+// Get returns the entry one of whose tuples is t (one GET; ErrNotFound).
+func (c *Client) Get(t Tuple) (Entry, error) {
+	n, err := t.normalize()
+	if err != nil {
+		return Entry{}, fmt.Errorf("getting the entry of %s: %w", t, err)
+	}
+	e, err := c.get(n)
+	if err != nil {
+		return Entry{}, fmt.Errorf("getting the entry of %s: %w", t, err)
+	}
+	return e, nil
+}
+
+func (c *Client) setLabels(t Tuple, labels, mask [16]byte, liberal bool, adj *[2]SeqAdj) error {
 	n, err := t.normalize()
 	if err != nil {
 		return fmt.Errorf("setting labels on %s: %w", t, err)
 	}
-	req, err := labelsRequest(n, labels, mask, liberal)
+	req, err := labelsRequest(n, labels, mask, liberal, adj)
 	if err != nil {
 		return err
 	}

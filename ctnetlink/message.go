@@ -21,8 +21,11 @@ const (
 
 	ctaTupleOrig  = 1  // CTA_TUPLE_ORIG
 	ctaTupleReply = 2  // CTA_TUPLE_REPLY
+	ctaStatus     = 3  // CTA_STATUS
 	ctaProtoinfo  = 4  // CTA_PROTOINFO
 	ctaMark       = 8  // CTA_MARK
+	ctaSeqAdjOrig = 15 // CTA_SEQ_ADJ_ORIG
+	ctaSeqAdjRepl = 16 // CTA_SEQ_ADJ_REPLY
 	ctaMarkMask   = 21 // CTA_MARK_MASK
 	ctaLabels     = 22 // CTA_LABELS
 	ctaLabelsMask = 23 // CTA_LABELS_MASK
@@ -44,6 +47,12 @@ const (
 	ctaProtoinfoTCPState      = 1 // CTA_PROTOINFO_TCP_STATE
 	ctaProtoinfoTCPFlagsOrig  = 4 // CTA_PROTOINFO_TCP_FLAGS_ORIGINAL
 	ctaProtoinfoTCPFlagsReply = 5 // CTA_PROTOINFO_TCP_FLAGS_REPLY
+
+	ctaSeqAdjPos    = 1 // CTA_SEQADJ_CORRECTION_POS
+	ctaSeqAdjBefore = 2 // CTA_SEQADJ_OFFSET_BEFORE
+	ctaSeqAdjAfter  = 3 // CTA_SEQADJ_OFFSET_AFTER
+
+	statusSeqAdjust = 1 << 6 // IPS_SEQ_ADJUST
 
 	ctaFilterOrigFlags  = 1 // CTA_FILTER_ORIG_FLAGS
 	ctaFilterReplyFlags = 2 // CTA_FILTER_REPLY_FLAGS
@@ -193,15 +202,44 @@ func markRequest(orig Tuple, bits uint32) (netlink.Message, error) {
 // nf_connlabels_replace computes (old & ~mask) | (labels & mask) word by
 // word, so bits outside mask (an administrator's own) are kept. Both
 // attributes are the kernel's host-order longs (conntrack.Labels.Bytes).
-func labelsRequest(orig Tuple, labels, mask [16]byte, liberal bool) (netlink.Message, error) {
+// With adj, the entry's seqadj too (see seqAdjRequest), applied before the
+// labels.
+func labelsRequest(orig Tuple, labels, mask [16]byte, liberal bool, adj *[2]SeqAdj) (netlink.Message, error) {
 	ae := netfilter.NewAttributeEncoder()
 	encodeTuple(ae, ctaTupleOrig, orig)
 	if liberal {
 		encodeLiberal(ae)
 	}
+	if adj != nil {
+		encodeSeqAdj(ae, adj)
+	}
 	ae.Bytes(ctaLabels, labels[:])
 	ae.Bytes(ctaLabelsMask, mask[:])
 	return encode(orig, msgCTNew, netlink.Request|netlink.Acknowledge, ae)
+}
+
+// seqAdjRequest builds the update that sets the seqadj of both directions
+// of the entry whose original tuple is orig (ctnetlink_change_seq_adj: each
+// CTA_SEQ_ADJ_* needs all three values, big-endian u32). The kernel ignores
+// it, and says nothing, on an entry without the seqadj extension; it sets
+// IPS_SEQ_ADJUST on one with it.
+func seqAdjRequest(orig Tuple, adj *[2]SeqAdj) (netlink.Message, error) {
+	ae := netfilter.NewAttributeEncoder()
+	encodeTuple(ae, ctaTupleOrig, orig)
+	encodeSeqAdj(ae, adj)
+	return encode(orig, msgCTNew, netlink.Request|netlink.Acknowledge, ae)
+}
+
+func encodeSeqAdj(ae *netlink.AttributeEncoder, adj *[2]SeqAdj) {
+	for i, typ := range [2]uint16{ctaSeqAdjOrig, ctaSeqAdjRepl} {
+		a := adj[i]
+		ae.Nested(typ, func(ae *netlink.AttributeEncoder) error {
+			ae.Uint32(ctaSeqAdjPos, a.Pos)
+			ae.Uint32(ctaSeqAdjBefore, uint32(a.Before))
+			ae.Uint32(ctaSeqAdjAfter, uint32(a.After))
+			return nil
+		})
+	}
 }
 
 // dumpRequest builds a dump of every conntrack entry of both families.
@@ -247,6 +285,26 @@ func decodeEntry(m netlink.Message) (Entry, error) {
 		case ctaLabels:
 			copy(e.Labels[:], ad.Bytes())
 			e.HasLabels = true
+		case ctaStatus:
+			e.SeqAdjust = ad.Uint32()&statusSeqAdjust != 0
+		case ctaSeqAdjOrig, ctaSeqAdjRepl:
+			a := &e.SeqAdj[0]
+			if ad.Type() == ctaSeqAdjRepl {
+				a = &e.SeqAdj[1]
+			}
+			ad.Nested(func(ad *netlink.AttributeDecoder) error {
+				for ad.Next() {
+					switch ad.Type() {
+					case ctaSeqAdjPos:
+						a.Pos = ad.Uint32()
+					case ctaSeqAdjBefore:
+						a.Before = int32(ad.Uint32())
+					case ctaSeqAdjAfter:
+						a.After = int32(ad.Uint32())
+					}
+				}
+				return nil
+			})
 		case ctaProtoinfo:
 			ad.Nested(func(ad *netlink.AttributeDecoder) error {
 				for ad.Next() {

@@ -122,6 +122,19 @@ type Entry struct {
 	HasLabels bool
 	// TCPState is conntrack's TCP state of the entry (0 when not sent).
 	TCPState TCPState
+	// SeqAdjust is the entry's IPS_SEQ_ADJUST: the kernel's seqadj
+	// extension maps its sequence numbers, by SeqAdj (original direction,
+	// then reply), which the kernel sends only then.
+	SeqAdjust bool
+	SeqAdj    [2]SeqAdj
+}
+
+// SeqAdj is one direction's struct nf_ct_seqadj: sequence numbers of that
+// direction after Pos are shifted by After, those at or before it by
+// Before, and acknowledgements of it back.
+type SeqAdj struct {
+	Pos           uint32
+	Before, After int32
 }
 
 // TCPState is enum tcp_conntrack (include/uapi/linux/netfilter/nf_conntrack_tcp.h).
