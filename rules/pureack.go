@@ -10,6 +10,17 @@ import "strconv"
 // without payload carries nothing ftpalg needs to read or change.
 const LabelRewritten = 127
 
+// LabelKernel is the conntrack label bit the daemon sets on a control
+// connection whose sequence numbers the kernel's seqadj extension maps
+// (conntrack.LabelKernel): its pure ACKs need ftpalg no more than those of
+// a connection never rewritten, unless LabelMulti says more than one edit
+// of a direction was in flight, whose positions the kernel's one correction
+// point cannot all map (ftpalg then maps those ACKs itself).
+const LabelKernel = 120
+
+// LabelMulti is conntrack.LabelMulti.
+const LabelMulti = 122
+
 // LabelSeen is the conntrack label bit the pure-ACK rule itself sets
 // (`-m connlabel --label 121 --set`) on every control connection whose
 // entry has a label extension. That match is true only for such entries:
@@ -91,6 +102,20 @@ func skipSpec(f Family, ports string) []string {
 		"-m", "bpf", "--bytecode", code,
 		"-m", "connlabel", "--label", strconv.Itoa(LabelSeen), "--set",
 		"-m", "connlabel", "!", "--label", strconv.Itoa(LabelRewritten),
+		"-j", "RETURN",
+	}
+}
+
+// kernelSkipSpec is the FTPALG-QUEUE rule after skipSpec that lets the pure
+// ACKs of kernel-mapped connections (LabelKernel, not LabelMulti) pass too.
+// The kernel maps their numbers in nf_confirm, after every hook ftpalg
+// queues from.
+func kernelSkipSpec(f Family, ports string) []string {
+	return []string{
+		"-p", "tcp", "-m", "multiport", "--ports", ports, "-m", "tcp", "--tcp-flags", "FIN,SYN,RST,ACK", "ACK",
+		"-m", "bpf", "--bytecode", PureACKBytecode(f),
+		"-m", "connlabel", "--label", strconv.Itoa(LabelKernel),
+		"-m", "connlabel", "!", "--label", strconv.Itoa(LabelMulti),
 		"-j", "RETURN",
 	}
 }

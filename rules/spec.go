@@ -33,7 +33,8 @@ func hooks() [3]hook {
 // label extension (net->ct.labels_used), where ftpalg keeps a rewritten
 // connection's state for a restarted or standby ftpalg. Entries created
 // without it cannot hold labels (ctnetlink refuses them with ENOSPC). With
-// SkipPureACKs the pure-ACK RETURNs follow; then the NFQUEUE rules for
+// SkipPureACKs the pure-ACK RETURNs follow (never rewritten; mapped by
+// the kernel); then the NFQUEUE rules for
 // control packets from clients (destination port) and from servers (source
 // port).
 func queueSpecs(cfg Config, f Family) [][]string {
@@ -48,7 +49,7 @@ func queueSpecs(cfg Config, f Family) [][]string {
 	specs := [][]string{labelSpec}
 	if cfg.SkipPureACKs {
 		for _, list := range lists {
-			specs = append(specs, skipSpec(f, list))
+			specs = append(specs, skipSpec(f, list), kernelSkipSpec(f, list))
 		}
 	}
 	for _, dir := range []string{"--dports", "--sports"} {

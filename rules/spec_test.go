@@ -141,6 +141,7 @@ func TestQueueSpecs(t *testing.T) {
 			want: []string{
 				"-m connlabel --label 127",
 				"-p tcp -m multiport --ports 21,2121 -m tcp --tcp-flags FIN,SYN,RST,ACK ACK -m bpf --bytecode \"" + pureACK6 + "\" -m connlabel --label 121 --set -m connlabel ! --label 127 -j RETURN",
+				"-p tcp -m multiport --ports 21,2121 -m tcp --tcp-flags FIN,SYN,RST,ACK ACK -m bpf --bytecode \"" + pureACK6 + "\" -m connlabel --label 120 -m connlabel ! --label 122 -j RETURN",
 				"-p tcp -m multiport --dports 21,2121 -j NFQUEUE --queue-num 0",
 				"-p tcp -m multiport --sports 21,2121 -j NFQUEUE --queue-num 0",
 			},
