@@ -50,5 +50,14 @@ func Cleanup(cfg Config) error {
 			errs = append(errs, fmt.Errorf("removing nftables tables: %w", err))
 		}
 	}
+	// The seqadj table is removed whatever --kernel-seqadj says now: a
+	// previous run may have had it.
+	sq, err := rules.NewSeqAdjTable(rcfg, log)
+	if err == nil {
+		err = sq.Remove()
+	}
+	if err != nil {
+		errs = append(errs, fmt.Errorf("removing the seqadj table: %w", err))
+	}
 	return errors.Join(errs...)
 }

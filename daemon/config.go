@@ -37,6 +37,11 @@ type Config struct {
 	// the daemon labels a connection REWRITTEN before it releases its
 	// first rewritten packet, so from then on they are queued.
 	SkipPureACKs bool
+	// KernelSeqAdj hands the sequence mapping of rewritten NAT'd control
+	// connections to the kernel's seqadj (rules.SeqAdjTable gives their
+	// entries the extension), which maps every later packet itself; ftpalg
+	// maps the rest, with BE_LIBERAL, as without it.
+	KernelSeqAdj bool
 	IPv4, IPv6   bool
 	// Role selects which control connections are handled: forwarded,
 	// ending on this machine, or both (the zero value).

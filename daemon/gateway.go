@@ -116,6 +116,9 @@ func (g *Gateway) Resume(dump []ctnetlink.Entry, now time.Time) int {
 		if !g.engine.IsControl(c.Server.Port()) {
 			continue
 		}
+		if g.labels != nil {
+			l = g.labels.checkKernel(c, e, l)
+		}
 		tracked := g.engine.Len()
 		evs, err := g.engine.Resume(c, l, now)
 		if err != nil {
@@ -152,6 +155,9 @@ func (g *Gateway) handleAt(pkt []byte, hook conntrack.Hook, now time.Time) (conn
 	for i := range res.Events {
 		labelled = labelled || res.Events[i].Kind == conntrack.EventLabels && g.labels != nil
 	}
+	if labelled && g.labels.kernel != nil {
+		g.handOver(res.Events)
+	}
 	// Pinholes first, then the state file, then the labels: a successor
 	// that takes a connection over from its saved state replays what the
 	// state says was released without acting on it again, so its
@@ -183,6 +189,31 @@ func (g *Gateway) handleAt(pkt []byte, hook conntrack.Hook, now time.Time) (conn
 	}
 	g.metrics.Packet(res.Verdict.String())
 	return res.Verdict, res.Packet
+}
+
+// handOver hands the mapping of each connection that made its first
+// length-changing edit (EventLiberal) to the kernel's seqadj, if its entry
+// has one: first of all, so that the state file saved next already says
+// so, and the connection's EventLabels is replaced by the engine's new one
+// (KERNEL, no BE_LIBERAL).
+func (g *Gateway) handOver(evs []conntrack.Event) {
+	for i := range evs {
+		if evs[i].Kind != conntrack.EventLiberal {
+			continue
+		}
+		for j := range evs {
+			if evs[j].Kind != conntrack.EventLabels || evs[j].Conn != evs[i].Conn || evs[j].Kernel {
+				continue
+			}
+			if g.labels.handOver(&evs[j]) {
+				if ev, ok := g.engine.KernelMaps(evs[j].Conn); ok {
+					evs[j] = ev
+					g.metrics.KernelSeqAdj()
+				}
+			}
+			break
+		}
+	}
 }
 
 func (g *Gateway) act(ev *conntrack.Event) {

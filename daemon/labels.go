@@ -37,6 +37,9 @@ type labelStore struct {
 	// 1013 bytes of heap (measured at 18,976, test/bench memory).
 	refs map[conntrack.ConnKey]entryRef
 	orig map[conntrack.ConnKey]ctnetlink.Tuple
+	// kernel, if set, hands rewritten connections' mapping to the
+	// kernel's seqadj where their entries have it (useKernelSeqAdj).
+	kernel SeqAdjClient
 	// noExt: sessions whose entry has no label extension, logged once.
 	noExt          map[uint64]bool
 	writes, failed uint64
@@ -120,8 +123,9 @@ func (s *labelStore) Labels(c conntrack.Conn) (conntrack.Labels, error) {
 	l, err := conntrack.LabelsFromBytes(e.Labels[:])
 	if err != nil {
 		s.log.Warn("reading conntrack labels", "conn", c.String(), "err", err)
+		return l, err
 	}
-	return l, err
+	return s.checkKernel(c, e, l), nil
 }
 
 // write stores ev.Labels (with BE_LIBERAL when ev.Liberal) in the entry of
@@ -136,7 +140,15 @@ func (s *labelStore) write(ev *conntrack.Event) {
 		}
 		t = s.remember(ev.Conn, e)
 	}
-	if err := s.ct.SetLabels(t, ev.Labels.Bytes(), allLabelBits, ev.Liberal); err != nil {
+	var err error
+	if ev.Kernel && s.kernel != nil {
+		// The kernel maps it: the seqadj goes with the labels, which
+		// say where the last edit is (both, or neither, replicated).
+		err = s.kernel.SetLabelsSeqAdj(t, ev.Labels.Bytes(), allLabelBits, toCT(ev.SeqAdj))
+	} else {
+		err = s.ct.SetLabels(t, ev.Labels.Bytes(), allLabelBits, ev.Liberal)
+	}
+	if err != nil {
 		s.fail(ev, err)
 		return
 	}

@@ -71,6 +71,24 @@ type kernelRules interface {
 	Install() error
 }
 
+// installSeqAdj installs ftpalg's seqadj table (rules.SeqAdjTable), or
+// adopts a predecessor's: Install replaces its contents in one batch.
+func installSeqAdj(cfg Config, log *slog.Logger) (*rules.SeqAdjTable, error) {
+	sq, err := rules.NewSeqAdjTable(cfg.rulesConfig(), log)
+	if err != nil {
+		return nil, err
+	}
+	if err := sq.Install(); err != nil {
+		return nil, err
+	}
+	return sq, nil
+}
+
+// seqAdjRules is the seqadj table as the rules repair checks it.
+type seqAdjRules struct{ *rules.SeqAdjTable }
+
+func (r seqAdjRules) Check() (bool, error) { return r.Installed() }
+
 // gcPercent is the Go garbage collector's target (GOGC) ftpalg runs with
 // unless GOGC is set: the heap may grow 20% beyond what is live before a
 // collection, not Go's default 100%. Nearly all of a busy ftpalg's heap is
@@ -188,6 +206,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			WriteLabels:    true,
 			LabelSource:    labels,
 		}, &natResolver{mapper: sct, ports: ports, override: cfg.overrides()})
+		if cfg.KernelSeqAdj {
+			labels.useKernelSeqAdj(sct)
+		}
 		shards[i] = NewGateway(engine, pins, sct, log)
 		shards[i].keepLabels(labels)
 	}
@@ -383,6 +404,21 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		repair.sets = append(repair.sets, nft)
 		adoptPinholes(nft, pins, log)
 	}
+	if cfg.KernelSeqAdj {
+		// Before the queue rules, whatever --install-rules says: a
+		// control connection that opened before the table has no
+		// seqadj extension, and ftpalg maps it itself.
+		if sq, err := installSeqAdj(cfg, log); err != nil {
+			log.Warn("the kernel's seqadj is not available: ftpalg maps every rewritten connection itself, with BE_LIBERAL", "err", err)
+		} else {
+			removals = append(removals, sq.Remove)
+			repair.sets = append(repair.sets, seqAdjRules{sq})
+		}
+	} else if sq, err := rules.NewSeqAdjTable(cfg.rulesConfig(), log); err == nil {
+		if err := sq.Remove(); err != nil { // a previous run's, if any
+			log.Warn("removing a previous run's seqadj table", "err", err)
+		}
+	}
 	if cfg.InstallRules {
 		if err := chains.SweepDisabled(); err != nil {
 			return fmt.Errorf("sweeping leftover chains: %w", err)
@@ -450,7 +486,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}()
 	log.Info("ftpalg running", "role", cfg.Role.String(), "queue", cfg.QueueNum, "queues", len(shards), "queue_reader", cfg.QueueReader.String(), "queue_spin", cfg.QueueSpin.String(), "pinholes", cfg.Pinholes.String(), "control_ports", fmt.Sprint(cfg.ControlPorts),
 		"install_rules", cfg.InstallRules, "pinhole_timeout", cfg.PinholeTimeout.String(),
-		"data_ports", fmt.Sprintf("%d-%d", cfg.DataPortLo, cfg.DataPortHi), "fail_open", cfg.FailOpen, "queue_bypass", cfg.QueueBypass, "skip_pure_acks", cfg.SkipPureACKs)
+		"data_ports", fmt.Sprintf("%d-%d", cfg.DataPortLo, cfg.DataPortHi), "fail_open", cfg.FailOpen, "queue_bypass", cfg.QueueBypass, "skip_pure_acks", cfg.SkipPureACKs, "kernel_seqadj", cfg.KernelSeqAdj)
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()

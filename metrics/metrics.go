@@ -148,6 +148,7 @@ type Metrics struct {
 	verdict, instal prometheus.Histogram
 
 	labelWrites, labelFailures prometheus.Counter
+	kernelSeqAdj               prometheus.Counter
 }
 
 // New returns ftpalg's metrics in a registry of their own, with the Go
@@ -200,6 +201,10 @@ func New(version string) *Metrics {
 		Name: "ftpalg_label_write_failures_total",
 		Help: "Label writes the kernel refused: a successor could not take those connections over.",
 	})
+	m.kernelSeqAdj = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ftpalg_kernel_seqadj_total",
+		Help: "Rewritten control connections whose sequence numbers the kernel's seqadj maps (the rest ftpalg maps, with BE_LIBERAL).",
+	})
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "ftpalg_build_info",
 		Help: "Always 1; the version label says which ftpalg is running.",
@@ -207,7 +212,7 @@ func New(version string) *Metrics {
 	build.WithLabelValues(version).Set(1)
 
 	m.reg.MustRegister(m.packetsVec, m.rewritesVec, m.pinholesVec, m.refusalsVec, m.syncVec, m.tracked, m.open,
-		m.verdict, m.instal, m.labelWrites, m.labelFailures, build,
+		m.verdict, m.instal, m.labelWrites, m.labelFailures, m.kernelSeqAdj, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -334,6 +339,14 @@ func (m *Metrics) LabelWrite(failed bool) {
 		return
 	}
 	m.labelWrites.Inc()
+}
+
+// KernelSeqAdj counts a connection handed to the kernel's seqadj.
+func (m *Metrics) KernelSeqAdj() {
+	if m == nil {
+		return
+	}
+	m.kernelSeqAdj.Inc()
 }
 
 // SetTracked sets the number of tracked control connections.
