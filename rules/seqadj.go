@@ -29,12 +29,15 @@ import "fmt"
 // a second later), so the objects are created through netlink. For the same
 // reason the table's listing cannot be read back by nft: a ruleset saved
 // with `nft list ruleset` does not restore with `nft -f` while this table
-// is in it. Should a kernel ever ignore the size, the object would still
-// only expect a UDP flow to the discard port (9) for a moment.
+// is in it (nft 1.0.6: "Error: missing options"). Should a kernel ever
+// ignore the size, the object would still only expect a UDP flow to the
+// discard port (9), for a second.
 //
 // The table does NOT
 //   - accept, drop or change any packet: its chains have policy accept and
-//     their only statement is `ct expectation set`;
+//     their only statement is `ct expectation set` (which drops a first
+//     packet only when the kernel cannot allocate the helper extension,
+//     as for any connection a helper is assigned to);
 //   - adjust anything by itself: it only makes the kernel accept the
 //     adjustments ftpalg writes through ctnetlink;
 //   - help connections whose tuple no NAT changes (routed without NAT):
