@@ -278,13 +278,21 @@ func (c *Client) SetLiberalEntry(e Entry) error {
 	if err != nil {
 		return err
 	}
-	if err := c.roundTrip(req, func(netlink.Message) error { return nil }); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			err = ErrNotFound
-		}
+	if err := c.update(req); err != nil {
 		return fmt.Errorf("setting liberal window tracking on %s: %w", e, err)
 	}
 	return nil
+}
+
+// update sends an update of one entry (IPCTNL_MSG_CT_NEW without
+// NLM_F_CREATE), which answers with an ack only; no such entry is
+// ErrNotFound.
+func (c *Client) update(req netlink.Message) error {
+	err := c.roundTrip(req, func(netlink.Message) error { return nil })
+	if errors.Is(err, unix.ENOENT) {
+		return ErrNotFound
+	}
+	return err
 }
 
 // SetMarkBits sets bits in the ct mark of the conntrack entry whose
@@ -301,10 +309,7 @@ func (c *Client) SetMarkBits(orig Tuple, bits uint32) error {
 	if err != nil {
 		return err
 	}
-	if err := c.roundTrip(req, func(netlink.Message) error { return nil }); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			err = ErrNotFound
-		}
+	if err := c.update(req); err != nil {
 		return fmt.Errorf("setting mark %#x on %s: %w", bits, orig, err)
 	}
 	return nil
@@ -351,10 +356,7 @@ func (c *Client) SetSeqAdj(t Tuple, adj [2]SeqAdj) error {
 	if err != nil {
 		return err
 	}
-	if err := c.roundTrip(req, func(netlink.Message) error { return nil }); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			err = ErrNotFound
-		}
+	if err := c.update(req); err != nil {
 		return fmt.Errorf("setting seqadj on the entry of %s: %w", t, err)
 	}
 	return nil
@@ -382,11 +384,8 @@ func (c *Client) setLabels(t Tuple, labels, mask [16]byte, liberal bool, adj *[2
 	if err != nil {
 		return err
 	}
-	if err := c.roundTrip(req, func(netlink.Message) error { return nil }); err != nil {
-		switch {
-		case errors.Is(err, unix.ENOENT):
-			err = ErrNotFound
-		case errors.Is(err, unix.ENOSPC):
+	if err := c.update(req); err != nil {
+		if errors.Is(err, unix.ENOSPC) {
 			err = fmt.Errorf("%w: %w", ErrNoLabels, err)
 		}
 		return fmt.Errorf("setting labels on the entry of %s: %w", t, err)

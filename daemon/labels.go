@@ -88,6 +88,19 @@ func (s *labelStore) remember(c conntrack.Conn, e ctnetlink.Entry) ctnetlink.Tup
 	return e.Orig
 }
 
+// tupleOf returns the tuple that names c's entry, looking the entry up (and
+// remembering it) the first time.
+func (s *labelStore) tupleOf(c conntrack.Conn) (ctnetlink.Tuple, error) {
+	if t, ok := s.entryTuple(c); ok {
+		return t, nil
+	}
+	e, _, err := s.ct.Lookup(seenOf(c))
+	if err != nil {
+		return ctnetlink.Tuple{}, err
+	}
+	return s.remember(c, e), nil
+}
+
 // entryTuple returns the tuple that names c's entry, if c was looked up.
 func (s *labelStore) entryTuple(c conntrack.Conn) (ctnetlink.Tuple, bool) {
 	k := c.Key()
@@ -131,16 +144,11 @@ func (s *labelStore) Labels(c conntrack.Conn) (conntrack.Labels, error) {
 // write stores ev.Labels (with BE_LIBERAL when ev.Liberal) in the entry of
 // ev's connection.
 func (s *labelStore) write(ev *conntrack.Event) {
-	t, ok := s.entryTuple(ev.Conn)
-	if !ok {
-		e, _, err := s.ct.Lookup(seenOf(ev.Conn))
-		if err != nil {
-			s.fail(ev, err)
-			return
-		}
-		t = s.remember(ev.Conn, e)
+	t, err := s.tupleOf(ev.Conn)
+	if err != nil {
+		s.fail(ev, err)
+		return
 	}
-	var err error
 	if ev.Kernel && s.kernel != nil {
 		// The kernel maps it: the seqadj goes with the labels, which
 		// say where the last edit is (both, or neither, replicated).

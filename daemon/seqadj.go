@@ -39,14 +39,10 @@ func toCT(a [2]conntrack.SeqAdj) [2]ctnetlink.SeqAdj {
 // with BE_LIBERAL and ftpalg's own mapping, as without the kernel's.
 // Costs two round trips, once per rewritten connection.
 func (s *labelStore) handOver(ev *conntrack.Event) bool {
-	t, ok := s.entryTuple(ev.Conn)
-	if !ok {
-		e, _, err := s.ct.Lookup(seenOf(ev.Conn))
-		if err != nil {
-			s.log.Warn("looking up the entry to hand its mapping to the kernel; ftpalg maps it", "session", ev.Session, "conn", ev.Conn.String(), "err", err)
-			return false
-		}
-		t = s.remember(ev.Conn, e)
+	t, err := s.tupleOf(ev.Conn)
+	if err != nil {
+		s.log.Warn("looking up the entry to hand its mapping to the kernel; ftpalg maps it", "session", ev.Session, "conn", ev.Conn.String(), "err", err)
+		return false
 	}
 	adj := toCT(ev.SeqAdj)
 	if err := s.kernel.SetSeqAdj(t, adj); err != nil {
