@@ -93,7 +93,7 @@ type Queue struct {
 	fd   int
 	num  uint16
 	seq  uint32
-	spin time.Duration
+	spin spinPolicy // owned by Serve
 
 	// Reading state, owned by Serve.
 	bufs [][]byte
@@ -130,7 +130,7 @@ func Open(cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening netfilter netlink socket: %w", err)
 	}
-	q := &Queue{fd: fd, num: cfg.Num, spin: max(cfg.Spin, 0)}
+	q := &Queue{fd: fd, num: cfg.Num, spin: newSpinPolicy(cfg.Spin)}
 	if err := q.setup(cfg); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -286,23 +286,36 @@ func (q *Queue) Serve(ctx context.Context, handle Handler, onErr ErrorFunc) erro
 }
 
 // read returns once at least one datagram has arrived, taking every other
-// one already waiting, up to the batch size. It polls for q.spin, then
-// blocks (up to pollInterval, when it reports EAGAIN).
+// one already waiting, up to the batch size. It polls first when the spin
+// policy says so (see spinPolicy), then blocks (up to pollInterval, when it
+// reports EAGAIN).
 func (q *Queue) read() (int, error) {
-	if q.spin > 0 {
-		for deadline := time.Now().Add(q.spin); ; {
-			n, err := q.recv(unix.MSG_DONTWAIT)
-			if err != unix.EAGAIN {
-				return n, err
+	spin, ok := q.spin.poll()
+	if !ok {
+		return q.recv(unix.MSG_WAITFORONE)
+	}
+	n, err := q.recv(unix.MSG_DONTWAIT)
+	if err != unix.EAGAIN {
+		return n, err // waiting already: the poll neither helped nor cost
+	}
+	for deadline := time.Now().Add(spin); ; {
+		// Let a thread this CPU may be needed for (the FTP server about
+		// to answer, say) run first; if one did, stop polling.
+		before := time.Now()
+		unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+		after := time.Now()
+		n, err := q.recv(unix.MSG_DONTWAIT)
+		if err != unix.EAGAIN {
+			if err == nil {
+				q.spin.caught()
 			}
-			if time.Now().After(deadline) {
-				break
-			}
-			// Let a thread this CPU may be needed for (the FTP
-			// server about to answer, say) run first.
-			unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+			return n, err
+		}
+		if !q.spin.yielded(after.Sub(before)) || after.After(deadline) {
+			break
 		}
 	}
+	q.spin.missed()
 	return q.recv(unix.MSG_WAITFORONE)
 }
 

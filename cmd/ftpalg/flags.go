@@ -95,7 +95,7 @@ func (o *options) define(fs *flag.FlagSet, run bool) {
 	fs.StringVar(&o.outsideIf, "outside-if", "", "the router's public `interface`; checked at start (optional: addresses come from conntrack)")
 	fs.StringVar(&o.publicIPs, "public-ip", "", "override the public `address` found in the kernel's NAT mapping (one per family, comma-separated);\nused only for senders that conntrack shows as translated, or when the mapping cannot be found")
 	fs.StringVar(&o.queueReader, "queue-reader", "direct", "how packets are read from the queue: direct (a blocking socket on its own thread,\nthe fastest) or go-nfqueue (github.com/florianl/go-nfqueue, 30-60µs more per packet)")
-	fs.DurationVar(&o.queueSpin, "queue-spin", 50*time.Microsecond, "with --queue-reader=direct, keep polling the queue for this `duration` after each packet\n(yielding the CPU) before sleeping: the next packet of a dialog skips a thread wake-up; 0 sleeps at once")
+	fs.DurationVar(&o.queueSpin, "queue-spin", 50*time.Microsecond, "with --queue-reader=direct, keep polling the queue for this `duration` after each packet\n(yielding the CPU) before sleeping: the next packet of a dialog skips a thread wake-up; the poll ends when\nanother thread needs the CPU and pauses while polls keep missing; 0 sleeps at once")
 	fs.DurationVar(&o.pinholeTimeout, "pinhole-timeout", 30*time.Second, "close a pinhole whose data connection has not started after this `duration`")
 	fs.StringVar(&o.dataPorts, "data-ports", "1024-65535", "`range` of public ports for NAT'd data connections when the announced port is taken")
 	fs.BoolVar(&o.installRules, "install-rules", true, "install ftpalg's chains and jumps at start and remove them at exit;\nset false when your firewall script includes the output of 'ftpalg rules'")
