@@ -213,7 +213,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		shards[i].keepLabels(labels)
 	}
 	gw := shards[0] // the only one without --queues; data connections and state for all
-	if cfg.AcceptMark != 0 {
+	if cfg.AcceptMark != 0 && (nft == nil || !nft.MarksDataConnections()) {
 		gw.MarkDataConnections(ct, cfg.AcceptMark)
 	}
 	var m *metrics.Metrics // nil-safe: metrics off

@@ -25,9 +25,9 @@ import (
 //	chain pinhole_mark_in  the same rules on hook input, for local endpoints
 //	    ct state new  meta mark set meta mark & ~AcceptMark
 //	    ct state new  ct status dnat unset  saddr . daddr . tcp dport @routed_pinholes
-//	                  meta mark set meta mark | AcceptMark
+//	                  meta mark set meta mark | AcceptMark  ct mark set ct mark | DataMark
 //	    ct state new  ct status dnat set  saddr . daddr . tcp dport . ct original proto-dst @nat_pinholes
-//	                  meta mark set meta mark | AcceptMark
+//	                  meta mark set meta mark | AcceptMark  ct mark set ct mark | DataMark
 //	chain pinhole_dnat   nat hook prerouting priority dstnat - 1
 //	    dnat to saddr . daddr . tcp dport map @nat_targets
 //
@@ -52,6 +52,9 @@ import (
 // makes nft 1.0.6 abort when it lists the rule. Only the administrator's
 // own port forward to the same target and port, from the same peer, while
 // the pinhole is open, could borrow it.
+//
+// With Config.DataMark set, the rules that mark a pinhole's packets also
+// set that bit in the connection's ct mark (see [NFTable.MarksDataConnections]).
 //
 // Like [Table], NFTable counts references per pinhole and is safe for
 // concurrent use. Install must run (after [Chains.Install], which creates
@@ -84,6 +87,12 @@ type nftOpen struct {
 	// timeouts; each refresh switches, so the kernel sees a new timeout.
 	short bool
 }
+
+// MarksDataConnections says the pinhole rules set Config.DataMark in the ct
+// mark of every connection they admit, at its first packet, so the daemon
+// need not set it through ctnetlink when the connection starts (it must
+// for [Table], whose iptables rules do not).
+func (t *NFTable) MarksDataConnections() bool { return t.cfg.DataMark != 0 }
 
 // NFTTableName is the name of ftpalg's nftables tables, one in family ip
 // and one in ip6.
@@ -139,7 +148,7 @@ func NewNFTable(cfg Config, timeout time.Duration, log *slog.Logger) (*NFTable, 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	k, err := newNFTKernel(cfg.AcceptMark, cfg.Role)
+	k, err := newNFTKernel(cfg.AcceptMark, cfg.DataMark, cfg.Role)
 	if err != nil {
 		return nil, err
 	}

@@ -9,7 +9,9 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -835,6 +837,57 @@ func nftTrafficBody(t *testing.T) {
 		}
 	})
 
+	t.Run("with DataMark the pinhole marks the connection it admits", func(t *testing.T) {
+		// Last: installing with DataMark rewrites the shared mark chains.
+		dcfg := cfg
+		dcfg.DataMark = DefaultAcceptMark
+		dm, err := NewNFTable(dcfg, time.Minute, testLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !dm.MarksDataConnections() || n.MarksDataConnections() {
+			t.Fatalf("MarksDataConnections: %v with DataMark, %v without", dm.MarksDataConnections(), n.MarksDataConnections())
+		}
+		if err := dm.Install(); err != nil {
+			t.Fatal(err)
+		}
+		for _, fam := range []string{"ip", "ip6"} {
+			if out := run(t, "nft", "list", "chain", fam, NFTTableName, nftChainMark); strings.Count(out, "ct mark set ct mark | 0x20000000") != 2 {
+				t.Errorf("%s mark chain with DataMark: want ct mark set in both pinhole rules:\n%s", fam, out)
+			}
+		}
+		run(t, "conntrack", "-F")
+		run(t, "conntrack", "-F", "-f", "ipv6")
+		for _, tt := range []struct {
+			p             Pinhole
+			peer, dst     string
+			family, dport string
+		}{
+			{v4NAT, "198.51.100.20", "198.51.100.1:50000", "ipv4", "50000"},
+			{v6Plain, "2001:db8:2::20", "[2001:db8:1::10]:2121", "ipv6", "2121"},
+		} {
+			if err := dm.Open(tt.p); err != nil {
+				t.Fatal(err)
+			}
+			if !dial(tt.peer, tt.dst) {
+				t.Fatalf("%s could not reach %s through %s", tt.peer, tt.dst, tt.p)
+			}
+			if err := dm.Close(tt.p); err != nil {
+				t.Fatal(err)
+			}
+			if marks := ctMarks(t, tt.family, tt.peer, tt.dport); len(marks) != 1 || marks[0]&DefaultAcceptMark == 0 {
+				t.Errorf("%s -> %s through a pinhole: ct marks %#x, want one entry with %#x", tt.peer, tt.dst, marks, DefaultAcceptMark)
+			}
+		}
+		// The administrator's own port forward is not a pinhole's.
+		if !dial("198.51.100.20", "198.51.100.1:50001") {
+			t.Fatal("the administrator's port forward broke")
+		}
+		if marks := ctMarks(t, "ipv4", "198.51.100.20", "50001"); len(marks) != 1 || marks[0]&DefaultAcceptMark != 0 {
+			t.Errorf("a port-forwarded connection: ct marks %#x, want one entry without %#x", marks, DefaultAcceptMark)
+		}
+	})
+
 	for _, f := range families {
 		for _, line := range ipt(t, f, "-v", "-S", "FORWARD") {
 			if strings.Contains(line, "INVALID") && !strings.Contains(line, "-c 0 0") {
@@ -842,6 +895,25 @@ func nftTrafficBody(t *testing.T) {
 			}
 		}
 	}
+}
+
+// ctMarks returns the ct marks of the TCP conntrack entries from src to
+// the original destination port dport, as conntrack -L prints them.
+func ctMarks(t *testing.T, family, src, dport string) []uint32 {
+	t.Helper()
+	out, err := exec.Command("conntrack", "-L", "-f", family, "-p", "tcp", "-s", src, "--dport", dport).CombinedOutput()
+	if err != nil {
+		t.Fatalf("conntrack -L: %v\n%s", err, out)
+	}
+	var marks []uint32
+	for _, m := range regexp.MustCompile(`mark=(\d+)`).FindAllStringSubmatch(string(out), -1) {
+		v, err := strconv.ParseUint(m[1], 10, 32)
+		if err != nil {
+			t.Fatalf("conntrack -L: %v\n%s", err, out)
+		}
+		marks = append(marks, uint32(v))
+	}
+	return marks
 }
 
 // TestMeasureNFTableLatency measures Open and Close of the netlink backend against

@@ -177,7 +177,7 @@ func splitNetlink(t *testing.T, b []byte) [][]byte {
 // writes its socket's port ID, or nltest's 1; the fast path writes 0,
 // which the kernel accepts as well and ignores in requests).
 func TestNFTBatchMatchesGoogle(t *testing.T) {
-	k, err := newNFTKernel(DefaultAcceptMark, RoleBoth)
+	k, err := newNFTKernel(DefaultAcceptMark, 0, RoleBoth)
 	if err != nil {
 		t.Fatal(err)
 	}

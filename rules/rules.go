@@ -139,9 +139,10 @@ type Config struct {
 	// (see NFTable). Zero, for Table's per-pinhole iptables rules, adds
 	// nothing.
 	AcceptMark uint32
-	// DataMark, when non-zero, is the single conntrack mark bit the daemon
-	// sets (through ctnetlink) on a data connection that came through a
-	// pinhole, as it closes the pinhole; FTPALG-ACCEPT then holds one
+	// DataMark, when non-zero, is the single conntrack mark bit set on a
+	// data connection that came through a pinhole: by NFTable's own rules
+	// at its first packet, or, with Table, by the daemon through ctnetlink
+	// before it closes the pinhole. FTPALG-ACCEPT then holds one
 	// static rule accepting NEW TCP packets of entries with that bit. A
 	// NEW packet of an existing entry is a retransmitted SYN (conntrack
 	// calls a packet NEW until it has seen a reply), so the connection
