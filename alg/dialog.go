@@ -131,6 +131,10 @@ const (
 	flagDesync               // the lost counter overflowed; never trust a passive reply again
 	flagLoggedIn             // a 230 or 232 answered USER or PASS
 	flagCut                  // Dialog.Cut: until the next final reply, an empty queue answers cmdCut
+	// flagResumedAnswer: the queue's head is the passive command a
+	// resumed dialog's labels say the next final reply answers (see
+	// Resume), until a reply that can answer it comes.
+	flagResumedAnswer
 )
 
 // Dialog is the FTP state of one control connection: which commands still
@@ -384,6 +388,13 @@ func (d *Dialog) final(code [3]byte) (Kind, cmd) {
 	if code[0] == '1' {
 		return KindNone, cmdNone // preliminary: the command stays outstanding
 	}
+	if d.flags&flagResumedAnswer != 0 && !canAnswer(code, d.peek()) {
+		// Not the labels' passive command's answer: a reply the
+		// previous process released before it wrote them, sent again
+		// (see Resume). It answers nothing.
+		return replyKind(code), cmdNone
+	}
+	d.flags &^= flagResumedAnswer
 	var c cmd
 	if d.flags&flagGreeted == 0 {
 		d.flags |= flagGreeted
@@ -405,6 +416,19 @@ func (d *Dialog) final(code [3]byte) (Kind, cmd) {
 		d.flags |= flagLoggedIn
 	}
 	return replyKind(code), c
+}
+
+// canAnswer reports whether a final reply with code can answer passive
+// command c: its own passive reply (227 to PASV, 228 to LPSV, 229 to EPSV)
+// or a refusal (4xx, 5xx; 6xx, a protected reply, is not looked into). No
+// other positive or intermediate reply answers a passive command (RFC 959
+// 5.4, RFC 1639, RFC 2428).
+func canAnswer(code [3]byte, c cmd) bool {
+	if code[0] >= '4' {
+		return true
+	}
+	k := replyKind(code)
+	return k != KindNone && wantCmd(k) == c
 }
 
 func replyKind(code [3]byte) Kind {

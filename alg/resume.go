@@ -48,6 +48,19 @@ func (d *Dialog) Answer() Answer {
 // which keeps later replies aligned once the client sends its next command).
 // An unknown Answer is taken as AnswerNone: a passive reply then counts as
 // unsolicited (fail closed).
+//
+// The labels' next final reply is the next one after what the previous
+// process had released when it wrote them. A reply it released before (the
+// 200 to a PORT, the 226 of a transfer) comes again when the server's
+// retransmission timeout fires before the client's ACK of it reaches the
+// server, and it may be the first segment the new process sees: taken as
+// the answer, it used up the passive command, and the real 227 that
+// followed was refused as unsolicited and passed unrewritten
+// (conntrack.TestRestartRegressions, seed 4002). Replies come in the order
+// of the commands (RFC 959), so until one that can answer the passive
+// command comes (its own 227, 228 or 229, or a 4xx or 5xx refusal), a final
+// reply answers nothing. A refusal sent again is still taken as the
+// answer: the passive reply after it is then refused (fail closed).
 func Resume(cfg Config, loggedIn bool, next Answer) Dialog {
 	d := NewDialog(cfg)
 	d.flags |= flagGreeted
@@ -61,6 +74,9 @@ func Resume(cfg Config, loggedIn bool, next Answer) Dialog {
 		d.push(cmdEPSV)
 	case AnswerLPSV:
 		d.push(cmdLPSV)
+	}
+	if d.n > 0 {
+		d.flags |= flagResumedAnswer
 	}
 	return d
 }

@@ -60,12 +60,53 @@ func TestResumeAcceptsAnswer(t *testing.T) {
 		if f.Usable() != tt.usable {
 			t.Errorf("answer %v, %q: usable %v (err %v), want %v", tt.answer, tt.line, f.Usable(), f.Err, tt.usable)
 		}
-		// The first final reply of a resumed dialog is no greeting: a 220
-		// answers the outstanding command too.
-		d = Resume(Config{}, false, AnswerPASV)
-		d.ServerLine([]byte("220 again"))
+	}
+	// The first final reply of a resumed dialog is no greeting: a 220
+	// answers an outstanding command like any other reply.
+	d := Resume(Config{}, true, AnswerNone)
+	d.ClientLine([]byte("NOOP"))
+	d.ServerLine([]byte("220 again"))
+	if d.Pending() != 0 {
+		t.Errorf("a 220 after Resume did not answer the outstanding NOOP: %d pending", d.Pending())
+	}
+}
+
+// A reply that cannot answer the passive command the labels say is
+// outstanding is one the previous process released before it wrote them,
+// sent again by the server: it leaves the passive command outstanding, so
+// that the real 227 after it is still accepted. A refusal does answer it.
+func TestResumeSkipsEarlierReplies(t *testing.T) {
+	for _, tt := range []struct {
+		answer  Answer
+		earlier []string
+		line    string
+		usable  bool
+	}{
+		{AnswerPASV, []string{"200 PORT command successful. Consider using PASV."}, "227 Entering Passive Mode (192,0,2,20,200,10).", true},
+		{AnswerPASV, []string{"150 Opening", "226 Transfer complete.", "220 again", "331 pw", "230 ok"}, "227 Entering Passive Mode (192,0,2,20,200,10).", true},
+		{AnswerEPSV, []string{"226-Transfer", "complete", "226 Done"}, "229 Entering Extended Passive Mode (|||51210|)", true},
+		{AnswerLPSV, []string{"229 Entering Extended Passive Mode (|||51210|)"}, "228 Entering Long Passive Mode (4,4,192,0,2,20,2,200,10)", true},
+		{AnswerPASV, []string{"425 Cannot open data connection."}, "227 Entering Passive Mode (192,0,2,20,200,10).", false},
+		{AnswerEPSV, []string{"500 Unknown command."}, "229 Entering Extended Passive Mode (|||51210|)", false},
+	} {
+		d := Resume(Config{}, true, tt.answer)
+		for _, l := range tt.earlier {
+			if f := d.ServerLine([]byte(l)); f.Usable() {
+				t.Errorf("%v: %q usable", tt.answer, l)
+			}
+		}
+		f := d.ServerLine([]byte(tt.line))
+		if f.Usable() != tt.usable {
+			t.Errorf("answer %v after %q, %q: usable %v (err %v), want %v", tt.answer, tt.earlier, tt.line, f.Usable(), f.Err, tt.usable)
+		}
 		if d.Answer() != AnswerNone {
-			t.Errorf("a 220 after Resume did not answer the outstanding PASV")
+			t.Errorf("answer %v after %q, %q: still %v outstanding", tt.answer, tt.earlier, tt.line, d.Answer())
+		}
+		// Once answered, replies answer the commands after it as usual.
+		d.ClientLine([]byte("NOOP"))
+		d.ServerLine([]byte("200 NOOP ok."))
+		if d.Pending() != 0 {
+			t.Errorf("answer %v after %q: %d pending after a NOOP's reply", tt.answer, tt.earlier, d.Pending())
 		}
 	}
 }

@@ -3,6 +3,8 @@ package conntrack
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"testing"
 
 	"github.com/ftpalg/ftpalg/conntrack/seqnum"
@@ -84,6 +86,9 @@ func TestKernelRestartedSessions(t *testing.T) {
 	if testing.Short() {
 		n = 4
 	}
+	if v, err := strconv.Atoi(os.Getenv("FTPALG_SIM_SESSIONS")); err == nil {
+		n = v // a longer soak, as for TestLabelRestartedSessions
+	}
 	for _, byLabels := range []bool{false, true} {
 		first := uint64(1000)
 		if byLabels {
@@ -156,4 +161,41 @@ func (m *sim) kernelAdjust(b []byte, fromClient bool) []byte {
 		k.sacks[i] = [2]seqnum.Value{other.ack(k.sacks[i][0]), other.ack(k.sacks[i][1])}
 	}
 	return k.build(m.t)
+}
+
+// TestResumedEditFold: once the receiver acknowledges past a resumed edit
+// (labels know its start, not its end), a retransmission of its line is
+// trimmed to the acknowledgement, never released unrewritten at the shift
+// after it.
+func TestResumedEditFold(t *testing.T) {
+	var m seqMap
+	m.floor, m.base = 1000, 9
+	m.lab = labelPoint{active: true, at: 1000, step: 2}
+	line := []byte("EPRT !1!192.0.2.10!41472!\r\n")
+	end := seqnum.Value(1000 + len(line))
+	m.forget(end)
+	if m.lab.active || m.floor != end {
+		t.Fatalf("after forget(%d): lab %+v floor %d", end, m.lab, m.floor)
+	}
+	if out, at := m.render(nil, 1000, line); len(out) != 0 || at != end {
+		t.Errorf("render of the acknowledged line = %q at %d, want nothing at %d", out, at, end)
+	}
+	if got := m.toReceiver(end); got != end.Shift(9) {
+		t.Errorf("toReceiver(%d) = %d, want %d", end, got, end.Shift(9))
+	}
+}
+
+// TestPlainPickupOldAck: a connection picked up plain (no SYN, no labels)
+// passes a receiver's ACK of bytes before the first segment seen as it is.
+func TestPlainPickupOldAck(t *testing.T) {
+	var h half
+	h.start(&segment{seq: 5000, flags: flagACK})
+	if got := h.m.toSender(4980, snapStart); got != 4980 {
+		t.Errorf("toSender(4980) = %d, want it unchanged", got)
+	}
+	var s half
+	s.start(&segment{seq: 5000, flags: flagSYN})
+	if s.m.floor != 5001 {
+		t.Errorf("a SYN-started stream's floor = %d, want 5001", s.m.floor)
+	}
 }

@@ -154,9 +154,22 @@ func (m *seqMap) forget(acked seqnum.Value) {
 			return
 		}
 		// The receiver holds bytes after the resumed edit's start, so
-		// it got that edit (sent whole): positions before floor (its
-		// start) are stale from now on, as after any fold.
+		// it got that edit (sent whole): positions before acked are
+		// stale from now on, as after any fold. acked itself lies at or
+		// after the edit's end (toSender maps a receiver position inside
+		// its replacement no further than its start), and floor moves
+		// there: the labels do not say where the edit ends, so a
+		// retransmission of its line that comes after this ACK (the
+		// ACK still on its way to the sender) cannot be rendered the way
+		// the previous process rewrote it. With floor left at the
+		// edit's start, such a copy went out unrewritten at the shift
+		// after the edit, over the rewritten bytes the receiver holds
+		// (TestRestartRegressions, seed 2109). Trimmed to floor, it
+		// carries nothing the receiver lacks.
 		m.lab.active = false
+		if len(m.edits) == 0 || !m.edits[0].start.LessThan(acked) {
+			m.floor = acked
+		}
 	}
 	n := 0
 	for n < len(m.edits) && m.edits[n].end().LessThanEq(acked) {

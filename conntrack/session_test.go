@@ -733,6 +733,57 @@ func TestLabelRestartedSessions(t *testing.T) {
 	}
 }
 
+// restartSteps is the restart schedule of seed in the restart tests: 5
+// restarts, about 1500 steps apart.
+func restartSteps(seed uint64) []int {
+	r := rand.New(rand.NewPCG(seed, 7))
+	var at []int
+	for s := 0; s < 5; s++ {
+		at = append(at, 500+s*1500+r.IntN(1000))
+	}
+	return at
+}
+
+// TestRestartRegressions runs seeds of the restart simulation that once
+// failed, beyond the ranges the tests above run by default (a soak with
+// FTPALG_SIM_SESSIONS=300 or more found them), in the mode they failed in.
+// Each takes milliseconds.
+func TestRestartRegressions(t *testing.T) {
+	for _, tt := range []struct {
+		seed             uint64
+		byLabels, kernel bool
+		what             string
+	}{
+		// A rewritten line retransmitted after a successor, resumed from
+		// the labels alone, saw the receiver's ACK past it (the ACK still
+		// on its way to the sender): the resumed edit was folded with
+		// floor at its start, and the copy went out unrewritten at the
+		// shift after it (seqMap.forget).
+		{2109, true, false, "client EPRT retransmitted after the server's ACK of it passed the successor"},
+		{2252, true, false, "server 229 retransmitted after the client's pure ACK of it passed the successor"},
+		{2282, true, false, "server 227 retransmitted after the client's ACK of it, on a segment the successor dropped"},
+		// A successor resumed from labels whose ANSWER said PASV saw the
+		// server's retransmission of the 200 to the PORT before it (the
+		// client's ACK of it lost downstream) before any client packet,
+		// and took it as the PASV's answer: the 227 after it passed
+		// unrewritten (alg.Resume).
+		{4002, true, false, "a reply released before the labels' PASV sent again, taken as its answer"},
+		{4002, true, true, "the same with the kernel's seqadj mapping the connection"},
+		// A restart during the login, before any rewrite: the successor
+		// picked the connection up plain at the server's last segment
+		// and raised the client's older ACK (the bytes before it were
+		// lost downstream) to that segment's start: the server was told
+		// the client had bytes it never got (half.start).
+		{4015, true, false, "a plain pickup's receiver ACK before the first segment seen"},
+		{4015, true, true, "the same with kernel mapping on"},
+	} {
+		t.Run(fmt.Sprintf("%d/labels=%v/kernel=%v", tt.seed, tt.byLabels, tt.kernel), func(t *testing.T) {
+			t.Log(tt.what)
+			runSessionRestartingBy(t, tt.seed, 120, restartSteps(tt.seed), tt.byLabels, tt.kernel)
+		})
+	}
+}
+
 // TestLongSession is one control connection with hundreds of rewrites.
 func TestLongSession(t *testing.T) {
 	runSession(t, 4242, 1500)

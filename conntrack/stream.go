@@ -165,11 +165,19 @@ func (h *half) start(seg *segment) {
 	}
 	h.sent = h.next
 	h.m.floor = h.next
-	if h.resume {
-		// Resumed from labels that record no edit of this direction:
-		// every position maps with the shift of 0, also before the first
-		// segment seen (a delayed ACK, a retransmission of bytes the
-		// previous process released); only ancient ones are clamped.
+	if h.resume || !seg.has(flagSYN) {
+		// Resumed from labels that record no edit of this direction, or
+		// picked up plain (labels that say nothing was rewritten, or
+		// no state from a predecessor): every position maps with the
+		// shift of 0, also before the first segment seen (a delayed
+		// ACK, a retransmission of bytes the previous process
+		// released); only ancient ones are clamped. With floor at the
+		// first segment seen, a plain pickup's receiver ACK of bytes
+		// before it (the previous process released them, and they
+		// were lost on the way) was raised to floor: the sender was
+		// told the receiver had bytes it never got, and stopped
+		// resending them (TestRestartRegressions, seed 4015:
+		// a restart during the login).
 		h.m.floor = h.next - resumeReach
 	}
 }
