@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/alg"
+	"github.com/ftpalg/ftpalg/conntrack/seqnum"
 )
 
 // labelState is what f's conntrack labels must say now.
@@ -56,7 +57,11 @@ func (f *flow) labelsEvent() Event {
 // given, and its labels say KERNEL. It returns the EventLabels to write
 // instead of that last one (KERNEL set, no BE_LIBERAL), and false when c is
 // not tracked.
-func (e *Engine) KernelMaps(c Conn) (Event, bool) {
+//
+// pkt and res are the packet that made the first length change and its
+// Result, not yet released: the kernel applies the seqadj to that packet
+// too, at its last hook, so res is renumbered for it (see renumber).
+func (e *Engine) KernelMaps(c Conn, pkt []byte, res *Result) (Event, bool) {
 	f := e.tab.get(c)
 	if f == nil || f.dead {
 		return Event{}, false
@@ -64,7 +69,54 @@ func (e *Engine) KernelMaps(c Conn) (Event, bool) {
 	f.kernel = true
 	f.labels = f.labelState().Encode()
 	e.markChanged(f, true)
-	return f.labelsEvent(), true
+	ev := f.labelsEvent()
+	if res != nil && res.Verdict != Drop {
+		e.renumber(f, pkt, res)
+	}
+	return ev, true
+}
+
+// renumber gives the packet f's hand-over segment is released as (res) the
+// numbers that the kernel's seqadj turns into those its receiver must get.
+// A segment with one edit needs no change: it starts at or before the
+// edit, where the kernel adds the offset before it, which is the old one.
+// A segment with two edits does: the kernel's correction point is the
+// last, and before it the kernel adds the shift of the first (measured in
+// TestKernelPipelinedSessions, where a PORT and an EPRT in one segment
+// reached the server a byte off). A number the kernel cannot produce
+// drops the packet, refused with ErrKernelMap: the sender's retransmission
+// is mapped as any later segment.
+func (e *Engine) renumber(f *flow, pkt []byte, res *Result) {
+	out := pkt
+	if res.Verdict == AcceptModified {
+		out = res.Packet
+	}
+	var seg segment
+	if e.dec.decode(out, &seg, false) != nil {
+		return // decoded once already; cannot happen
+	}
+	side := alg.Server
+	if seg.src == f.conn.Client {
+		side = alg.Client
+	}
+	snd, rcv := f.halves(side)
+	seq, ack := seg.seq, seg.ack
+	var sacks [maxSACKs][2]seqnum.Value
+	for i := 0; i < seg.nSACK; i++ {
+		l, r := seg.sackBlock(out, i)
+		sacks[i] = [2]seqnum.Value{l, r}
+	}
+	sackChanged := false
+	if !e.kernelNumbers(f, snd, rcv, out, &seg, &seq, &ack, &sacks, &sackChanged) {
+		e.refuse(f, alg.KindNone, netip.AddrPort{}, fmt.Errorf("%w: handing over: seq %d (seqadj %+v), ack %d (seqadj %+v)",
+			ErrKernelMap, seg.seq, snd.m.kernelAdj(), seg.ack, rcv.m.kernelAdj()))
+		res.Verdict, res.Packet, res.Events = Drop, nil, e.events
+		return
+	}
+	if seq == seg.seq && ack == seg.ack && !sackChanged {
+		return
+	}
+	res.Verdict, res.Packet = AcceptModified, e.patchNumbers(out, &seg, seq, ack, &sacks, sackChanged)
 }
 
 // fromLabels looks up the labels of a connection seen without its SYN and

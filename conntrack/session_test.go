@@ -30,6 +30,9 @@ type exchange struct {
 	pinhole              bool // a pinhole event is expected
 }
 
+// rewrites says the client's command is rewritten on its way.
+func (x exchange) rewrites() bool { return x.cmd != x.cmdWant }
+
 func commas(a netip.Addr, port uint16) string {
 	b := a.As4()
 	return fmt.Sprintf("%d,%d,%d,%d,%d,%d", b[0], b[1], b[2], b[3], port>>8, port&0xff)
@@ -58,16 +61,9 @@ func genSession(r *rand.Rand, n int) []exchange {
 			ex.cmd = "LIST"
 			ex.replies, ex.repliesWant = same("150 Here comes the directory listing.", "226 Directory send OK.")
 		case 3:
-			ex.cmd = "PORT " + commas(simClient.Addr(), port)
-			ex.cmdWant = "PORT " + commas(simClientPublic, q)
-			ex.replies, ex.repliesWant = same("200 PORT command successful. Consider using PASV.")
-			ex.pinhole = true
+			ex = genPORT(port)
 		case 4:
-			d := string("|!#$"[r.IntN(4)])
-			ex.cmd = fmt.Sprintf("EPRT %s1%s%s%s%d%s", d, d, simClient.Addr(), d, port, d)
-			ex.cmdWant = fmt.Sprintf("EPRT %s1%s%s%s%d%s", d, d, simClientPublic, d, q, d)
-			ex.replies, ex.repliesWant = same("200 EPRT command successful. Consider using EPSV.")
-			ex.pinhole = true
+			ex = genEPRT(r, port)
 		case 5:
 			ex.cmd = "PASV"
 			ex.replies = []string{fmt.Sprintf("227 Entering Passive Mode (%s).", commas(simServer.Addr(), port))}
@@ -93,6 +89,38 @@ func genSession(r *rand.Rand, n int) []exchange {
 	quit := exchange{cmd: "QUIT", cmdWant: "QUIT"}
 	quit.replies, quit.repliesWant = same("221 Goodbye.")
 	return append(x, quit)
+}
+
+func genPORT(port uint16) exchange {
+	ex := exchange{cmd: "PORT " + commas(simClient.Addr(), port), cmdWant: "PORT " + commas(simClientPublic, natPort(port)), pinhole: true}
+	ex.replies, ex.repliesWant = same("200 PORT command successful. Consider using PASV.")
+	return ex
+}
+
+func genEPRT(r *rand.Rand, port uint16) exchange {
+	d := string("|!#$"[r.IntN(4)])
+	ex := exchange{cmd: fmt.Sprintf("EPRT %s1%s%s%s%d%s", d, d, simClient.Addr(), d, port, d),
+		cmdWant: fmt.Sprintf("EPRT %s1%s%s%s%d%s", d, d, simClientPublic, d, natPort(port), d), pinhole: true}
+	ex.replies, ex.repliesWant = same("200 EPRT command successful. Consider using EPSV.")
+	return ex
+}
+
+// pairRewrites follows every other rewritten command of a script with a
+// second one (PORT or EPRT), for a client that pipelines them.
+func pairRewrites(r *rand.Rand, script []exchange) []exchange {
+	var out []exchange
+	for _, x := range script {
+		out = append(out, x)
+		if x.rewrites() && r.IntN(2) == 0 {
+			port := uint16(1024 + r.IntN(65535-1024))
+			if r.IntN(2) == 0 {
+				out = append(out, genPORT(port))
+			} else {
+				out = append(out, genEPRT(r, port))
+			}
+		}
+	}
+	return out
 }
 
 // lineEdit is an expected rewrite, in offsets of the sender's stream.
@@ -236,6 +264,13 @@ type sim struct {
 	kernel bool
 	adjOn  bool
 	adj    [2]SeqAdj
+	// pipeline: the client writes a rewritten command (PORT, EPRT) right
+	// after another before the first's reply, so two rewrites of its
+	// direction are in flight at once (see TestKernelPipelinedSessions).
+	pipeline bool
+	// noMultiSkip: the simulated skip rule ignores MULTI (the proof that
+	// the real rule needs it).
+	noMultiSkip bool
 }
 
 func (m *sim) fail(format string, a ...any) {
@@ -414,7 +449,7 @@ func (m *sim) deliver(i int) {
 			}
 		}
 		if m.kernel && liberal && !m.adjOn {
-			m.takeOver(res.Events)
+			out = m.takeOver(b, &res)
 		}
 		if out != nil && m.adjOn {
 			out = m.kernelAdjust(out, i == 0)
@@ -450,7 +485,13 @@ func (m *sim) app() {
 	for i := 0; i <= m.sent && i < len(m.script); i++ {
 		need += len(m.script[i].replies)
 	}
-	if m.sent+1 < len(m.script) && m.c.lines() >= need {
+	ready := m.c.lines() >= need
+	if m.pipeline && !ready && m.sent+1 < len(m.script) && m.sent > 0 &&
+		m.script[m.sent].rewrites() && m.script[m.sent+1].rewrites() &&
+		m.c.lines() >= need-len(m.script[m.sent].replies) {
+		ready = true // the second while the first awaits its reply
+	}
+	if m.sent+1 < len(m.script) && ready {
 		m.sent++
 		x := m.script[m.sent]
 		m.c.exp.add(x.cmd, x.cmdWant, len(m.c.out))
@@ -568,9 +609,26 @@ func runSessionRestarting(t *testing.T, seed uint64, commands int, restarts []in
 // simulated kernel seqadj at its first length change (the daemon's
 // tryKernel), whose pure ACKs then skip the engine (rules' kernel skip rule).
 func runSessionRestartingBy(t *testing.T, seed uint64, commands int, restarts []int, byLabels, kernel bool) {
+	runSim(t, seed, commands, simOptions{restarts: restarts, byLabels: byLabels, kernel: kernel})
+}
+
+// simOptions are what runSim varies beyond the seed.
+type simOptions struct {
+	restarts         []int // steps at which the engine restarts
+	byLabels, kernel bool  // see sim
+	pipeline         bool  // see sim
+	noMultiSkip      bool  // see sim
+}
+
+// runSim runs a generated session; see runSessionRestartingBy.
+func runSim(t *testing.T, seed uint64, commands int, o simOptions) {
+	restarts, byLabels, kernel := o.restarts, o.byLabels, o.kernel
 	nRestarts := len(restarts)
 	r := rand.New(rand.NewPCG(seed, seed^0x5eed))
 	script := genSession(r, commands)
+	if o.pipeline {
+		script = pairRewrites(r, script)
+	}
 	var toServer, toClient expected
 	pins := 0
 	for i, x := range script {
@@ -594,7 +652,7 @@ func runSessionRestartingBy(t *testing.T, seed uint64, commands int, restarts []
 	cfg := Config{VerifyChecksum: true, SaveDialogs: !byLabels, WriteLabels: byLabels || kernel}
 	m := &sim{t: t, r: r, e: New(cfg, nat), c: c, s: s, script: script, lossy: true, mss: 64 + r.IntN(1400),
 		saved: map[Conn]FlowState{}, cfg: cfg, nat: nat, upstreamClean: len(restarts) > 0,
-		byLabels: byLabels, labels: map[Conn]Labels{}, kernel: kernel}
+		byLabels: byLabels, labels: map[Conn]Labels{}, kernel: kernel, pipeline: o.pipeline, noMultiSkip: o.noMultiSkip}
 	if r.IntN(3) == 0 {
 		m.mss = 64 + r.IntN(40) // many segments per line
 	}

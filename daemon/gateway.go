@@ -156,7 +156,7 @@ func (g *Gateway) handleAt(pkt []byte, hook conntrack.Hook, now time.Time) (conn
 		labelled = labelled || res.Events[i].Kind == conntrack.EventLabels && g.labels != nil
 	}
 	if labelled && g.labels.kernel != nil {
-		g.handOver(res.Events)
+		g.handOver(pkt, &res)
 	}
 	// Pinholes first, then the state file, then the labels: a successor
 	// that takes a connection over from its saved state replays what the
@@ -195,8 +195,10 @@ func (g *Gateway) handleAt(pkt []byte, hook conntrack.Hook, now time.Time) (conn
 // length-changing edit (EventLiberal) to the kernel's seqadj, if its entry
 // has one: first of all, so that the state file saved next already says
 // so, and the connection's EventLabels is replaced by the engine's new one
-// (KERNEL, no BE_LIBERAL).
-func (g *Gateway) handOver(evs []conntrack.Event) {
+// (KERNEL, no BE_LIBERAL). res, pkt's result, is renumbered for the seqadj
+// the kernel will apply to it (Engine.KernelMaps).
+func (g *Gateway) handOver(pkt []byte, res *conntrack.Result) {
+	evs := res.Events
 	for i := range evs {
 		if evs[i].Kind != conntrack.EventLiberal {
 			continue
@@ -206,8 +208,8 @@ func (g *Gateway) handOver(evs []conntrack.Event) {
 				continue
 			}
 			if g.labels.handOver(&evs[j]) {
-				if ev, ok := g.engine.KernelMaps(evs[j].Conn); ok {
-					evs[j] = ev
+				if ev, ok := g.engine.KernelMaps(evs[j].Conn, pkt, res); ok {
+					res.Events[j] = ev // res.Events may have grown: a refusal
 					g.metrics.KernelSeqAdj()
 				}
 			}
