@@ -3,8 +3,6 @@ package conntrack
 import (
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"strconv"
 	"testing"
 
 	"github.com/ftpalg/ftpalg/conntrack/seqnum"
@@ -96,13 +94,7 @@ func TestKernelSessions(t *testing.T) {
 //     of 300 in all; TestKernelSessions, whose client waits for each reply,
 //     fails none.
 func TestKernelPipelinedSessions(t *testing.T) {
-	n := 40
-	if testing.Short() {
-		n = 8
-	}
-	if v, err := strconv.Atoi(os.Getenv("FTPALG_SIM_SESSIONS")); err == nil {
-		n = v
-	}
+	n := simSessions(40, 8)
 	var seeds []uint64
 	for seed := uint64(5000); seed < uint64(5000+n); seed++ {
 		seeds = append(seeds, seed)
@@ -123,13 +115,7 @@ func TestKernelPipelinedSessions(t *testing.T) {
 // keeping only the saved state, or only the labels (KERNEL among them): the
 // seeds of TestRestartedSessions and TestLabelRestartedSessions.
 func TestKernelRestartedSessions(t *testing.T) {
-	n := 20
-	if testing.Short() {
-		n = 4
-	}
-	if v, err := strconv.Atoi(os.Getenv("FTPALG_SIM_SESSIONS")); err == nil {
-		n = v // a longer soak, as for TestLabelRestartedSessions
-	}
+	n := simSessions(20, 4)
 	for _, byLabels := range []bool{false, true} {
 		first := uint64(1000)
 		if byLabels {

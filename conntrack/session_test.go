@@ -728,6 +728,19 @@ func runSim(t *testing.T, seed uint64, commands int, o simOptions) {
 	}
 }
 
+// simSessions is how many generated sessions a simulation test runs: n,
+// short under -short, or FTPALG_SIM_SESSIONS for a longer soak
+// (FTPALG_SIM_SESSIONS=5000 go test -run TestRandomSessions).
+func simSessions(n, short int) int {
+	if v, err := strconv.Atoi(os.Getenv("FTPALG_SIM_SESSIONS")); err == nil {
+		return v
+	}
+	if testing.Short() {
+		return short
+	}
+	return n
+}
+
 // TestRandomSessions pushes generated FTP sessions, cut into random
 // segments and subjected to loss, duplication, reordering and
 // retransmission on both sides of the engine, through it as two TCP
@@ -735,13 +748,7 @@ func runSim(t *testing.T, seed uint64, commands int, o simOptions) {
 // expected rewritten stream, and every ACK and SACK must reach its sender in
 // the sender's own sequence space, covering only bytes the receiver holds.
 func TestRandomSessions(t *testing.T) {
-	n := 60
-	if testing.Short() {
-		n = 10
-	}
-	if v, err := strconv.Atoi(os.Getenv("FTPALG_SIM_SESSIONS")); err == nil {
-		n = v // a longer soak: FTPALG_SIM_SESSIONS=5000 go test -run TestRandomSessions
-	}
+	n := simSessions(60, 10)
 	for seed := uint64(1); seed <= uint64(n); seed++ {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			runSession(t, seed, 40+int(seed%5)*40)
@@ -772,13 +779,7 @@ func TestRestartedSessions(t *testing.T) {
 // TestLabelRestartedSessions is TestRestartedSessions with nothing but the
 // conntrack labels carried over each restart.
 func TestLabelRestartedSessions(t *testing.T) {
-	n := 30
-	if testing.Short() {
-		n = 5
-	}
-	if v, err := strconv.Atoi(os.Getenv("FTPALG_SIM_SESSIONS")); err == nil {
-		n = v
-	}
+	n := simSessions(30, 5)
 	for seed := uint64(2000); seed < uint64(2000+n); seed++ {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			r := rand.New(rand.NewPCG(seed, 7))
