@@ -465,16 +465,23 @@ func ctStateNew() []expr.Any {
 // setMarkBit sets (on) or clears the accept mark bit in the packet mark,
 // leaving the other bits alone.
 func (c *nftConn) setMarkBit(on bool) []expr.Any {
+	return setBits(&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1}, c.mark, on)
+}
+
+// setBits loads a 32-bit key into register 1 (load), sets (on) or clears
+// bits in it, leaving the others alone, and stores it back (store).
+func setBits(load, store expr.Any, bits uint32, on bool) []expr.Any {
 	xor := uint32(0)
 	if on {
-		xor = c.mark
+		xor = bits
 	}
 	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		load,
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(^c.mark),
+			Mask: binaryutil.NativeEndian.PutUint32(^bits),
 			Xor:  binaryutil.NativeEndian.PutUint32(xor)},
-		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+		store,
 	}
 }
 
@@ -563,13 +570,8 @@ func (c *nftConn) setDataMark() []expr.Any {
 	if c.dataMark == 0 {
 		return nil
 	}
-	return []expr.Any{
-		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(^c.dataMark),
-			Xor:  binaryutil.NativeEndian.PutUint32(c.dataMark)},
-		&expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: 1},
-	}
+	return setBits(&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: 1}, c.dataMark, true)
 }
 
 // dnatExprs: meta l4proto tcp dnat to saddr . daddr . tcp dport map
