@@ -93,7 +93,7 @@ func (e *Engine) renumber(f *flow, pkt []byte, res *Result) {
 	}
 	var seg segment
 	if e.dec.decode(out, &seg, false) != nil {
-		return // decoded once already; cannot happen
+		return // the input decoded, and a rebuilt packet is well formed: cannot happen
 	}
 	side := alg.Server
 	if seg.src == f.conn.Client {
