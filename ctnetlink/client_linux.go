@@ -48,12 +48,14 @@ type Client struct {
 	fd  int
 	seq uint32
 	buf []byte
-	// events joins NFNLGRP_CONNTRACK_NEW from Subscribe (or Watch) until
-	// Watch returns. It is opened with the query socket so that both live
-	// in the namespace Open was called in, whichever thread Watch later
-	// runs on.
+	// events joins NFNLGRP_CONNTRACK_NEW from Subscribe (or Watch), and
+	// NFNLGRP_CONNTRACK_DESTROY from SubscribeDestroy (or a Watch with a
+	// Destroyed handler), until Watch returns. It is opened with the
+	// query socket so that both live in the namespace Open was called
+	// in, whichever thread Watch later runs on.
 	events     *netlink.Conn
-	subscribed atomic.Bool
+	subscribed atomic.Bool // NEW joined
+	destroying atomic.Bool // DESTROY joined
 	watching   atomic.Bool
 	overruns   atomic.Uint64
 }
@@ -422,11 +424,29 @@ func (c *Client) Dump() ([]Entry, error) {
 }
 
 // WatchHandler receives what Watch reports. Its functions are called from
-// Watch's goroutine, one at a time; a slow NewFlow lets the socket buffer
-// fill, which the kernel reports as an overrun.
+// Watch's goroutine, one at a time, in the order the kernel sent the
+// events; a slow handler lets the socket buffer fill, which the kernel
+// reports as an overrun.
 type WatchHandler struct {
 	// NewFlow is called for each conntrack NEW event of a TCP connection.
 	NewFlow func(NewFlow)
+	// Destroyed, if set, is called for each conntrack DESTROY event of a
+	// TCP connection, and Watch joins the DESTROY group for it (see
+	// SubscribeDestroy). The kernel sends one when the entry leaves the
+	// table: at once when it is deleted (conntrack -D, a flush, a SYN
+	// reopening a closed connection's tuples, which kills the old entry
+	// first), but for an entry that timed out (a closed connection after
+	// its TIME_WAIT or CLOSE timeout) only when conntrack's garbage
+	// collector, or a lookup or dump that meets it, reaps it: up to about
+	// a minute after the timeout (the collector's longest interval).
+	// Which entries are reported is the event filter's choice
+	// (FilterEvents: only those of control ports).
+	//
+	// A DESTROY event lost in an overrun is never reported: it shows as
+	// a call of Overrun. A consumer that keeps state per entry reconciles
+	// then with a Dump: an entry it holds that the dump lacks, or holds
+	// with another ID, has ended.
+	Destroyed func(Destroyed)
 	// Overrun, if set, is called when the kernel dropped events because
 	// the event socket's buffer was full (ENOBUFS). total counts overruns
 	// since the Client was opened. Events were lost: a consumer waiting
@@ -445,22 +465,47 @@ func (c *Client) Overruns() uint64 { return c.overruns.Load() }
 // open a connection it must see, and starts Watch once it is ready to
 // handle what it reports. Subscribing twice is harmless.
 func (c *Client) Subscribe() error {
-	if c.subscribed.Load() {
+	return c.join(&c.subscribed, netfilter.GroupCTNew, "NEW")
+}
+
+// SubscribeDestroy joins the conntrack DESTROY event group now, as
+// Subscribe does the NEW group, on the same socket: a Watch started later
+// reports both kinds in the order the kernel sent them. The Watch must
+// have a Destroyed handler. Subscribing twice is harmless.
+func (c *Client) SubscribeDestroy() error {
+	return c.join(&c.destroying, netfilter.GroupCTDestroy, "DESTROY")
+}
+
+func (c *Client) join(joined *atomic.Bool, g netfilter.NetlinkGroup, name string) error {
+	if joined.Load() {
 		return nil
 	}
-	if err := c.events.JoinGroup(uint32(netfilter.GroupCTNew)); err != nil {
-		return fmt.Errorf("joining conntrack NEW event group: %w", err)
+	if err := c.events.JoinGroup(uint32(g)); err != nil {
+		return fmt.Errorf("joining conntrack %s event group: %w", name, err)
 	}
-	c.subscribed.Store(true)
+	joined.Store(true)
 	return nil
+}
+
+// leave leaves an event group joined by join, if it was.
+func (c *Client) leave(joined *atomic.Bool, g netfilter.NetlinkGroup, name string) {
+	if !joined.Swap(false) {
+		return
+	}
+	if err := c.events.LeaveGroup(uint32(g)); err != nil && !errors.Is(err, unix.EBADF) {
+		c.log.Debug("ctnetlink: leaving event group", "group", name, "err", err)
+	}
 }
 
 // FilterEvents makes the kernel drop, before they reach Watch, the NEW
 // events of entries that are not TCP or whose original destination port is
-// below minDstPort (see EventFilter). Call it before Subscribe: events
-// queued before it are not filtered.
-func (c *Client) FilterEvents(minDstPort uint16) error {
-	prog, err := EventFilter(minDstPort)
+// below minDstPort, and the DESTROY events of entries that are not TCP or
+// whose original destination port and reply source port are both outside
+// controlPorts (all of them if it is empty); see EventFilter. Call it
+// before Subscribe and SubscribeDestroy: events queued before it are not
+// filtered.
+func (c *Client) FilterEvents(minDstPort uint16, controlPorts []uint16) error {
+	prog, err := EventFilter(minDstPort, controlPorts)
 	if err != nil {
 		return err
 	}
@@ -470,12 +515,13 @@ func (c *Client) FilterEvents(minDstPort uint16) error {
 	return nil
 }
 
-// Watch reports conntrack NEW events for TCP connections until ctx is done
-// (it then returns ctx.Err()), the Client is closed, or receiving fails. It
-// reports the events since Subscribe, if that was called, else since it
+// Watch reports conntrack NEW events, and DESTROY events if h.Destroyed is
+// set, of TCP connections until ctx is done (it then returns ctx.Err()),
+// the Client is closed, or receiving fails. It reports the events since
+// Subscribe and SubscribeDestroy, if they were called, else since it
 // started. An overrun is counted, logged, reported to h.Overrun, and Watch
 // carries on. One Watch at a time per Client; a second returns ErrWatching.
-// When Watch returns, the Client leaves the event group.
+// When Watch returns, the Client leaves the event groups.
 func (c *Client) Watch(ctx context.Context, h WatchHandler) error {
 	if h.NewFlow == nil {
 		return errors.New("watching conntrack events: WatchHandler.NewFlow is nil")
@@ -484,19 +530,26 @@ func (c *Client) Watch(ctx context.Context, h WatchHandler) error {
 		return ErrWatching
 	}
 	defer c.watching.Store(false)
+	// Leave the groups on every return, those joined before Watch too.
+	defer c.leave(&c.destroying, netfilter.GroupCTDestroy, "DESTROY")
+	defer c.leave(&c.subscribed, netfilter.GroupCTNew, "NEW")
 
+	if h.Destroyed == nil && c.destroying.Load() {
+		// Its events would be received and thrown away, and missed by
+		// whoever subscribed for them.
+		return errors.New("watching conntrack events: SubscribeDestroy was called but WatchHandler.Destroyed is nil")
+	}
 	if err := c.events.SetReadDeadline(time.Time{}); err != nil {
 		return fmt.Errorf("watching conntrack events: %w", err)
 	}
 	if err := c.Subscribe(); err != nil {
 		return err
 	}
-	defer func() {
-		c.subscribed.Store(false)
-		if err := c.events.LeaveGroup(uint32(netfilter.GroupCTNew)); err != nil && !errors.Is(err, unix.EBADF) {
-			c.log.Debug("ctnetlink: leaving NEW event group", "err", err)
+	if h.Destroyed != nil {
+		if err := c.SubscribeDestroy(); err != nil {
+			return err
 		}
-	}()
+	}
 	// Receive blocks in the runtime poller; a past deadline wakes it.
 	stop := context.AfterFunc(ctx, func() { _ = c.events.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -521,13 +574,18 @@ func (c *Client) Watch(ctx context.Context, h WatchHandler) error {
 			return fmt.Errorf("receiving conntrack events: %w", err)
 		}
 		for _, m := range msgs {
-			f, ok, err := decodeNewEvent(m)
+			kind, e, err := decodeEvent(m)
 			if err != nil {
 				c.log.Warn("ctnetlink: skipping undecodable event", "err", err)
 				continue
 			}
-			if ok {
-				h.NewFlow(f)
+			switch kind {
+			case eventNew:
+				h.NewFlow(e)
+			case eventDestroy:
+				if h.Destroyed != nil {
+					h.Destroyed(e)
+				}
 			}
 		}
 	}

@@ -290,33 +290,59 @@ func TestConcurrent(t *testing.T) {
 // overruns as channels; cleanup stops it.
 func watch(t *testing.T, c *Client, block <-chan struct{}) (<-chan NewFlow, <-chan uint64) {
 	t.Helper()
+	w := watchEvents(t, c, block, false)
+	return w.news, w.overruns
+}
+
+// watched is what a Watch started by watchEvents reports.
+type watched struct {
+	news     <-chan NewFlow
+	destroys <-chan Destroyed // nil unless asked for
+	overruns <-chan uint64
+}
+
+// watchEvents runs c.Watch in the background, with a Destroyed handler if
+// destroys, and returns what it reports as channels; cleanup stops it.
+func watchEvents(t *testing.T, c *Client, block <-chan struct{}, destroys bool) watched {
+	t.Helper()
 	events := make(chan NewFlow, 1024)
 	overruns := make(chan uint64, 16)
+	h := WatchHandler{
+		NewFlow: func(f NewFlow) {
+			if block != nil {
+				<-block
+			}
+			select {
+			case events <- f:
+			default:
+			}
+		},
+		// Never blocks: a full channel would stall Watch itself (a
+		// tiny buffer overruns again and again while the test
+		// drains events; seen once in CI, where Watch then missed
+		// every event and did not return).
+		Overrun: func(n uint64) {
+			select {
+			case overruns <- n:
+			default:
+			}
+		},
+	}
+	w := watched{news: events, overruns: overruns}
+	if destroys {
+		ch := make(chan Destroyed, 1024)
+		h.Destroyed = func(d Destroyed) {
+			select {
+			case ch <- d:
+			default:
+				t.Errorf("destroy event of %v dropped by the test", d)
+			}
+		}
+		w.destroys = ch
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() {
-		done <- c.Watch(ctx, WatchHandler{
-			NewFlow: func(f NewFlow) {
-				if block != nil {
-					<-block
-				}
-				select {
-				case events <- f:
-				default:
-				}
-			},
-			// Never blocks: a full channel would stall Watch itself (a
-			// tiny buffer overruns again and again while the test
-			// drains events; seen once in CI, where Watch then missed
-			// every event and did not return).
-			Overrun: func(n uint64) {
-				select {
-				case overruns <- n:
-				default:
-				}
-			},
-		})
-	}()
+	go func() { done <- c.Watch(ctx, h) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -328,7 +354,7 @@ func watch(t *testing.T, c *Client, block <-chan struct{}) (<-chan NewFlow, <-ch
 			t.Error("Watch did not return after cancel")
 		}
 	})
-	return events, overruns
+	return w
 }
 
 // createUDP creates a conntrack entry through ctnetlink, which the kernel
@@ -516,7 +542,7 @@ func BenchmarkSetLiberal(b *testing.B) {
 func TestWatchFilter(t *testing.T) {
 	r := newRig(t)
 	all, filtered := r.openClient(t), r.openClient(t)
-	if err := filtered.FilterEvents(1024); err != nil {
+	if err := filtered.FilterEvents(1024, nil); err != nil {
 		t.Fatal(err)
 	}
 	allEvents, _ := watch(t, all, nil)

@@ -10,8 +10,9 @@
 //   - liberal TCP window tracking on a control connection whose payload
 //     length ftpalg changed, so that conntrack does not mark the peers'
 //     acknowledgements INVALID ([Client.SetLiberal]);
-//   - NEW events, to learn that a data connection went through a pinhole
-//     ([Client.Watch]).
+//   - NEW events, to learn that a data connection went through a pinhole,
+//     and DESTROY events, to learn that a control connection ended
+//     ([Client.Watch], filtered in the kernel by [EventFilter]).
 //
 // Messages are built and decoded here (message.go, pure Go and unit tested
 // against hand-checked bytes) rather than with ti-mo/conntrack's Flow, whose

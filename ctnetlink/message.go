@@ -16,14 +16,16 @@ import (
 // nfnetlink_conntrack.h and nf_conntrack_tcp.h. They are part of the kernel
 // ABI and never change.
 const (
-	msgCTNew = 0 // IPCTNL_MSG_CT_NEW: create, or update without NLM_F_CREATE
-	msgCTGet = 1 // IPCTNL_MSG_CT_GET
+	msgCTNew    = 0 // IPCTNL_MSG_CT_NEW: create, or update without NLM_F_CREATE
+	msgCTGet    = 1 // IPCTNL_MSG_CT_GET
+	msgCTDelete = 2 // IPCTNL_MSG_CT_DELETE: also the type of DESTROY events
 
 	ctaTupleOrig  = 1  // CTA_TUPLE_ORIG
 	ctaTupleReply = 2  // CTA_TUPLE_REPLY
 	ctaStatus     = 3  // CTA_STATUS
 	ctaProtoinfo  = 4  // CTA_PROTOINFO
 	ctaMark       = 8  // CTA_MARK
+	ctaID         = 12 // CTA_ID
 	ctaSeqAdjOrig = 15 // CTA_SEQ_ADJ_ORIG
 	ctaSeqAdjRepl = 16 // CTA_SEQ_ADJ_REPLY
 	ctaMarkMask   = 21 // CTA_MARK_MASK
@@ -285,6 +287,8 @@ func decodeEntry(m netlink.Message) (Entry, error) {
 		case ctaLabels:
 			copy(e.Labels[:], ad.Bytes())
 			e.HasLabels = true
+		case ctaID:
+			e.ID = ad.Uint32()
 		case ctaStatus:
 			e.SeqAdjust = ad.Uint32()&statusSeqAdjust != 0
 		case ctaSeqAdjOrig, ctaSeqAdjRepl:
@@ -402,27 +406,53 @@ func tupleDecoder(t *Tuple, tcp *bool) func(*netlink.AttributeDecoder) error {
 // created (by the first SYN, or through ctnetlink).
 type NewFlow = Entry
 
-// decodeNewEvent decodes a multicast message from the NFNLGRP_CONNTRACK_NEW
-// group. ok is false for messages that are not TCP NEW events.
-func decodeNewEvent(m netlink.Message) (f NewFlow, ok bool, err error) {
+// Destroyed is a conntrack DESTROY event for a TCP connection: the entry
+// has left the table (see WatchHandler.Destroyed for when). The kernel
+// (ctnetlink_conntrack_event) sends both tuples, the ID, the status and the
+// TCP state the entry ended in, but neither labels nor seqadj: Orig, Reply,
+// ID, TCPState and SeqAdjust are set, Labels, HasLabels and SeqAdj are zero.
+type Destroyed = Entry
+
+// eventKind tells the events Watch reports apart.
+type eventKind uint8
+
+const (
+	eventOther   eventKind = iota // neither, or not a TCP entry: skipped
+	eventNew                      // IPCTNL_MSG_CT_NEW with NLM_F_CREATE
+	eventDestroy                  // IPCTNL_MSG_CT_DELETE
+)
+
+// decodeEvent decodes a multicast message from the NFNLGRP_CONNTRACK_NEW or
+// NFNLGRP_CONNTRACK_DESTROY group. Messages that are neither a NEW nor a
+// DESTROY event, and events of entries that are not TCP, are eventOther.
+func decodeEvent(m netlink.Message) (eventKind, Entry, error) {
 	h, _, err := netfilter.DecodeNetlink(m)
 	if err != nil {
-		return NewFlow{}, false, fmt.Errorf("%w: %w", ErrMalformed, err)
+		return eventOther, Entry{}, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
+	if h.SubsystemID != netfilter.NFSubsysCTNetlink {
+		return eventOther, Entry{}, nil
+	}
+	var kind eventKind
+	switch {
 	// Events reuse IPCTNL_MSG_CT_NEW for NEW and UPDATE; NEW carries
 	// NLM_F_CREATE|NLM_F_EXCL (ctnetlink_conntrack_event).
-	if h.SubsystemID != netfilter.NFSubsysCTNetlink || h.MessageType != msgCTNew ||
-		h.Flags&(netlink.Create|netlink.Excl) == 0 {
-		return NewFlow{}, false, nil
+	case h.MessageType == msgCTNew && h.Flags&(netlink.Create|netlink.Excl) != 0:
+		kind = eventNew
+	// DESTROY is IPCTNL_MSG_CT_DELETE, without flags.
+	case h.MessageType == msgCTDelete:
+		kind = eventDestroy
+	default:
+		return eventOther, Entry{}, nil
 	}
 	e, err := decodeEntry(m)
 	if err == errNotTCP {
-		return NewFlow{}, false, nil
+		return eventOther, Entry{}, nil
 	}
 	if err != nil {
-		return NewFlow{}, false, err
+		return eventOther, Entry{}, err
 	}
-	return e, true, nil
+	return kind, e, nil
 }
 
 // parseAnswer handles one datagram of the answer to the request with

@@ -196,6 +196,7 @@ func entryMessage(t *testing.T, flags netlink.HeaderFlags, tuples string) netlin
 		02 00 00 00
 		08 00 03 00 00 00 01 8e      // CTA_STATUS
 	`+tuples+`
+		08 00 0c 00 8b ad f0 0d      // CTA_ID 0x8badf00d, big-endian
 		08 00 07 00 00 00 01 2c      // CTA_TIMEOUT
 		18 00 04 80                  // CTA_PROTOINFO
 		  14 00 01 80
@@ -236,6 +237,7 @@ func TestDecodeEntry(t *testing.T) {
 					Src: netip.MustParseAddrPort("198.51.100.20:21"),
 					Dst: netip.MustParseAddrPort("198.51.100.1:50000"),
 				},
+				ID: 0x8badf00d,
 			},
 		},
 		{name: "udp", tuples: udpTuple + goldenTuple4ReplyMasq, wantErr: errNotTCP},
@@ -279,35 +281,78 @@ func TestDecodeEntryGarbage(t *testing.T) {
 	}
 }
 
-func TestDecodeNewEvent(t *testing.T) {
+func TestDecodeEvent(t *testing.T) {
 	tuples := goldenTuple4Orig + goldenTuple4ReplyMasq
 	udp := strings.ReplaceAll(tuples, "05 00 01 00 06", "05 00 01 00 11")
 	tests := []struct {
-		name   string
-		flags  netlink.HeaderFlags
-		typ    netlink.HeaderType
-		tuples string
-		wantOK bool
+		name     string
+		flags    netlink.HeaderFlags
+		typ      netlink.HeaderType
+		tuples   string
+		wantKind eventKind
 	}{
-		{"new", netlink.Create | netlink.Excl, 0x0100, tuples, true},
-		{"update", 0, 0x0100, tuples, false},
-		{"destroy", 0, 0x0102, tuples, false},
-		{"new udp", netlink.Create | netlink.Excl, 0x0100, udp, false},
+		{"new", netlink.Create | netlink.Excl, 0x0100, tuples, eventNew},
+		{"update", 0, 0x0100, tuples, eventOther},
+		{"destroy", 0, 0x0102, tuples, eventDestroy},
+		{"new udp", netlink.Create | netlink.Excl, 0x0100, udp, eventOther},
+		{"destroy udp", 0, 0x0102, udp, eventOther},
+		{"get", 0, 0x0101, tuples, eventOther},
+		{"expectation destroy", 0, 0x0202, tuples, eventOther},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := entryMessage(t, tt.flags, tt.tuples)
 			m.Header.Type = tt.typ
-			f, ok, err := decodeNewEvent(m)
+			kind, e, err := decodeEvent(m)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ok != tt.wantOK {
-				t.Fatalf("ok = %v, want %v", ok, tt.wantOK)
+			if kind != tt.wantKind {
+				t.Fatalf("kind = %v, want %v", kind, tt.wantKind)
 			}
-			if ok && f.Orig != tuple4 {
-				t.Errorf("orig = %v, want %v", f.Orig, tuple4)
+			if kind != eventOther && (e.Orig != tuple4 || e.ID != 0x8badf00d) {
+				t.Errorf("entry = %v id %#x, want %v id 0x8badf00d", e, e.ID, tuple4)
 			}
 		})
+	}
+}
+
+// TestDecodeDestroyEvent decodes a DESTROY event laid out as the kernel
+// writes one (ctnetlink_conntrack_event with IPCT_DESTROY): the tuples,
+// CTA_ID, CTA_STATUS, then CTA_PROTOINFO holding the TCP state alone
+// (tcp_to_nlattr with destroy set skips window scales and flags), with
+// neither CTA_TIMEOUT (zero, skipped) nor labels.
+func TestDecodeDestroyEvent(t *testing.T) {
+	data := unhex(t, `
+		02 00 00 00
+	`+goldenTuple4Orig+goldenTuple4ReplyMasq+`
+		08 00 0c 00 00 00 00 2a      // CTA_ID 42
+		08 00 03 00 00 00 01 8e      // CTA_STATUS
+		10 00 04 80                  // CTA_PROTOINFO
+		  0c 00 01 80                //   CTA_PROTOINFO_TCP
+		    05 00 01 00 07 00 00 00  //     STATE 7 (TIME_WAIT)
+	`)
+	m := netlink.Message{Header: netlink.Header{Type: 0x0102}, Data: data}
+	kind, e, err := decodeEvent(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Destroyed{
+		Orig:     tuple4,
+		Reply:    Tuple{Src: netip.MustParseAddrPort("198.51.100.20:21"), Dst: netip.MustParseAddrPort("198.51.100.1:50000")},
+		ID:       42,
+		TCPState: TCPTimeWait,
+	}
+	if kind != eventDestroy || e != want {
+		t.Errorf("decodeEvent = %v, %+v; want destroy, %+v", kind, e, want)
+	}
+	// A CTA_ID of another size is malformed, not a zero ID.
+	bad := unhex(t, `
+		02 00 00 00
+	`+goldenTuple4Orig+goldenTuple4ReplyMasq+`
+		06 00 0c 00 00 2a 00 00      // CTA_ID of 2 bytes
+	`)
+	if _, _, err := decodeEvent(netlink.Message{Header: netlink.Header{Type: 0x0102}, Data: bad}); !errors.Is(err, ErrMalformed) {
+		t.Errorf("short CTA_ID: err = %v, want ErrMalformed", err)
 	}
 }

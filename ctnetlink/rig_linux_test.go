@@ -238,6 +238,12 @@ func (r *rig) dialEntry(tb testing.TB, c *Client, f flow) (conn, Entry) {
 
 func (r *rig) dial(tb testing.TB, f flow) conn {
 	tb.Helper()
+	return r.dialFrom(tb, f, 0)
+}
+
+// dialFrom is dial from the client's port port (0: any).
+func (r *rig) dialFrom(tb testing.TB, f flow, port int) conn {
+	tb.Helper()
 	var ln net.Listener
 	inNetns(tb, f.serverNS(r), func() (err error) {
 		ln, err = net.Listen("tcp", f.listen)
@@ -260,7 +266,7 @@ func (r *rig) dial(tb testing.TB, f flow) conn {
 	inNetns(tb, f.clientNS(r), func() (err error) {
 		d := net.Dialer{
 			Timeout:   5 * time.Second,
-			LocalAddr: &net.TCPAddr{IP: net.ParseIP(f.local)},
+			LocalAddr: &net.TCPAddr{IP: net.ParseIP(f.local), Port: port},
 		}
 		cli, err = d.Dial("tcp", f.target)
 		return err

@@ -112,6 +112,22 @@ func (d Direction) String() string {
 // Client.Lookup.
 type Entry struct {
 	Orig, Reply Tuple
+	// ID is the entry's CTA_ID, which tells apart most entries that had
+	// the same tuples at different times (a port pair reused), so that a
+	// DESTROY event of an old entry is not taken for the end of a new
+	// one. The kernel computes it (nf_ct_get_id) as a keyed hash of the
+	// entry's address, its master, its namespace and its original
+	// tuple, all fixed for the entry's life: the value a lookup gives is
+	// the one its DESTROY event carries. It is not a counter, though: a
+	// connection reopened on the tuples of one that conntrack still held
+	// closed (a SYN after a reset or in TIME_WAIT; conntrack kills the
+	// old entry and creates the new one at once) usually gets the old
+	// entry's memory, hence its ID (in 8 of 9 runs of
+	// TestIDReusedPortPair). Different IDs are different entries; equal
+	// ones may not be.
+	// What orders them is the event socket: the old entry's DESTROY comes
+	// before the new one's NEW.
+	ID uint32
 	// Labels is the entry's CTA_LABELS as the kernel sends it (host-order
 	// unsigned longs, see conntrack.Labels), zero-extended to 16 bytes.
 	// HasLabels says the kernel sent it, which it does only when some bit

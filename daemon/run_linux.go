@@ -156,7 +156,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// move into --data-ports). The rest of the router's traffic then
 	// costs ftpalg nothing and cannot overrun the event socket, which
 	// would lose data connections' events with it.
-	if err := ct.FilterEvents(min(conntrack.DefaultMinDataPort, cfg.DataPortLo)); err != nil {
+	if err := ct.FilterEvents(min(conntrack.DefaultMinDataPort, cfg.DataPortLo), nil); err != nil {
 		log.Warn("conntrack events are not filtered in the kernel: every new connection of this machine is read", "err", err)
 	}
 	// Joined before any queue is bound or pinhole adopted: a data
