@@ -21,6 +21,9 @@ func TestFragmentGolden(t *testing.T) {
 		{"fragment_ports_v4.golden", Config{ControlPorts: []uint16{2121, 21, 990}, QueueNum: 5, IPv4: true}, IPv4},
 		{"fragment_router_v4.golden", Config{ControlPorts: []uint16{21}, QueueNum: 21, IPv4: true, Role: RoleRouter, AcceptMark: DefaultAcceptMark}, IPv4},
 		{"fragment_host_v6.golden", Config{ControlPorts: []uint16{21, 2121}, QueueNum: 21, IPv6: true, Role: RoleHost, AcceptMark: DefaultAcceptMark}, IPv6},
+		{"fragment_skip_v4.golden", Config{ControlPorts: []uint16{21}, QueueNum: 21, IPv4: true, Role: RoleRouter, SkipPureACKs: true}, IPv4},
+		{"fragment_handshake_v4.golden", Config{ControlPorts: []uint16{21}, QueueNum: 21, IPv4: true, Role: RoleRouter, SkipPureACKs: true, SkipHandshake: true}, IPv4},
+		{"fragment_handshake_v6.golden", Config{ControlPorts: []uint16{21, 2121}, QueueNum: 21, IPv6: true, Role: RoleHost, AcceptMark: DefaultAcceptMark, SkipPureACKs: true, SkipHandshake: true}, IPv6},
 	}
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {

@@ -21,16 +21,26 @@ const LabelKernel = 120
 // LabelMulti is conntrack.LabelMulti.
 const LabelMulti = 122
 
-// LabelSeen is the conntrack label bit the pure-ACK rule itself sets
-// (`-m connlabel --label 121 --set`) on every control connection whose
-// entry has a label extension. That match is true only for such entries:
-// on an entry without the extension (one created before any connlabel rule
-// was loaded, so before ftpalg's first start) the kernel can set no bit,
-// the match fails, and the segment is queued. Without it, `! --label 127`
-// would be true there (xt_connlabel returns the inversion when an entry
-// has no labels), and ftpalg, unable to label such a connection when it
-// rewrites it, would lose its pure ACKs. The daemon sets the bit in every
-// label write too (conntrack.LabelSeen), so a write does not clear it.
+// LabelSeen is the conntrack label bit that ftpalg's own rules set with
+// `-m connlabel --label 121 --set`, and the daemon in every label write
+// too (conntrack.LabelSeen), so that a write does not clear it. Which rule
+// sets it depends on Config.SkipHandshake:
+//
+//   - without it, the pure-ACK rule (skipSpec) sets it on every control
+//     connection whose entry has a label extension: SEEN then only says
+//     "this entry can hold labels";
+//   - with it, only the SYN rule (synSkipSpec) does, on the SYN or SYN/ACK
+//     of a connection: SEEN then says "this entry's SYN or SYN/ACK passed
+//     ftpalg's rules", so the connection is fresh (no login can have
+//     happened unseen), and the pure-ACK rule only tests it.
+//
+// Either way SEEN is matched positively, never as `! --label`, which is
+// true where it must not be: on an entry without the label extension (one
+// created before any connlabel rule was loaded, so before ftpalg's first
+// start) xt_connlabel returns the inversion, so `! --label 127` alone would
+// let the pure ACKs of such a connection pass, and ftpalg, unable to label
+// it when it rewrites it, would lose them. `--label 121` (with or without
+// --set) fails there, and the segment is queued.
 const LabelSeen = 121
 
 // A segment without payload (a pure ACK, a window update, a keepalive
@@ -86,36 +96,75 @@ func PureACKBytecode(f Family) string {
 	return pureACK4
 }
 
-// skipSpec is the FTPALG-QUEUE rule, ahead of the NFQUEUE rules, that lets
-// a control segment (either port in ports, a multiport list) pass without
-// queueing when it carries no payload, has
-// only ACK among SYN, FIN, RST and ACK (SYN, FIN and RST change the
-// connection's state, which ftpalg follows), and belongs to a connection
-// whose entry can hold labels (LabelSeen) and that ftpalg never rewrote.
-// RETURN hands the packet back to the built-in chain, so the
-// administrator's rules still judge it. The matches run in this order and
-// stop at the first that fails, so only pure ACKs reach the label set.
-func skipSpec(f Family, ports string) []string {
-	code := PureACKBytecode(f)
+// tcpFlagsNoSYN is the tcp match of the pure-ACK rules: only ACK among
+// FIN, SYN, RST and ACK (SYN, FIN and RST change the connection's state,
+// which ftpalg follows); with handshake (Config.SkipHandshake) FIN may be
+// set too, since the daemon then learns of the close from conntrack. RST
+// always reaches ftpalg. Written as `iptables -S` prints it.
+func tcpFlagsNoSYN(handshake bool) []string {
+	if handshake {
+		return []string{"-m", "tcp", "--tcp-flags", "SYN,RST,ACK", "ACK"}
+	}
+	return []string{"-m", "tcp", "--tcp-flags", "FIN,SYN,RST,ACK", "ACK"}
+}
+
+// synSkipSpec is the FTPALG-QUEUE rule (Config.SkipHandshake) that lets a
+// SYN or SYN/ACK without payload of a control connection (either port in
+// ports, a multiport list) pass without queueing: SYN set, FIN and RST
+// clear, ACK either way. A SYN carrying data (TCP Fast Open) fails the bpf
+// program and is queued, as are SYN+FIN and SYN+RST. The rule sets
+// LabelSeen, so that the daemon, picking the connection up at its first
+// payload segment, knows the handshake passed these rules; `--set` works
+// on the SYN's entry, not yet confirmed, because init_conntrack gives every
+// new entry its label extension while a connlabel rule is loaded. An entry
+// without one fails the match and its segment is queued. RETURN hands the
+// packet back to the built-in chain, so the administrator's rules still
+// judge it.
+func synSkipSpec(f Family, ports string) []string {
 	return []string{
-		"-p", "tcp", "-m", "multiport", "--ports", ports, "-m", "tcp", "--tcp-flags", "FIN,SYN,RST,ACK", "ACK",
-		"-m", "bpf", "--bytecode", code,
+		"-p", "tcp", "-m", "multiport", "--ports", ports, "-m", "tcp", "--tcp-flags", "FIN,SYN,RST", "SYN",
+		"-m", "bpf", "--bytecode", PureACKBytecode(f),
 		"-m", "connlabel", "--label", strconv.Itoa(LabelSeen), "--set",
 		"-m", "connlabel", "!", "--label", strconv.Itoa(LabelRewritten),
 		"-j", "RETURN",
 	}
 }
 
-// kernelSkipSpec is the FTPALG-QUEUE rule after skipSpec that lets the pure
-// ACKs of kernel-mapped connections (LabelKernel, not LabelMulti) pass too.
-// The kernel maps their numbers in nf_confirm, after every hook ftpalg
-// queues from.
-func kernelSkipSpec(f Family, ports string) []string {
-	return []string{
-		"-p", "tcp", "-m", "multiport", "--ports", ports, "-m", "tcp", "--tcp-flags", "FIN,SYN,RST,ACK", "ACK",
+// skipSpec is the FTPALG-QUEUE rule, ahead of the NFQUEUE rules, that lets
+// a control segment (either port in ports, a multiport list) pass without
+// queueing when it carries no payload, passes tcpFlagsNoSYN, and belongs
+// to a connection whose entry has LabelSeen and that ftpalg never rewrote.
+// Without handshake the rule sets LabelSeen itself (on every entry that can
+// hold labels); with it (Config.SkipHandshake) it only tests the bit, which
+// the SYN rule set, so that SEEN keeps meaning "the handshake passed these
+// rules": the pure ACKs of a connection opened before the rules were loaded
+// are then always queued, which is correct, only slower. RETURN hands the
+// packet back to the built-in chain, so the administrator's rules still
+// judge it. The matches run in this order and stop at the first that
+// fails, so only segments without payload reach the label match.
+func skipSpec(f Family, ports string, handshake bool) []string {
+	spec := []string{"-p", "tcp", "-m", "multiport", "--ports", ports}
+	spec = append(spec, tcpFlagsNoSYN(handshake)...)
+	spec = append(spec, "-m", "bpf", "--bytecode", PureACKBytecode(f),
+		"-m", "connlabel", "--label", strconv.Itoa(LabelSeen))
+	if !handshake {
+		spec = append(spec, "--set")
+	}
+	return append(spec,
+		"-m", "connlabel", "!", "--label", strconv.Itoa(LabelRewritten),
+		"-j", "RETURN")
+}
+
+// kernelSkipSpec is the FTPALG-QUEUE rule after skipSpec that lets the
+// segments without payload of kernel-mapped connections (LabelKernel, not
+// LabelMulti) pass too, FINs among them with handshake. The kernel maps
+// their numbers in nf_confirm, after every hook ftpalg queues from.
+func kernelSkipSpec(f Family, ports string, handshake bool) []string {
+	spec := []string{"-p", "tcp", "-m", "multiport", "--ports", ports}
+	spec = append(spec, tcpFlagsNoSYN(handshake)...)
+	return append(spec,
 		"-m", "bpf", "--bytecode", PureACKBytecode(f),
 		"-m", "connlabel", "--label", strconv.Itoa(LabelKernel),
 		"-m", "connlabel", "!", "--label", strconv.Itoa(LabelMulti),
-		"-j", "RETURN",
-	}
+		"-j", "RETURN")
 }

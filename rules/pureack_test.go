@@ -196,18 +196,98 @@ func TestPureACKPrograms(t *testing.T) {
 	t.Logf("%d layouts", n)
 }
 
-func TestSkipSpec(t *testing.T) {
+// TCP flag bits as xt_tcp compares them (byte 13 of the header).
+const (
+	tcpFIN = 0x01
+	tcpSYN = 0x02
+	tcpRST = 0x04
+	tcpPSH = 0x08
+	tcpACK = 0x10
+	tcpURG = 0x20
+)
+
+// tcpFlagBits are the flag names iptables prints in --tcp-flags.
+var tcpFlagBits = map[string]uint8{"FIN": tcpFIN, "SYN": tcpSYN, "RST": tcpRST, "PSH": tcpPSH, "ACK": tcpACK, "URG": tcpURG}
+
+// flagsMatch evaluates the --tcp-flags MASK COMP of spec as xt_tcp does,
+// (flags & mask) == comp, for a segment with flags.
+func flagsMatch(t *testing.T, spec []string, flags uint8) bool {
+	t.Helper()
+	i := slices.Index(spec, "--tcp-flags")
+	if i < 0 || i+2 >= len(spec) {
+		t.Fatalf("no --tcp-flags in %q", spec)
+	}
+	bits := func(list string) uint8 {
+		var b uint8
+		for _, name := range strings.Split(list, ",") {
+			v, ok := tcpFlagBits[name]
+			if !ok {
+				t.Fatalf("unknown flag %q in %q", name, spec)
+			}
+			b |= v
+		}
+		return b
+	}
+	return flags&bits(spec[i+1]) == bits(spec[i+2])
+}
+
+// TestSkipSpecs checks, for every combination of FIN, SYN, RST, PSH, ACK
+// and URG, which segments without payload each skip rule lets pass, with
+// and without SkipHandshake, and what else the rules require: the family's
+// program, SEEN matched positively (set only where it should be), never a
+// rewritten connection.
+func TestSkipSpecs(t *testing.T) {
 	for _, f := range []Family{IPv4, IPv6} {
-		spec := skipSpec(f, "21,2121")
-		if !slices.Contains(spec, "RETURN") || !slices.Contains(spec, "127") {
-			t.Errorf("%v: %q", f, spec)
-		}
-		want := pureACK4
-		if f == IPv6 {
-			want = pureACK6
-		}
-		if !slices.Contains(spec, want) {
-			t.Errorf("%v: spec %q lacks the family's program", f, spec)
+		for _, hs := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%v handshake=%v", f, hs), func(t *testing.T) {
+				rules := map[string][]string{
+					"ack":    skipSpec(f, "21,2121", hs),
+					"kernel": kernelSkipSpec(f, "21,2121", hs),
+				}
+				if hs {
+					rules["syn"] = synSkipSpec(f, "21,2121")
+				}
+				for flags := 0; flags < 0x40; flags++ {
+					fl := uint8(flags)
+					var want []string // rules that must match
+					switch {
+					case fl&tcpRST != 0: // always queued
+					case hs && fl&(tcpSYN|tcpFIN) == tcpSYN:
+						want = []string{"syn"}
+					case fl&(tcpSYN|tcpACK) == tcpACK && (hs || fl&tcpFIN == 0):
+						want = []string{"ack", "kernel"}
+					}
+					var got []string
+					for name, spec := range rules {
+						if flagsMatch(t, spec, fl) {
+							got = append(got, name)
+						}
+					}
+					slices.Sort(got)
+					if !slices.Equal(got, want) {
+						t.Errorf("flags %#02x: rules %q match, want %q", fl, got, want)
+					}
+				}
+				for name, spec := range rules {
+					if !slices.Contains(spec, PureACKBytecode(f)) || !slices.Contains(spec, "RETURN") {
+						t.Errorf("%s: %q lacks the family's program or RETURN", name, spec)
+					}
+					txt := formatRule(spec)
+					if strings.Contains(txt, "! --label 121") {
+						t.Errorf("%s: %s matches SEEN inverted", name, txt)
+					}
+					wantSet := name == "syn" || (name == "ack" && !hs)
+					if got := strings.Contains(txt, "--label 121 --set"); got != wantSet {
+						t.Errorf("%s: sets SEEN %v, want %v: %s", name, got, wantSet, txt)
+					}
+					if name != "kernel" && !strings.Contains(txt, "--label 121") {
+						t.Errorf("%s: does not require SEEN: %s", name, txt)
+					}
+					if name != "kernel" && !strings.Contains(txt, "! --label 127") {
+						t.Errorf("%s: does not exclude rewritten connections: %s", name, txt)
+					}
+				}
+			})
 		}
 	}
 }

@@ -155,12 +155,30 @@ type Config struct {
 	// fewer queue crossings, same decisions. Only for a daemon that sets
 	// the label before it releases a connection's first rewritten packet.
 	SkipPureACKs bool
+	// SkipHandshake (with SkipPureACKs; ignored without) lets the SYN and
+	// SYN/ACK of a control connection pass without queueing when they
+	// carry no payload (synSkipSpec), marking the entry LabelSeen, and lets
+	// FIN segments without payload pass like pure ACKs; RST and every
+	// segment with payload (a SYN with TCP Fast Open data too) are still
+	// queued. The pure-ACK rule then tests LabelSeen instead of setting it,
+	// so SEEN means "this entry's SYN or SYN/ACK passed ftpalg's rules".
+	// Only for a daemon that does not need to see them: it must pick a
+	// connection up at its first payload segment, treat LabelSeen on its
+	// entry as proof that the connection is fresh (it opened while these
+	// rules were loaded, so no login passed unseen) and its absence as a
+	// connection of unknown history, and end a connection when conntrack
+	// reports its entry destroyed (a DESTROY event), since it sees neither
+	// FIN of a connection it never rewrote or whose numbers the kernel
+	// maps (LabelKernel without LabelMulti).
+	SkipHandshake bool
 }
 
 // DefaultConfig returns the configuration used when the operator sets
 // nothing: port 21, queue 0, bypass off (fail closed), both families. The
-// command adds SkipPureACKs (its --skip-pure-acks is on by default); a
-// program that does not label rewritten connections must leave it off.
+// command adds SkipPureACKs and SkipHandshake (its --skip-pure-acks and
+// --skip-handshake are on by default); a program that does not label
+// rewritten connections must leave the first off, one that needs to see
+// handshakes and FINs the second.
 func DefaultConfig() Config {
 	return Config{
 		ControlPorts: []uint16{DefaultControlPort},

@@ -23,6 +23,9 @@ func TestCheckFromSave(t *testing.T) {
 		{"host, marks, pure-ACK skip", Config{ControlPorts: []uint16{21}, QueueNum: 21, IPv4: true, IPv6: true, Role: RoleHost,
 			AcceptMark: DefaultAcceptMark, DataMark: DefaultAcceptMark, SkipPureACKs: true}},
 		{"both, pure-ACK skip", Config{ControlPorts: []uint16{21, 990}, QueueNum: 21, IPv4: true, IPv6: true, SkipPureACKs: true, DataMark: DefaultAcceptMark}},
+		{"router, handshake skip", Config{ControlPorts: []uint16{21, 990}, QueueNum: 21, IPv4: true, IPv6: true, Role: RoleRouter, SkipPureACKs: true, SkipHandshake: true}},
+		{"host, handshake skip, split ports", Config{ControlPorts: []uint16{21, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116},
+			IPv4: true, IPv6: true, Role: RoleHost, SkipPureACKs: true, SkipHandshake: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := NewChains(tc.cfg, testLogger(t))

@@ -33,10 +33,11 @@ func hooks() [3]hook {
 // label extension (net->ct.labels_used), where ftpalg keeps a rewritten
 // connection's state for a restarted or standby ftpalg. Entries created
 // without it cannot hold labels (ctnetlink refuses them with ENOSPC). With
-// SkipPureACKs the pure-ACK RETURNs follow (never rewritten; mapped by
-// the kernel); then the NFQUEUE rules for
-// control packets from clients (destination port) and from servers (source
-// port).
+// SkipPureACKs the RETURNs of segments without payload follow, per port
+// list: with SkipHandshake first the SYN and SYN/ACK one (synSkipSpec),
+// then the pure-ACK ones (never rewritten; mapped by the kernel), which then
+// let FINs pass too. Then the NFQUEUE rules for control packets from
+// clients (destination port) and from servers (source port).
 func queueSpecs(cfg Config, f Family) [][]string {
 	var lists []string
 	for chunk := range slicesChunk(cfg.controlPorts(), maxMultiport) {
@@ -48,8 +49,12 @@ func queueSpecs(cfg Config, f Family) [][]string {
 	}
 	specs := [][]string{labelSpec}
 	if cfg.SkipPureACKs {
+		hs := cfg.SkipHandshake
 		for _, list := range lists {
-			specs = append(specs, skipSpec(f, list), kernelSkipSpec(f, list))
+			if hs {
+				specs = append(specs, synSkipSpec(f, list))
+			}
+			specs = append(specs, skipSpec(f, list, hs), kernelSkipSpec(f, list, hs))
 		}
 	}
 	for _, dir := range []string{"--dports", "--sports"} {

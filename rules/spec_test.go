@@ -146,6 +146,57 @@ func TestQueueSpecs(t *testing.T) {
 				"-p tcp -m multiport --sports 21,2121 -j NFQUEUE --queue-num 0",
 			},
 		},
+		{
+			// Exactly the rules of before SkipHandshake existed.
+			name: "pure ACKs skip, IPv4",
+			cfg:  Config{ControlPorts: []uint16{21}, SkipPureACKs: true, IPv4: true},
+			want: []string{
+				"-m connlabel --label 127",
+				"-p tcp -m multiport --ports 21 -m tcp --tcp-flags FIN,SYN,RST,ACK ACK -m bpf --bytecode \"" + pureACK4 + "\" -m connlabel --label 121 --set -m connlabel ! --label 127 -j RETURN",
+				"-p tcp -m multiport --ports 21 -m tcp --tcp-flags FIN,SYN,RST,ACK ACK -m bpf --bytecode \"" + pureACK4 + "\" -m connlabel --label 120 -m connlabel ! --label 122 -j RETURN",
+				"-p tcp -m multiport --dports 21 -j NFQUEUE --queue-num 0",
+				"-p tcp -m multiport --sports 21 -j NFQUEUE --queue-num 0",
+			},
+		},
+		{
+			name: "handshake without pure-ACK skip: ignored",
+			cfg:  Config{ControlPorts: []uint16{21}, SkipHandshake: true, IPv4: true},
+			want: []string{
+				"-m connlabel --label 127",
+				"-p tcp -m multiport --dports 21 -j NFQUEUE --queue-num 0",
+				"-p tcp -m multiport --sports 21 -j NFQUEUE --queue-num 0",
+			},
+		},
+		{
+			name: "handshake skip, IPv4",
+			cfg:  Config{ControlPorts: []uint16{21}, QueueNum: 3, Bypass: true, SkipPureACKs: true, SkipHandshake: true, IPv4: true},
+			want: []string{
+				"-m connlabel --label 127",
+				"-p tcp -m multiport --ports 21 -m tcp --tcp-flags FIN,SYN,RST SYN -m bpf --bytecode \"" + pureACK4 + "\" -m connlabel --label 121 --set -m connlabel ! --label 127 -j RETURN",
+				"-p tcp -m multiport --ports 21 -m tcp --tcp-flags SYN,RST,ACK ACK -m bpf --bytecode \"" + pureACK4 + "\" -m connlabel --label 121 -m connlabel ! --label 127 -j RETURN",
+				"-p tcp -m multiport --ports 21 -m tcp --tcp-flags SYN,RST,ACK ACK -m bpf --bytecode \"" + pureACK4 + "\" -m connlabel --label 120 -m connlabel ! --label 122 -j RETURN",
+				"-p tcp -m multiport --dports 21 -j NFQUEUE --queue-num 3 --queue-bypass",
+				"-p tcp -m multiport --sports 21 -j NFQUEUE --queue-num 3 --queue-bypass",
+			},
+		},
+		{
+			name: "handshake skip, IPv6, split at multiport limit",
+			cfg:  Config{ControlPorts: many, SkipPureACKs: true, SkipHandshake: true, IPv6: true},
+			fam:  IPv6,
+			want: []string{
+				"-m connlabel --label 127",
+				"-p tcp -m multiport --ports 101,102,103,104,105,106,107,108,109,110,111,112,113,114,115 -m tcp --tcp-flags FIN,SYN,RST SYN -m bpf --bytecode \"" + pureACK6 + "\" -m connlabel --label 121 --set -m connlabel ! --label 127 -j RETURN",
+				"-p tcp -m multiport --ports 101,102,103,104,105,106,107,108,109,110,111,112,113,114,115 -m tcp --tcp-flags SYN,RST,ACK ACK -m bpf --bytecode \"" + pureACK6 + "\" -m connlabel --label 121 -m connlabel ! --label 127 -j RETURN",
+				"-p tcp -m multiport --ports 101,102,103,104,105,106,107,108,109,110,111,112,113,114,115 -m tcp --tcp-flags SYN,RST,ACK ACK -m bpf --bytecode \"" + pureACK6 + "\" -m connlabel --label 120 -m connlabel ! --label 122 -j RETURN",
+				"-p tcp -m multiport --ports 116,117 -m tcp --tcp-flags FIN,SYN,RST SYN -m bpf --bytecode \"" + pureACK6 + "\" -m connlabel --label 121 --set -m connlabel ! --label 127 -j RETURN",
+				"-p tcp -m multiport --ports 116,117 -m tcp --tcp-flags SYN,RST,ACK ACK -m bpf --bytecode \"" + pureACK6 + "\" -m connlabel --label 121 -m connlabel ! --label 127 -j RETURN",
+				"-p tcp -m multiport --ports 116,117 -m tcp --tcp-flags SYN,RST,ACK ACK -m bpf --bytecode \"" + pureACK6 + "\" -m connlabel --label 120 -m connlabel ! --label 122 -j RETURN",
+				"-p tcp -m multiport --dports 101,102,103,104,105,106,107,108,109,110,111,112,113,114,115 -j NFQUEUE --queue-num 0",
+				"-p tcp -m multiport --dports 116,117 -j NFQUEUE --queue-num 0",
+				"-p tcp -m multiport --sports 101,102,103,104,105,106,107,108,109,110,111,112,113,114,115 -j NFQUEUE --queue-num 0",
+				"-p tcp -m multiport --sports 116,117 -j NFQUEUE --queue-num 0",
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
