@@ -60,11 +60,28 @@ const DefaultMinDataPort = 1024
 // LabelSource reads the conntrack labels a previous process wrote on a
 // connection's entry. The daemon implements it with one ctnetlink GET.
 type LabelSource interface {
-	// Labels returns the labels of c's entry; zero labels when it has
-	// none. ErrNoEntry means conntrack has no entry for c yet (see
+	// Entry returns the labels and ID of c's entry; zero labels when it
+	// has none. ErrNoEntry means conntrack has no entry for c yet (see
 	// there); any other error means they could not be read: c is picked
 	// up plain.
-	Labels(c Conn) (Labels, error)
+	Entry(c Conn) (CTEntry, error)
+}
+
+// CTEntry is what the engine reads of a connection's conntrack entry.
+type CTEntry struct {
+	Labels Labels
+	// ID is conntrack's ID of the entry (CTA_ID), 0 when unknown. With
+	// Config.SkipHandshake it tells the entry from a later one on the
+	// same port pair, whose SYN the engine does not see either.
+	ID uint32
+	// Preexisting: the entry existed when this process began to track
+	// connections (the daemon's dump at start). Its dialog went on in a
+	// predecessor, which may have seen a PASS whose 230 this process
+	// sees: such a connection is picked up with its login state unknown,
+	// as without SkipHandshake, however its labels read (measured: the
+	// labels-restart simulation refused every later announcement of a
+	// session restarted between PASS and 230).
+	Preexisting bool
 }
 
 // ErrNoEntry is what a LabelSource returns for a connection conntrack has
@@ -159,6 +176,24 @@ type Config struct {
 	// LabelSource, if set, is asked for the labels of every connection
 	// first seen without its SYN, before it is picked up plain.
 	LabelSource LabelSource
+	// SkipHandshake says that the queue rules let the SYN, the SYN/ACK
+	// and the FINs without payload of control connections pass without
+	// queueing (rules.Config.SkipHandshake), so that a connection's
+	// first segment here is its first payload segment, and that the SYN
+	// rule sets SEEN on the entry as it passes. It needs LabelSource.
+	// Then:
+	//   - a connection first seen without its SYN whose labels hold
+	//     SEEN and no state began while the rules were loaded: every
+	//     payload byte of it passed through an ftpalg, which would have
+	//     written LOGGED_IN before releasing a login's 230. It is fresh
+	//     (its login is enforced, see Config.AllowBeforeLogin), not
+	//     picked up in the middle;
+	//   - an ACK one past the last byte the other direction released
+	//     acknowledges that direction's FIN, which passed unseen;
+	//   - the end of a connection is learnt from conntrack (Destroyed),
+	//     and a segment of a later connection on the same port pair from
+	//     the entry's ID (see Engine.reused).
+	SkipHandshake bool
 }
 
 // sessionID is the session ID of this engine's n-th connection.
@@ -486,6 +521,16 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 		e.end(f) // the port pair is reused by a new connection
 		f = nil
 	}
+	var p pickup
+	looked := false
+	if f != nil && e.cfg.SkipHandshake && !newSYN && e.cfg.LabelSource != nil && e.implausible(f, seg) {
+		ent, err := e.cfg.LabelSource.Entry(conn)
+		if err == nil && f.ctID != 0 && ent.ID != 0 && ent.ID != f.ctID {
+			e.end(f) // a later connection on the same port pair
+			f = nil
+			p, looked = e.pickUp(conn, ent, nil), true
+		}
+	}
 	if f == nil {
 		if seg.has(flagRST) {
 			return nil
@@ -497,14 +542,15 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 			e.end(old)
 		}
 		e.ids++
-		noEntry := false
-		if !newSYN && e.cfg.LabelSource != nil {
-			f, noEntry = e.fromLabels(conn)
+		if !newSYN && e.cfg.LabelSource != nil && !looked {
+			p = e.fromLabels(conn)
 		}
 		e.stats.Flows++
+		f = p.f
 		if f == nil {
-			f = &flow{conn: conn, id: e.sessionID(e.ids), dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: !newSYN}
-			if noEntry {
+			f = &flow{conn: conn, id: e.sessionID(e.ids), dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}),
+				pickedUp: !newSYN && !p.fresh, ctID: p.id}
+			if p.noEntry {
 				f.rechecks = maxRechecks
 			}
 		}
@@ -535,13 +581,15 @@ const maxRechecks = 16
 // came before conntrackd committed the entry, which the HA kit's firewall
 // drops as mid-stream NEW) never reached the peer.
 func (e *Engine) recheck(f *flow) *flow {
-	g, noEntry := e.fromLabels(f.conn)
-	if noEntry {
+	p := e.fromLabels(f.conn)
+	if p.noEntry {
 		f.rechecks--
 		return f
 	}
 	f.rechecks = 0
+	g := p.f
 	if g == nil {
+		f.ctID = p.id
 		return f // the entry exists and carries no state of ftpalg's: f stands
 	}
 	e.tab.remove(f)
@@ -556,6 +604,48 @@ func (e *Engine) recheck(f *flow) *flow {
 	g.id = f.id
 	e.tab.put(g)
 	return g
+}
+
+// reuseWindow is how far from its sender's release point a segment may lie
+// before the engine asks whether it belongs to a later connection on the
+// same port pair (see implausible): far more than a control connection
+// ever has in flight, and a 1 in 32768 chance for a new connection's
+// random first sequence number to land inside. Asking costs one lookup and
+// changes nothing when the entry is the same.
+const reuseWindow = 1 << 16
+
+// implausible reports whether a segment of f cannot be part of f's sender's
+// stream as the engine knows it: with the handshake unseen
+// (SkipHandshake), the first payload segment of a later connection on the
+// same port pair arrives at f when conntrack's DESTROY of f's entry has not
+// been handled yet, or was lost (an event overrun), and would be taken for
+// bytes beyond a hole, dropped again and again, or for old bytes.
+func (e *Engine) implausible(f *flow, seg *segment) bool {
+	if len(seg.payload) == 0 || f.ctID == 0 {
+		return false
+	}
+	snd, _ := f.halves(e.side)
+	if !snd.init {
+		return false
+	}
+	d := seg.seq.Sub(snd.next)
+	return d > reuseWindow || d < -reuseWindow
+}
+
+// Destroyed stops tracking c when conntrack destroyed its entry, whose ID
+// is id (0: unknown), and returns its EventFlowEnd, if any (valid until the
+// next call). With SkipHandshake the engine sees neither FIN of a
+// connection that was never rewritten, and learns of the end only so. An
+// entry with another ID than the one c was picked up with is an earlier
+// connection on the same port pair, whose DESTROY came late: c stays.
+func (e *Engine) Destroyed(c Conn, id uint32) []Event {
+	e.events = e.events[:0]
+	f := e.tab.get(c)
+	if f == nil || id != 0 && f.ctID != 0 && id != f.ctID {
+		return nil
+	}
+	e.end(f)
+	return e.events
 }
 
 // end stops tracking f and tells the daemon.

@@ -56,6 +56,9 @@ type flow struct {
 	// are reported too; mappingChanged: an edit since the last Changed.
 	saved, mappingChanged bool
 	rewrites              uint32
+	// ctID is conntrack's ID of the connection's entry, 0 when unknown
+	// (SkipHandshake: see Engine.reused).
+	ctID uint32
 	// labels were last reported (EventLabels) or found on the entry;
 	// resumed: taken over from them; dead: they said OVERFLOW, so the
 	// connection's packets are dropped; overflowLogged: OVERFLOW reported.

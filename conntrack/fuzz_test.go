@@ -162,7 +162,7 @@ func FuzzLabels(f *testing.F) {
 // fixedLabels is a LabelSource with the same labels for every connection.
 type fixedLabels Labels
 
-func (l *fixedLabels) Labels(Conn) (Labels, error) { return Labels(*l), nil }
+func (l *fixedLabels) Entry(Conn) (CTEntry, error) { return CTEntry{Labels: Labels(*l)}, nil }
 
 var dictionary = []string{
 	"PORT 192,0,2,10,200,10\r\n", "PASV\r\n", "EPSV\r\n", "227 Entering Passive Mode (192,0,2,20,200,10).\r\n",

@@ -200,13 +200,13 @@ type notYet struct {
 	labels          Labels
 }
 
-func (n *notYet) Labels(Conn) (Labels, error) {
+func (n *notYet) Entry(Conn) (CTEntry, error) {
 	n.lookups++
 	if n.misses > 0 {
 		n.misses--
-		return Labels{}, ErrNoEntry
+		return CTEntry{}, ErrNoEntry
 	}
-	return n.labels, nil
+	return CTEntry{Labels: n.labels}, nil
 }
 
 // TestNoEntryYet checks that a connection first seen while conntrack has

@@ -119,30 +119,48 @@ func (e *Engine) renumber(f *flow, pkt []byte, res *Result) {
 	res.Verdict, res.Packet = AcceptModified, e.patchNumbers(out, &seg, seq, ack, &sacks, sackChanged)
 }
 
-// fromLabels looks up the labels of a connection seen without its SYN and
-// resumes it from them; nil means it is picked up plain, and noEntry that
-// conntrack has no entry for it yet, so its labels are to be looked up
-// again at its next segment.
-func (e *Engine) fromLabels(conn Conn) (f *flow, noEntry bool) {
-	l, err := e.cfg.LabelSource.Labels(conn)
+// pickup is what the engine made of a connection's conntrack entry when it
+// first saw the connection without its SYN.
+type pickup struct {
+	f       *flow  // resumed from the labels; nil: picked up plain
+	noEntry bool   // conntrack has no entry yet: look again at later segments
+	fresh   bool   // plain, and it began under ftpalg's rules (SkipHandshake)
+	id      uint32 // the entry's ID, 0 when unknown
+}
+
+// fromLabels looks up the entry of a connection seen without its SYN and
+// resumes it from the labels; see pickup.
+func (e *Engine) fromLabels(conn Conn) pickup {
+	ent, err := e.cfg.LabelSource.Entry(conn)
+	return e.pickUp(conn, ent, err)
+}
+
+// pickUp is fromLabels with the entry (or the error) looked up.
+func (e *Engine) pickUp(conn Conn, ent CTEntry, err error) pickup {
 	if errors.Is(err, ErrNoEntry) {
-		return nil, true
+		return pickup{noEntry: true}
 	}
 	if err != nil {
 		e.stats.LabelErrors++
-		return nil, false
+		return pickup{}
 	}
+	l := ent.Labels
 	if l.Empty() {
-		return nil, false
+		// SEEN alone: with SkipHandshake the SYN rule set it, so the
+		// connection opened under ftpalg's rules; one that opened after
+		// this process started had every payload byte pass through it,
+		// and this is the first: no login happened.
+		return pickup{fresh: e.cfg.SkipHandshake && l.Bit(LabelSeen) && !ent.Preexisting, id: ent.ID}
 	}
-	f, err = e.resumed(conn, l)
+	f, err := e.resumed(conn, l)
 	if err != nil {
 		// Labels ftpalg did not write: pick it up plain, and say so.
 		f := &flow{conn: conn, id: e.sessionID(e.ids), dialog: alg.NewDialog(alg.Config{MaxLine: e.cfg.MaxLine}), pickedUp: true}
 		e.refuse(f, alg.KindNone, netip.AddrPort{}, err)
-		return nil, false
+		return pickup{id: ent.ID}
 	}
-	return f, false
+	f.ctID = ent.ID
+	return pickup{f: f, id: ent.ID}
 }
 
 // resumed builds the flow of a connection known only by its labels. Each

@@ -166,16 +166,33 @@ func (m *sim) takeOver(in []byte, res *Result) (out []byte) {
 	return nil
 }
 
-// kernelSkips reports whether the kernel skip rule lets b pass without
+// kernelSkips reports whether the kernel's skip rules let b pass without
 // queueing: a segment with only ACK and no payload, of a connection whose
-// labels say KERNEL and not MULTI.
+// labels say KERNEL and not MULTI. With handshake (the rules'
+// SkipHandshake) also a FIN among them, a SYN or SYN/ACK without payload of
+// a connection never rewritten (which marks the entry SEEN), and pure ACKs
+// and FINs without payload of one marked SEEN and never rewritten.
 func (m *sim) kernelSkips(b []byte) bool {
+	k := parse(m.t, b)
+	conn := Conn{Client: simClient, Server: simServer}
+	l := m.labels[conn]
+	flags, empty := k.flags&^flagFIN, len(k.payload) == 0
+	if m.skipHandshake {
+		switch {
+		case k.flags&(flagSYN|flagFIN|flagRST) == flagSYN && empty && !l.Bit(LabelRewritten):
+			l.setField(LabelSeen, 1, 1)
+			m.labels[conn] = l
+			return true
+		case flags == flagACK && empty && l.Bit(LabelSeen) && !l.Bit(LabelRewritten):
+			return true
+		}
+	} else {
+		flags = k.flags
+	}
 	if !m.adjOn {
 		return false
 	}
-	k := parse(m.t, b)
-	l := m.labels[Conn{Client: simClient, Server: simServer}]
-	return k.flags == flagACK && len(k.payload) == 0 && l.Bit(LabelKernel) && (m.noMultiSkip || !l.Bit(LabelMulti))
+	return flags == flagACK && empty && l.Bit(LabelKernel) && (m.noMultiSkip || !l.Bit(LabelMulti))
 }
 
 // kernelAdjust applies the simulated kernel seqadj to b, sent by the client

@@ -33,6 +33,9 @@ func (e *Engine) track(f *flow, pkt []byte, seg *segment, now time.Time) Result 
 		if rcv.restored && rcv.next.LessThan(ack) {
 			rcv.resync(ack) // released by the previous process without edits
 		}
+		if rcv.sent.LessThan(ack) && !rcv.restored && e.finSkipped(f, rcv, ack) {
+			rcv.fin, rcv.sent = true, ack
+		}
 		if rcv.sent.LessThan(ack) && !rcv.restored {
 			e.refuse(f, alg.KindNone, netip.AddrPort{}, fmt.Errorf("%w: ack %d, sent up to %d", ErrInvalidAck, ack, rcv.sent))
 			return Result{Verdict: Drop}
@@ -120,6 +123,20 @@ func (e *Engine) track(f *flow, pkt []byte, seg *segment, now time.Time) Result 
 		return Result{Verdict: Drop}
 	}
 	return Result{Verdict: AcceptModified, Packet: out}
+}
+
+// finSkipped reports whether ack, one past everything rcv's sender
+// released, acknowledges that sender's FIN, which the queue rules let pass
+// unseen (SkipHandshake): they do for a connection whose labels say it was
+// never rewritten, or that the kernel's seqadj maps with one edit in
+// flight (rules.LabelKernel without LabelMulti), and the labels the
+// kernel sees are the last f reported.
+func (e *Engine) finSkipped(f *flow, rcv *half, ack seqnum.Value) bool {
+	if !e.cfg.SkipHandshake || rcv.fin || ack != rcv.sent.Add(1) {
+		return false
+	}
+	l := f.labels
+	return !l.Bit(LabelRewritten) || l.Bit(LabelKernel) && !l.Bit(LabelMulti)
 }
 
 // kernelNumbers turns the numbers a segment of a kernel-mapped connection

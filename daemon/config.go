@@ -37,6 +37,13 @@ type Config struct {
 	// the daemon labels a connection REWRITTEN before it releases its
 	// first rewritten packet, so from then on they are queued.
 	SkipPureACKs bool
+	// SkipHandshake (with SkipPureACKs) lets the SYN, the SYN/ACK and
+	// the FINs without payload of those connections pass too
+	// (rules.Config.SkipHandshake): the engine picks a connection up at
+	// its first payload segment, fresh when the SYN rule marked its entry
+	// SEEN, and ends it when conntrack destroys the entry
+	// (conntrack.Config.SkipHandshake).
+	SkipHandshake bool
 	// KernelSeqAdj hands the sequence mapping of rewritten NAT'd control
 	// connections to the kernel's seqadj (rules.SeqAdjTable gives their
 	// entries the extension), which maps every later packet itself; ftpalg
@@ -161,3 +168,7 @@ func (c *Config) overrides() [2]netip.Addr {
 	}
 	return o
 }
+
+// skipHandshake reports whether the queue rules skip handshakes and FINs:
+// only beside the pure-ACK rules, whose label tests they share.
+func (c *Config) skipHandshake() bool { return c.SkipHandshake && c.SkipPureACKs }

@@ -384,6 +384,44 @@ func (g *Gateway) DataConnection(f ctnetlink.NewFlow) {
 	g.pins.Used(f.Orig.Src.Addr(), f.Orig.Dst, mark)
 }
 
+// ControlDestroyed ends the control connection whose conntrack entry was
+// destroyed, if this gateway tracks it, and reports whether it did. The
+// engine's connection is the entry seen at ftpalg's hook: the original
+// tuple's source (before SNAT) to the reply tuple's source (after DNAT).
+func (g *Gateway) ControlDestroyed(orig, reply ctnetlink.Tuple, id uint32) bool {
+	c := conntrack.Conn{Client: orig.Src, Server: reply.Src}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.labels != nil {
+		g.labels.start.take(id)
+	}
+	evs := g.engine.Destroyed(c, id)
+	for i := range evs {
+		g.act(&evs[i])
+	}
+	return len(evs) > 0
+}
+
+// reconcile ends the connections live (conntrack's, by tuples) no longer
+// holds, and returns how many.
+func (g *Gateway) reconcile(live map[conntrack.ConnKey]bool) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var gone []conntrack.FlowInfo
+	g.engine.Flows(func(f conntrack.FlowInfo) {
+		if !live[f.Conn.Key()] {
+			gone = append(gone, f)
+		}
+	})
+	for _, f := range gone {
+		evs := g.engine.Destroyed(f.Conn, 0)
+		for i := range evs {
+			g.act(&evs[i])
+		}
+	}
+	return len(gone)
+}
+
 // Stats returns the engine's counters.
 func (g *Gateway) Stats() conntrack.Stats {
 	g.mu.Lock()

@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"log/slog"
+	"sync"
 
 	"github.com/ftpalg/ftpalg/conntrack"
 	"github.com/ftpalg/ftpalg/ctnetlink"
@@ -40,6 +41,9 @@ type labelStore struct {
 	// kernel, if set, hands rewritten connections' mapping to the
 	// kernel's seqadj where their entries have it (useKernelSeqAdj).
 	kernel SeqAdjClient
+	// start, if set, holds the control entries that existed when the
+	// daemon started (CTEntry.Preexisting), shared by the shards.
+	start *startEntries
 	// noExt: sessions whose entry has no label extension, logged once.
 	noExt          map[uint64]bool
 	writes, failed uint64
@@ -115,30 +119,75 @@ func (s *labelStore) entryTuple(c conntrack.Conn) (ctnetlink.Tuple, bool) {
 	return ctnetlink.Tuple{}, false
 }
 
-// Labels reads the labels of c's entry (conntrack.LabelSource): one GET, or
-// two when the packet's tuple is the entry's reply one; ErrNoEntry when
-// conntrack has no confirmed entry for it.
-func (s *labelStore) Labels(c conntrack.Conn) (conntrack.Labels, error) {
+// Entry reads the labels and ID of c's entry (conntrack.LabelSource): one
+// GET, or two when the packet's tuple is the entry's reply one;
+// ErrNoEntry when conntrack has no confirmed entry for it.
+func (s *labelStore) Entry(c conntrack.Conn) (conntrack.CTEntry, error) {
 	e, _, err := s.ct.Lookup(seenOf(c))
 	if errors.Is(err, ctnetlink.ErrNotFound) {
 		// The packet in hand started the entry (loose pickup): it is
 		// confirmed only after the packet passed. See ErrNoEntry.
-		return conntrack.Labels{}, conntrack.ErrNoEntry
+		return conntrack.CTEntry{}, conntrack.ErrNoEntry
 	}
 	if err != nil {
 		s.log.Warn("reading conntrack labels; picking the connection up without them", "conn", c.String(), "err", err)
-		return conntrack.Labels{}, err
+		return conntrack.CTEntry{}, err
 	}
 	s.remember(c, e)
+	ent := conntrack.CTEntry{ID: e.ID, Preexisting: s.start.take(e.ID)}
 	if !e.HasLabels {
-		return conntrack.Labels{}, nil
+		return ent, nil
 	}
 	l, err := conntrack.LabelsFromBytes(e.Labels[:])
 	if err != nil {
 		s.log.Warn("reading conntrack labels", "conn", c.String(), "err", err)
-		return l, err
+		return ent, err
 	}
-	return s.checkKernel(c, e, l), nil
+	ent.Labels = s.checkKernel(c, e, l)
+	return ent, nil
+}
+
+// startEntries are the IDs of the control connections' conntrack entries
+// that existed when the daemon started, before it read its first packet
+// (conntrack.CTEntry.Preexisting). Each is taken once: at the connection's
+// first packet, or when its entry is destroyed. The shards' label stores
+// share it, under its own lock, taken once per connection.
+type startEntries struct {
+	mu  sync.Mutex
+	ids map[uint32]struct{}
+}
+
+// newStartEntries collects the entries of dump that are open control
+// connections: on a port isControl accepts (the server's port as ftpalg's
+// hook sees it, after DNAT).
+func newStartEntries(dump []ctnetlink.Entry, isControl func(uint16) bool) *startEntries {
+	s := &startEntries{ids: map[uint32]struct{}{}}
+	for _, e := range dump {
+		if e.ID != 0 && !e.TCPState.Closed() && isControl(e.Reply.Src.Port()) {
+			s.ids[e.ID] = struct{}{}
+		}
+	}
+	return s
+}
+
+// take reports whether id is one of the entries and forgets it. A nil s
+// holds none.
+func (s *startEntries) take(id uint32) bool {
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.ids[id]
+	delete(s.ids, id)
+	return ok
+}
+
+// Len returns how many entries are left.
+func (s *startEntries) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.ids)
 }
 
 // write stores ev.Labels (with BE_LIBERAL when ev.Liberal) in the entry of

@@ -62,7 +62,7 @@ func TestLabelStoreNamesOwnEntry(t *testing.T) {
 				s := newLabelStore(l, quiet)
 				switch how {
 				case "read first":
-					if _, err := s.Labels(c); err != nil {
+					if _, err := s.Entry(c); err != nil {
 						t.Fatal(err)
 					}
 				case "adopted":

@@ -57,7 +57,7 @@ func checkCapability() error {
 
 func (c *Config) rulesConfig() rules.Config {
 	rc := rules.Config{ControlPorts: c.ControlPorts, QueueNum: c.QueueNum, Queues: c.queues(), Bypass: c.QueueBypass, IPv4: c.IPv4, IPv6: c.IPv6,
-		DataMark: c.AcceptMark, Role: c.Role, SkipPureACKs: c.SkipPureACKs}
+		DataMark: c.AcceptMark, Role: c.Role, SkipPureACKs: c.SkipPureACKs, SkipHandshake: c.skipHandshake()}
 	if c.Pinholes == NFTables {
 		rc.AcceptMark = c.AcceptMark
 	}
@@ -156,7 +156,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// move into --data-ports). The rest of the router's traffic then
 	// costs ftpalg nothing and cannot overrun the event socket, which
 	// would lose data connections' events with it.
-	if err := ct.FilterEvents(min(conntrack.DefaultMinDataPort, cfg.DataPortLo), nil); err != nil {
+	// With --skip-handshake the ends of control connections come as
+	// DESTROY events, which the filter keeps for the control ports only.
+	var destroyPorts []uint16
+	if cfg.skipHandshake() {
+		destroyPorts = cfg.ControlPorts
+	}
+	if err := ct.FilterEvents(min(conntrack.DefaultMinDataPort, cfg.DataPortLo), destroyPorts); err != nil {
 		log.Warn("conntrack events are not filtered in the kernel: every new connection of this machine is read", "err", err)
 	}
 	// Joined before any queue is bound or pinhole adopted: a data
@@ -165,6 +171,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// being missed and leaving its pinhole open to a second connection.
 	if err := ct.Subscribe(); err != nil {
 		return fmt.Errorf("%w: %w", ErrEnvironment, err)
+	}
+	// Likewise the end of a control connection that opens now.
+	if cfg.skipHandshake() {
+		if err := ct.SubscribeDestroy(); err != nil {
+			return fmt.Errorf("%w: %w", ErrEnvironment, err)
+		}
 	}
 
 	pins := NewPinholes(fw, ports, cfg.PinholeTimeout, cfg.Limits, log)
@@ -205,6 +217,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			Admit:          func(session uint64, c conntrack.Conn) error { return pins.Admit(session, c.Client.Addr()) },
 			WriteLabels:    true,
 			LabelSource:    labels,
+			SkipHandshake:  cfg.skipHandshake(),
 		}, &natResolver{mapper: sct, ports: ports, override: cfg.overrides()})
 		if cfg.KernelSeqAdj {
 			labels.useKernelSeqAdj(sct)
@@ -253,12 +266,35 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// several queues nobody knows which shard will see a connection (the
 	// kernel seeds the hash per rule), so each shard looks a connection it
 	// does not know up at its first packet instead (LabelSource).
-	if len(shards) > 1 {
+	//
+	// With --skip-handshake the dump also says which control connections
+	// are older than this process (labelStore.start): their dialogs went
+	// on before it, so they are not taken for fresh at their first packet.
+	var dump []ctnetlink.Entry
+	if len(shards) == 1 || cfg.skipHandshake() {
+		dump, err = ct.Dump()
+		switch {
+		case err != nil && cfg.skipHandshake():
+			// Without it every connection open now would be taken
+			// for fresh at its first packet, its login for not made.
+			return fmt.Errorf("%w: dumping conntrack for the control connections open before this start (--skip-handshake): %w", ErrEnvironment, err)
+		case err != nil:
+			log.Warn("dumping conntrack to take connections over; each is looked up at its first packet instead", "err", err)
+		}
+	}
+	if cfg.skipHandshake() {
+		start := newStartEntries(dump, gw.engine.IsControl)
+		for _, g := range shards {
+			g.labels.start = start
+		}
+	}
+	switch {
+	case len(shards) > 1:
 		log.Info("taking connections over from their conntrack labels at their first packet", "queues", len(shards))
-	} else if dump, err := ct.Dump(); err != nil {
-		log.Warn("dumping conntrack to take connections over; each is looked up at its first packet instead", "err", err)
-	} else if n := gw.Resume(dump, time.Now()); n > 0 {
-		log.Info("took over rewritten control connections from their conntrack labels", "connections", n)
+	case err == nil:
+		if n := gw.Resume(dump, time.Now()); n > 0 {
+			log.Info("took over rewritten control connections from their conntrack labels", "connections", n)
+		}
 	}
 	qctx, stopQueue := context.WithCancel(ctx)
 	defer stopQueue()
@@ -480,13 +516,27 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		log.Info("syncing pinholes with the other router", "listen", cfg.SyncListen.String(), "peer", cfg.SyncPeer.String())
 	}
 
+	// With --skip-handshake, control connections whose DESTROY never
+	// came are found by a dump: after an event overrun, and every
+	// reconcileEvery, since an entry created while no event listener
+	// existed (during a restart) never sends one.
+	reconcile := newReconciler(shards, log)
+	if cfg.skipHandshake() {
+		go reconcile.run(qctx)
+	}
 	watchDone := make(chan error, 1)
 	go func() {
-		watchDone <- ct.Watch(qctx, ctnetlink.WatchHandler{NewFlow: gw.DataConnection})
+		h := ctnetlink.WatchHandler{NewFlow: gw.DataConnection}
+		if cfg.skipHandshake() {
+			h.Destroyed = func(e ctnetlink.Destroyed) { shards.ControlDestroyed(e.Orig, e.Reply, e.ID) }
+			// DESTROY events may have been lost with the rest.
+			h.Overrun = func(uint64) { reconcile.request() }
+		}
+		watchDone <- ct.Watch(qctx, h)
 	}()
 	log.Info("ftpalg running", "role", cfg.Role.String(), "queue", cfg.QueueNum, "queues", len(shards), "queue_reader", cfg.QueueReader.String(), "queue_spin", cfg.QueueSpin.String(), "pinholes", cfg.Pinholes.String(), "control_ports", fmt.Sprint(cfg.ControlPorts),
 		"install_rules", cfg.InstallRules, "pinhole_timeout", cfg.PinholeTimeout.String(),
-		"data_ports", fmt.Sprintf("%d-%d", cfg.DataPortLo, cfg.DataPortHi), "fail_open", cfg.FailOpen, "queue_bypass", cfg.QueueBypass, "skip_pure_acks", cfg.SkipPureACKs, "kernel_seqadj", cfg.KernelSeqAdj)
+		"data_ports", fmt.Sprintf("%d-%d", cfg.DataPortLo, cfg.DataPortHi), "fail_open", cfg.FailOpen, "queue_bypass", cfg.QueueBypass, "skip_pure_acks", cfg.SkipPureACKs, "skip_handshake", cfg.skipHandshake(), "kernel_seqadj", cfg.KernelSeqAdj)
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()

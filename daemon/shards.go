@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/ftpalg/ftpalg/conntrack"
+	"github.com/ftpalg/ftpalg/ctnetlink"
 	"github.com/ftpalg/ftpalg/status"
 )
 
@@ -26,6 +27,35 @@ func (s Shards) Expire(now time.Time) {
 	}
 	s[0].metrics.SetTracked(n)
 	s[0].metrics.SetOpenPinholes(s[0].pins.Len())
+}
+
+// ControlDestroyed ends the control connection of a destroyed conntrack
+// entry in the shard that tracks it (Gateway.ControlDestroyed). NFQUEUE's
+// balance hash picked that shard; an event does not say which, and asking
+// each shard's table costs a map lookup.
+func (s Shards) ControlDestroyed(orig, reply ctnetlink.Tuple, id uint32) {
+	for _, g := range s {
+		if g.ControlDestroyed(orig, reply, id) {
+			return
+		}
+	}
+}
+
+// Reconcile ends every tracked control connection that dump, a conntrack
+// dump taken after DESTROY events were lost, does not hold (by its
+// tuples), and returns how many it ended. A connection
+// that opened after the dump was taken is not tracked yet or, if it is,
+// is taken over again from its labels at its next packet.
+func (s Shards) Reconcile(dump []ctnetlink.Entry) int {
+	live := make(map[conntrack.ConnKey]bool, len(dump))
+	for _, e := range dump {
+		live[conntrack.Conn{Client: e.Orig.Src, Server: e.Reply.Src}.Key()] = true
+	}
+	n := 0
+	for _, g := range s {
+		n += g.reconcile(live)
+	}
+	return n
 }
 
 // FlushState writes every shard's deferred connection states.

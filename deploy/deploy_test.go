@@ -49,7 +49,7 @@ func TestFirewallIncludesFragment(t *testing.T) {
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			cfg := rules.Config{ControlPorts: []uint16{21}, QueueNum: 21, IPv4: true, IPv6: true, AcceptMark: rules.DefaultAcceptMark,
-				DataMark: rules.DefaultAcceptMark, SkipPureACKs: true}
+				DataMark: rules.DefaultAcceptMark, SkipPureACKs: true, SkipHandshake: true}
 			have := checkFileFragment(t, tc.file, cfg, tc.fam)
 			checkJumpFirst(t, tc.file, have["filter"], "FORWARD")
 			checkJumpFirst(t, tc.file, have["filter"], "INPUT")

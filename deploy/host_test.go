@@ -11,7 +11,7 @@ import (
 
 // hostConfig is `ftpalg run --role host` with the other defaults.
 var hostConfig = rules.Config{ControlPorts: []uint16{21}, QueueNum: 21, IPv4: true, IPv6: true,
-	AcceptMark: rules.DefaultAcceptMark, DataMark: rules.DefaultAcceptMark, Role: rules.RoleHost, SkipPureACKs: true}
+	AcceptMark: rules.DefaultAcceptMark, DataMark: rules.DefaultAcceptMark, Role: rules.RoleHost, SkipPureACKs: true, SkipHandshake: true}
 
 // host.rules and host6.rules contain exactly what `ftpalg rules --role
 // host` prints for their family (jumps written as the "-A" placed where

@@ -64,6 +64,7 @@ type options struct {
 	acceptMark     string
 	queueBypass    bool
 	skipPureACKs   bool
+	skipHandshake  bool
 	kernelSeqAdj   bool
 	configPath     string
 	stateDir       string
@@ -85,6 +86,7 @@ func (o *options) define(fs *flag.FlagSet, run bool) {
 	fs.BoolVar(&o.queueBypass, "queue-bypass", false, "while no ftpalg is bound to the queue, let control packets pass unexamined (default false: they are\ndropped and TCP retransmits them, so a restart loses nothing; after a stop for good (SIGINT) nothing is\nqueued; after a handover (SIGTERM), a crash or an error exit control traffic stays dropped until ftpalg\nstarts or `ftpalg cleanup` runs); true keeps control traffic flowing while ftpalg is down, at a cost: a\nPORT or 227 then passes unrewritten and the segments of a rewritten session pass without their\nsequence offsets, which corrupts that session")
 	fs.BoolVar(&o.kernelSeqAdj, "kernel-seqadj", true, "hand the sequence mapping of rewritten NAT'd control connections to the kernel's seqadj\n(an nftables table gives their conntrack entries the extension): the kernel maps every later\npacket, their pure ACKs skip the queue, and their window stays strictly tracked. false: ftpalg\nmaps every rewritten connection itself, with BE_LIBERAL")
 	fs.BoolVar(&o.skipPureACKs, "skip-pure-acks", true, "let control segments without payload (pure ACKs) of connections ftpalg never rewrote pass\nwithout queueing (an xt_bpf rule ahead of the queue rules); they carry nothing to read or map. false\nqueues every control segment")
+	fs.BoolVar(&o.skipHandshake, "skip-handshake", true, "with --skip-pure-acks, let the SYN, SYN/ACK and payload-free FINs of those connections pass without\nqueueing too: ftpalg picks a connection up at its first payload segment (fresh when its SYN passed\nftpalg's rules, which mark the entry) and ends it when conntrack destroys the entry. false queues them")
 	fs.StringVar(&o.pinholes, "pinholes", "nftables", "pinhole `backend`: nftables (set elements with kernel timeouts, ~10µs each; a mark bit\nreaches iptables' FORWARD) or iptables (one rule per pinhole, visible in iptables -S, milliseconds each)")
 	fs.StringVar(&o.acceptMark, "accept-mark", "0x20000000", "mark `bit`: set on a pinholed connection's first packet (nftables backend) and in its conntrack mark once it started (its retransmitted SYNs)")
 	fs.StringVar(&o.role, "role", "both", "which control connections to handle: both (forwarded ones and those ending on this machine),\nrouter (forwarded only: mangle/filter FORWARD) or host (an FTP server or client on this machine: INPUT/OUTPUT)")
@@ -140,7 +142,7 @@ func (o *options) rulesConfig() (rules.Config, error) {
 	if err != nil {
 		return rules.Config{}, fmt.Errorf("%w: --role %q: want both, router or host", errUsage, o.role)
 	}
-	rc := rules.Config{ControlPorts: ports, QueueNum: uint16(o.queueNum), Queues: uint16(o.queues), Bypass: o.queueBypass, IPv4: o.ipv4, IPv6: o.ipv6, Role: role, SkipPureACKs: o.skipPureACKs}
+	rc := rules.Config{ControlPorts: ports, QueueNum: uint16(o.queueNum), Queues: uint16(o.queues), Bypass: o.queueBypass, IPv4: o.ipv4, IPv6: o.ipv6, Role: role, SkipPureACKs: o.skipPureACKs, SkipHandshake: o.skipPureACKs && o.skipHandshake}
 	backend, mark, err := o.backend()
 	if err != nil {
 		return rules.Config{}, err
@@ -255,7 +257,7 @@ func (o *options) daemonConfig(log *slog.Logger) (daemon.Config, error) {
 		MaxConnections: o.maxConns,
 		OutsideIf:      o.outsideIf, PublicIPs: pubs, ControlPorts: rc.ControlPorts, QueueNum: rc.QueueNum, Queues: rc.Queues,
 		PinholeTimeout: o.pinholeTimeout, DataPortLo: lo, DataPortHi: hi, InstallRules: o.installRules,
-		FailOpen: o.failOpen, QueueBypass: o.queueBypass, SkipPureACKs: rc.SkipPureACKs, KernelSeqAdj: o.kernelSeqAdj, IPv4: o.ipv4, IPv6: o.ipv6, Role: rc.Role, Log: log,
+		FailOpen: o.failOpen, QueueBypass: o.queueBypass, SkipPureACKs: rc.SkipPureACKs, SkipHandshake: rc.SkipHandshake, KernelSeqAdj: o.kernelSeqAdj, IPv4: o.ipv4, IPv6: o.ipv6, Role: rc.Role, Log: log,
 	}
 	if err := cfg.Validate(); err != nil {
 		return daemon.Config{}, fmt.Errorf("%w: %w", errUsage, err)
