@@ -177,10 +177,11 @@ type Config struct {
 	// first seen without its SYN, before it is picked up plain.
 	LabelSource LabelSource
 	// SkipHandshake says that the queue rules let the SYN, the SYN/ACK
-	// and the FINs without payload of control connections pass without
-	// queueing (rules.Config.SkipHandshake), so that a connection's
-	// first segment here is its first payload segment, and that the SYN
-	// rule sets SEEN on the entry as it passes. It needs LabelSource.
+	// and the client's FIN without payload of control connections pass
+	// without queueing (rules.Config.SkipHandshake), so that a
+	// connection's first segment here is its first payload segment, and
+	// that the SYN rule sets SEEN on the entry as it passes. It needs
+	// LabelSource.
 	// Then:
 	//   - a connection first seen without its SYN whose labels hold
 	//     SEEN and no state began while the rules were loaded: every
@@ -188,8 +189,8 @@ type Config struct {
 	//     written LOGGED_IN before releasing a login's 230. It is fresh
 	//     (its login is enforced, see Config.AllowBeforeLogin), not
 	//     picked up in the middle;
-	//   - an ACK one past the last byte the other direction released
-	//     acknowledges that direction's FIN, which passed unseen;
+	//   - a server's ACK one past the last byte the client released
+	//     acknowledges the client's FIN, which passed unseen;
 	//   - the end of a connection is learnt from conntrack (Destroyed),
 	//     and a segment of a later connection on the same port pair from
 	//     the entry's ID (see Engine.reused).
@@ -521,19 +522,36 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 		e.end(f) // the port pair is reused by a new connection
 		f = nil
 	}
-	var p pickup
+	// The entry, once looked up (ent, entErr): at most once a segment.
+	var ent CTEntry
+	var entErr error
 	looked := false
 	if f != nil && e.cfg.SkipHandshake && !newSYN && e.cfg.LabelSource != nil && e.implausible(f, seg) {
-		ent, err := e.cfg.LabelSource.Entry(conn)
-		if err == nil && f.ctID != 0 && ent.ID != 0 && ent.ID != f.ctID {
+		ent, entErr = e.cfg.LabelSource.Entry(conn)
+		looked = true
+		if entErr == nil && f.ctID != 0 && ent.ID != 0 && ent.ID != f.ctID {
 			e.end(f) // a later connection on the same port pair
 			f = nil
-			p, looked = e.pickUp(conn, ent, nil), true
 		}
 	}
 	if f == nil {
 		if seg.has(flagRST) {
-			return nil
+			// Nothing to track, but an RST of a connection a previous
+			// process rewrote must reach its receiver at the shifted
+			// position, or it is ignored there (RFC 5961) and the
+			// connection hangs (TestSkippedHandshakeSessions, labels
+			// restarts, seed 6385: a restart between the 221 and the
+			// server's RST).
+			if newSYN || e.cfg.LabelSource == nil {
+				return nil
+			}
+			if !looked {
+				ent, entErr = e.cfg.LabelSource.Entry(conn)
+				looked = true
+			}
+			if entErr != nil || ent.Labels.Empty() {
+				return nil
+			}
 		}
 		if len(e.tab.m) >= e.cfg.MaxFlows && e.tab.oldest != nil {
 			old := e.tab.oldest
@@ -542,8 +560,12 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 			e.end(old)
 		}
 		e.ids++
-		if !newSYN && e.cfg.LabelSource != nil && !looked {
-			p = e.fromLabels(conn)
+		var p pickup
+		if !newSYN && e.cfg.LabelSource != nil {
+			if !looked {
+				ent, entErr = e.cfg.LabelSource.Entry(conn)
+			}
+			p = e.pickUp(conn, ent, entErr)
 		}
 		e.stats.Flows++
 		f = p.f

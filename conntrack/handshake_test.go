@@ -102,10 +102,10 @@ func TestSkippedHandshakeFresh(t *testing.T) {
 	}
 }
 
-// TestSkippedFIN checks the ACK of a FIN the engine did not see: one past
-// the sender's last released byte, it is the FIN the rules let pass
-// (SkipHandshake, connection not rewritten, or kernel-mapped with one edit
-// in flight), so it is accepted and the stream taken as ended there. Where
+// TestSkippedFIN checks the ACK of a client's FIN the engine did not see:
+// one past the client's last released byte, it is the FIN the rules let
+// pass (SkipHandshake, connection not rewritten, or kernel-mapped with one
+// edit in flight), so it is accepted and the stream taken as ended there. Where
 // the rules queue FINs (a connection ftpalg maps), or without
 // SkipHandshake, the same ACK acknowledges a byte never sent and is
 // refused.
@@ -125,6 +125,12 @@ func TestSkippedFIN(t *testing.T) {
 			}
 			if !skip {
 				continue
+			}
+			// The server's FIN is queued (it would overtake its 221): an
+			// ACK of one the engine did not see acknowledges a byte never
+			// sent.
+			if out := c.send(pkt{src: c.cli, dst: c.srv, seq: c.cseq.Add(1), ack: c.sseq.Add(9 + 1), flags: flagACK}); out != nil || !errors.Is(c.lastRefusal(), ErrInvalidAck) {
+				t.Fatalf("ACK of a server FIN never queued passed: %v", out)
 			}
 			// Two past is not a FIN.
 			if out := c.send(pkt{src: c.srv, dst: c.cli, seq: c.sseq.Add(9), ack: c.cseq.Add(2), flags: flagACK}); out != nil {

@@ -169,14 +169,17 @@ func (m *sim) takeOver(in []byte, res *Result) (out []byte) {
 // kernelSkips reports whether the kernel's skip rules let b pass without
 // queueing: a segment with only ACK and no payload, of a connection whose
 // labels say KERNEL and not MULTI. With handshake (the rules'
-// SkipHandshake) also a FIN among them, a SYN or SYN/ACK without payload of
+// SkipHandshake) also the client's FIN among them, a SYN or SYN/ACK without payload of
 // a connection never rewritten (which marks the entry SEEN), and pure ACKs
 // and FINs without payload of one marked SEEN and never rewritten.
 func (m *sim) kernelSkips(b []byte) bool {
 	k := parse(m.t, b)
 	conn := Conn{Client: simClient, Server: simServer}
 	l := m.labels[conn]
-	flags, empty := k.flags&^flagFIN, len(k.payload) == 0
+	flags, empty := k.flags, len(k.payload) == 0
+	if k.src == simClient {
+		flags &^= flagFIN // the client's FIN skips too; the server's is queued
+	}
 	if m.skipHandshake {
 		switch {
 		case k.flags&(flagSYN|flagFIN|flagRST) == flagSYN && empty && !l.Bit(LabelRewritten):

@@ -295,6 +295,19 @@ func (h *half) push(seg *segment, out, scratch []byte, now stamp, cfg *Config, f
 		// again after the missing bytes); an RST or a pure ACK passes at
 		// its own position (an RST there draws a challenge ACK, RFC 5961,
 		// which makes the sender reset exactly).
+		if seg.has(flagFIN) && !seg.has(flagRST) && h.restored && !h.restoredHeld {
+			// A restored stream's FIN beyond its release point: the
+			// bytes before it went through the previous process without
+			// edits, as for data below, and the receiver may never send
+			// the ACK that would resync the stream (it acknowledged
+			// them before the restart). Dropped as beyond a hole, the
+			// FIN came again and again and the close never ended
+			// (TestSkippedHandshakeSessions, labels restarts, seed 6085).
+			h.next, h.restored = s, false
+			h.fin, h.sent = true, seqnum.Max(h.sent, s.Add(1))
+			r.start = s
+			return r, scratch
+		}
 		if seg.has(flagFIN) && !seg.has(flagRST) {
 			r.gap = true
 			return r, scratch

@@ -127,12 +127,13 @@ func (e *Engine) track(f *flow, pkt []byte, seg *segment, now time.Time) Result 
 
 // finSkipped reports whether ack, one past everything rcv's sender
 // released, acknowledges that sender's FIN, which the queue rules let pass
-// unseen (SkipHandshake): they do for a connection whose labels say it was
-// never rewritten, or that the kernel's seqadj maps with one edit in
-// flight (rules.LabelKernel without LabelMulti), and the labels the
-// kernel sees are the last f reported.
+// unseen (SkipHandshake): they do for the client's FIN of a connection
+// whose labels say it was never rewritten, or that the kernel's seqadj
+// maps with one edit in flight (rules.LabelKernel without LabelMulti), and
+// the labels the kernel sees are the last f reported. A server's FIN is
+// always queued (see rules.ackMatch).
 func (e *Engine) finSkipped(f *flow, rcv *half, ack seqnum.Value) bool {
-	if !e.cfg.SkipHandshake || rcv.fin || ack != rcv.sent.Add(1) {
+	if !e.cfg.SkipHandshake || rcv != &f.c || rcv.fin || ack != rcv.sent.Add(1) {
 		return false
 	}
 	l := f.labels

@@ -38,7 +38,7 @@ type Config struct {
 	// first rewritten packet, so from then on they are queued.
 	SkipPureACKs bool
 	// SkipHandshake (with SkipPureACKs) lets the SYN, the SYN/ACK and
-	// the FINs without payload of those connections pass too
+	// the client's FIN without payload of those connections pass too
 	// (rules.Config.SkipHandshake): the engine picks a connection up at
 	// its first payload segment, fresh when the SYN rule marked its entry
 	// SEEN, and ends it when conntrack destroys the entry

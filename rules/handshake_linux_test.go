@@ -84,10 +84,12 @@ var (
 // Verdicts of the queue chain for one segment: the rule that let it pass,
 // or "queue".
 const (
-	vSYN    = "syn"    // synSkipSpec
-	vACK    = "ack"    // skipSpec
-	vKernel = "kernel" // kernelSkipSpec
-	vQueue  = "queue"  // the NFQUEUE rules
+	vSYN       = "syn"        // synSkipSpec
+	vACK       = "ack"        // skipSpec
+	vKernel    = "kernel"     // kernelSkipSpec
+	vFIN       = "fin"        // skipSpec for the client's FIN
+	vKernelFIN = "kernel fin" // kernelSkipSpec for the client's FIN
+	vQueue     = "queue"      // the NFQUEUE rules
 )
 
 // skipRig is a namespace dst that forwards between two links, the
@@ -156,11 +158,13 @@ func newSkipRig(t *testing.T, handshake bool) *skipRig {
 		run(t, "ip", "netns", "exec", r.dst, f.command(), "-t", "mangle", "-A", "PREROUTING", "-i", "hb0",
 			"-m", "conntrack", "--ctstate", "INVALID")
 		names := map[string]string{
-			formatRule(skipSpec(f, "21", handshake)):       vACK,
-			formatRule(kernelSkipSpec(f, "21", handshake)): vKernel,
+			formatRule(skipSpec(f, "21", handshake, false)): vACK,
+			formatRule(kernelSkipSpec(f, "21", false)):      vKernel,
 		}
 		if handshake {
 			names[formatRule(synSkipSpec(f, "21"))] = vSYN
+			names[formatRule(skipSpec(f, "21", true, true))] = vFIN
+			names[formatRule(kernelSkipSpec(f, "21", true))] = vKernelFIN
 		}
 		for _, spec := range queueSpecs(r.cfg, f) {
 			if strings.Contains(formatRule(spec), "NFQUEUE") {
@@ -383,9 +387,18 @@ var skipScenarios = []struct {
 	{"session", steps(handshake(synOpts, synOpts), []step{
 		seg("client data", false, tcpPSH|tcpACK, tsOpts, "USER ftp\r\n", vQueue, vQueue),
 		seg("server pure ACK", true, tcpACK, tsOpts, "", vACK, vACK),
-		seg("client FIN|ACK", false, tcpFIN|tcpACK, tsOpts, "", vQueue, vACK),
+		seg("client FIN|ACK", false, tcpFIN|tcpACK, tsOpts, "", vQueue, vFIN),
 		seg("server FIN|PSH|ACK with data", true, tcpFIN|tcpPSH|tcpACK, tsOpts, "221 Goodbye.\r\n", vQueue, vQueue),
 		seg("client last ACK", false, tcpACK, tsOpts, "", vACK, vACK),
+	})},
+	// The server closes after its 221: its FIN is queued behind it, the
+	// client's skips.
+	{"server closes first", steps(handshake(synOpts, synOpts), []step{
+		seg("client data", false, tcpPSH|tcpACK, tsOpts, "QUIT\r\n", vQueue, vQueue),
+		seg("server data", true, tcpPSH|tcpACK, tsOpts, "221 Goodbye.\r\n", vQueue, vQueue),
+		seg("server FIN|ACK", true, tcpFIN|tcpACK, tsOpts, "", vQueue, vQueue),
+		seg("client FIN|ACK", false, tcpFIN|tcpACK, tsOpts, "", vQueue, vFIN),
+		seg("server last ACK", true, tcpACK, tsOpts, "", vACK, vACK),
 	})},
 	{"40-byte SYN options, SYN/ACK without options", handshake(synOpts40, nil)},
 	{"SYN with data (TCP Fast Open)", []step{
@@ -411,7 +424,8 @@ var skipScenarios = []struct {
 	{"kernel-mapped", steps(handshake(synOpts, synOpts), []step{
 		setLabels([]int{LabelKernel, LabelRewritten}),
 		seg("server pure ACK", true, tcpACK, tsOpts, "", vKernel, vKernel),
-		seg("client FIN|ACK", false, tcpFIN|tcpACK, tsOpts, "", vQueue, vKernel),
+		seg("server FIN|ACK", true, tcpFIN|tcpACK, tsOpts, "", vQueue, vQueue),
+		seg("client FIN|ACK", false, tcpFIN|tcpACK, tsOpts, "", vQueue, vKernelFIN),
 	})},
 	{"kernel-mapped, several edits", steps(handshake(synOpts, synOpts), []step{
 		setLabels([]int{LabelKernel, LabelMulti, LabelRewritten}),

@@ -241,11 +241,13 @@ func TestSkipSpecs(t *testing.T) {
 		for _, hs := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%v handshake=%v", f, hs), func(t *testing.T) {
 				rules := map[string][]string{
-					"ack":    skipSpec(f, "21,2121", hs),
-					"kernel": kernelSkipSpec(f, "21,2121", hs),
+					"ack":    skipSpec(f, "21,2121", hs, false),
+					"kernel": kernelSkipSpec(f, "21,2121", false),
 				}
 				if hs {
 					rules["syn"] = synSkipSpec(f, "21,2121")
+					rules["fin"] = skipSpec(f, "21,2121", true, true)
+					rules["kernel fin"] = kernelSkipSpec(f, "21,2121", true)
 				}
 				for flags := 0; flags < 0x40; flags++ {
 					fl := uint8(flags)
@@ -254,8 +256,10 @@ func TestSkipSpecs(t *testing.T) {
 					case fl&tcpRST != 0: // always queued
 					case hs && fl&(tcpSYN|tcpFIN) == tcpSYN:
 						want = []string{"syn"}
-					case fl&(tcpSYN|tcpACK) == tcpACK && (hs || fl&tcpFIN == 0):
+					case fl&(tcpSYN|tcpACK|tcpFIN) == tcpACK:
 						want = []string{"ack", "kernel"}
+					case hs && fl&(tcpSYN|tcpACK|tcpFIN) == tcpACK|tcpFIN:
+						want = []string{"fin", "kernel fin"}
 					}
 					var got []string
 					for name, spec := range rules {
@@ -276,14 +280,20 @@ func TestSkipSpecs(t *testing.T) {
 					if strings.Contains(txt, "! --label 121") {
 						t.Errorf("%s: %s matches SEEN inverted", name, txt)
 					}
+					if strings.HasPrefix(name, "fin") || strings.HasSuffix(name, " fin") {
+						// The client's FIN only: a server's would overtake its 221.
+						if !strings.Contains(txt, "--dports 21,2121") || strings.Contains(txt, "--ports") {
+							t.Errorf("%s: not for the client's segments only: %s", name, txt)
+						}
+					}
 					wantSet := name == "syn" || (name == "ack" && !hs)
 					if got := strings.Contains(txt, "--label 121 --set"); got != wantSet {
 						t.Errorf("%s: sets SEEN %v, want %v: %s", name, got, wantSet, txt)
 					}
-					if name != "kernel" && !strings.Contains(txt, "--label 121") {
+					if !strings.HasPrefix(name, "kernel") && !strings.Contains(txt, "--label 121") {
 						t.Errorf("%s: does not require SEEN: %s", name, txt)
 					}
-					if name != "kernel" && !strings.Contains(txt, "! --label 127") {
+					if !strings.HasPrefix(name, "kernel") && !strings.Contains(txt, "! --label 127") {
 						t.Errorf("%s: does not exclude rewritten connections: %s", name, txt)
 					}
 				}

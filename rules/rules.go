@@ -158,18 +158,18 @@ type Config struct {
 	// SkipHandshake (with SkipPureACKs; ignored without) lets the SYN and
 	// SYN/ACK of a control connection pass without queueing when they
 	// carry no payload (synSkipSpec), marking the entry LabelSeen, and lets
-	// FIN segments without payload pass like pure ACKs; RST and every
-	// segment with payload (a SYN with TCP Fast Open data too) are still
-	// queued. The pure-ACK rule then tests LabelSeen instead of setting it,
+	// the client's FIN without payload pass like pure ACKs (a server's
+	// would overtake its 221, see ackMatch); RST and every segment with
+	// payload (a SYN with TCP Fast Open data too) are still queued. The pure-ACK rule then tests LabelSeen instead of setting it,
 	// so SEEN means "this entry's SYN or SYN/ACK passed ftpalg's rules".
 	// Only for a daemon that does not need to see them: it must pick a
 	// connection up at its first payload segment, treat LabelSeen on its
 	// entry as proof that the connection is fresh (it opened while these
 	// rules were loaded, so no login passed unseen) and its absence as a
 	// connection of unknown history, and end a connection when conntrack
-	// reports its entry destroyed (a DESTROY event), since it sees neither
-	// FIN of a connection it never rewrote or whose numbers the kernel
-	// maps (LabelKernel without LabelMulti).
+	// reports its entry destroyed (a DESTROY event), since it does not see
+	// the client's FIN of a connection it never rewrote or whose numbers
+	// the kernel maps (LabelKernel without LabelMulti).
 	SkipHandshake bool
 }
 

@@ -35,8 +35,8 @@ func hooks() [3]hook {
 // without it cannot hold labels (ctnetlink refuses them with ENOSPC). With
 // SkipPureACKs the RETURNs of segments without payload follow, per port
 // list: with SkipHandshake first the SYN and SYN/ACK one (synSkipSpec),
-// then the pure-ACK ones (never rewritten; mapped by the kernel), which then
-// let FINs pass too. Then the NFQUEUE rules for control packets from
+// then the pure-ACK ones (never rewritten; mapped by the kernel), then with
+// SkipHandshake the same two for the client's FIN. Then the NFQUEUE rules for control packets from
 // clients (destination port) and from servers (source port).
 func queueSpecs(cfg Config, f Family) [][]string {
 	var lists []string
@@ -54,7 +54,10 @@ func queueSpecs(cfg Config, f Family) [][]string {
 			if hs {
 				specs = append(specs, synSkipSpec(f, list))
 			}
-			specs = append(specs, skipSpec(f, list, hs), kernelSkipSpec(f, list, hs))
+			specs = append(specs, skipSpec(f, list, hs, false), kernelSkipSpec(f, list, false))
+			if hs {
+				specs = append(specs, skipSpec(f, list, true, true), kernelSkipSpec(f, list, true))
+			}
 		}
 	}
 	for _, dir := range []string{"--dports", "--sports"} {
