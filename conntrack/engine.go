@@ -526,6 +526,10 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 	var ent CTEntry
 	var entErr error
 	looked := false
+	if f != nil && e.cfg.SkipHandshake && !newSYN && e.reopened(f, seg) {
+		e.end(f) // a later connection on the same port pair
+		f = nil
+	}
 	if f != nil && e.cfg.SkipHandshake && !newSYN && e.cfg.LabelSource != nil && e.implausible(f, seg) {
 		ent, entErr = e.cfg.LabelSource.Entry(conn)
 		looked = true
@@ -652,6 +656,24 @@ func (e *Engine) implausible(f *flow, seg *segment) bool {
 	}
 	d := seg.seq.Sub(snd.next)
 	return d > reuseWindow || d < -reuseWindow
+}
+
+// reopened reports whether a payload segment of f comes from a later
+// connection on the same port pair: its sender's FIN was released (a
+// server's FIN is always queued), and the segment is not a retransmission
+// of bytes before it. FTP servers close first, so their clients may open
+// the next connection from the same port at once, while conntrack still
+// holds the old entry in TIME_WAIT; conntrack replaces the entry, often
+// with the same ID (ctnetlink's TestIDReusedPortPair), and its DESTROY
+// event may be handled after the new connection's greeting arrives
+// (measured: 2 refusals, ErrInvalidAck, in one make bench run).
+func (e *Engine) reopened(f *flow, seg *segment) bool {
+	snd, _ := f.halves(e.side)
+	if len(seg.payload) == 0 || !snd.fin {
+		return false
+	}
+	d := seg.seq.Sub(snd.sent)
+	return d >= 0 || d < -reuseWindow
 }
 
 // Destroyed stops tracking c when conntrack destroyed its entry, whose ID

@@ -206,6 +206,36 @@ func TestDestroyed(t *testing.T) {
 	})
 }
 
+// TestReopenedPortPair checks that a server's greeting on the port pair of
+// a connection whose server FIN was released starts a new connection,
+// whatever its ID (conntrack often gives the new entry the old one's), and
+// that a retransmission from before that FIN does not.
+func TestReopenedPortPair(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		at      seqnum.Delta // the segment's seq against the old FIN's
+		newConn bool
+	}{
+		{"retransmission before the FIN", -9, false},
+		{"after the FIN", 1000, true},
+		{"far before the FIN", -(1 << 20), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := &entrySource{ent: CTEntry{Labels: seenOnly(), ID: 7}}
+			c := midConn(t, Config{SkipHandshake: true}, src)
+			c.login()
+			c.server("221 bye\r\n")
+			fin := c.sseq
+			c.send(pkt{src: c.srv, dst: c.cli, seq: fin, ack: c.cseq, flags: flagACK | flagFIN})
+			c.events = nil
+			c.send(pkt{src: c.srv, dst: c.cli, seq: fin.Shift(tc.at), ack: c.cseq, flags: flagACK, payload: []byte("221 bye\r\n")})
+			if ended := c.count(EventFlowEnd) == 1; ended != tc.newConn {
+				t.Fatalf("flow ended %v (events %+v), want %v", ended, c.events, tc.newConn)
+			}
+		})
+	}
+}
+
 // TestSkippedHandshakeSessions runs generated sessions whose SYN, SYN/ACK,
 // and payload-free ACKs and FINs skip the engine as the rules of
 // SkipHandshake let them (sim.kernelSkips): the engine picks each
