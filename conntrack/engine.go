@@ -678,14 +678,30 @@ func (e *Engine) reopened(f *flow, seg *segment) bool {
 
 // Destroyed stops tracking c when conntrack destroyed its entry, whose ID
 // is id (0: unknown), and returns its EventFlowEnd, if any (valid until the
-// next call). With SkipHandshake the engine sees neither FIN of a
-// connection that was never rewritten, and learns of the end only so. An
-// entry with another ID than the one c was picked up with is an earlier
-// connection on the same port pair, whose DESTROY came late: c stays.
-func (e *Engine) Destroyed(c Conn, id uint32) []Event {
+// next call). closed says the entry ended closed (TIME_WAIT or CLOSE). With
+// SkipHandshake the engine does not see the client's FIN of a connection
+// that was never rewritten, and learns of the end only so.
+//
+// The DESTROY of an earlier connection on the same port pair can come
+// after the next one was picked up: conntrack kills the old entry in
+// TIME_WAIT when the client reopens from its port, often giving the new one
+// the same ID (see reopened), and the event is handled late under load.
+// Taken for the new connection's end, it ended a session between its PASS
+// and its 230, whose successor flow never learnt of the login (make bench
+// run 14: a PORT refused as before a login, once in each placement). So an
+// entry with another ID, or one that ended closed while f saw neither FIN
+// nor RST (a closed entry's server FIN and RST are always queued), is not
+// f's: f stays, and ends by its own DESTROY, its idle timeout, or a
+// reconcile that no longer finds its entry.
+func (e *Engine) Destroyed(c Conn, id uint32, closed bool) []Event {
 	e.events = e.events[:0]
 	f := e.tab.get(c)
-	if f == nil || id != 0 && f.ctID != 0 && id != f.ctID {
+	switch {
+	case f == nil:
+		return nil
+	case id != 0 && f.ctID != 0 && id != f.ctID:
+		return nil
+	case closed && !f.s.fin && !f.c.fin && f.closeAt == 0:
 		return nil
 	}
 	e.end(f)

@@ -160,14 +160,19 @@ func TestDestroyed(t *testing.T) {
 	t.Run("destroy events", func(t *testing.T) {
 		c := midConn(t, Config{SkipHandshake: true}, &entrySource{ent: CTEntry{Labels: seenOnly(), ID: 7}})
 		conn := Conn{Client: c.cli, Server: c.srv}
-		if evs := c.e.Destroyed(conn, 8); len(evs) != 0 || c.e.Len() != 1 {
+		if evs := c.e.Destroyed(conn, 8, false); len(evs) != 0 || c.e.Len() != 1 {
 			t.Fatalf("DESTROY of another entry (ID 8): events %+v, %d flows; want none, 1", evs, c.e.Len())
 		}
-		evs := c.e.Destroyed(conn, 7)
+		// Closed, but the engine saw neither FIN nor RST: an earlier
+		// entry on the port pair that got the same ID.
+		if evs := c.e.Destroyed(conn, 7, true); len(evs) != 0 || c.e.Len() != 1 {
+			t.Fatalf("closed DESTROY of an open connection: events %+v, %d flows; want none, 1", evs, c.e.Len())
+		}
+		evs := c.e.Destroyed(conn, 7, false)
 		if len(evs) != 1 || evs[0].Kind != EventFlowEnd || c.e.Len() != 0 {
 			t.Fatalf("DESTROY of its entry: events %+v, %d flows; want one flow-end, 0", evs, c.e.Len())
 		}
-		if evs := c.e.Destroyed(conn, 7); len(evs) != 0 {
+		if evs := c.e.Destroyed(conn, 7, false); len(evs) != 0 {
 			t.Fatalf("second DESTROY: %+v", evs)
 		}
 	})

@@ -735,7 +735,7 @@ func runSim(t *testing.T, seed uint64, commands int, o simOptions) {
 	}
 	if o.handshake && f.closeAt == 0 {
 		// Both FINs may have passed unseen: conntrack's DESTROY ends it.
-		if evs := m.e.Destroyed(conn, 0); len(evs) != 1 || evs[0].Kind != EventFlowEnd || m.e.Len() != 0 {
+		if evs := m.e.Destroyed(conn, 0, true); len(evs) != 1 || evs[0].Kind != EventFlowEnd || m.e.Len() != 0 {
 			t.Fatalf("seed %d: DESTROY after the end: events %+v, %d flows; want the flow's end", seed, evs, m.e.Len())
 		}
 		return

@@ -385,17 +385,19 @@ func (g *Gateway) DataConnection(f ctnetlink.NewFlow) {
 }
 
 // ControlDestroyed ends the control connection whose conntrack entry was
-// destroyed, if this gateway tracks it, and reports whether it did. The
+// destroyed (closed: in TIME_WAIT or CLOSE), if this gateway tracks it and
+// the entry is its own (conntrack.Engine.Destroyed), and reports whether it
+// did. The
 // engine's connection is the entry seen at ftpalg's hook: the original
 // tuple's source (before SNAT) to the reply tuple's source (after DNAT).
-func (g *Gateway) ControlDestroyed(orig, reply ctnetlink.Tuple, id uint32) bool {
+func (g *Gateway) ControlDestroyed(orig, reply ctnetlink.Tuple, id uint32, closed bool) bool {
 	c := conntrack.Conn{Client: orig.Src, Server: reply.Src}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.labels != nil {
 		g.labels.start.take(id)
 	}
-	evs := g.engine.Destroyed(c, id)
+	evs := g.engine.Destroyed(c, id, closed)
 	for i := range evs {
 		g.act(&evs[i])
 	}
@@ -414,7 +416,7 @@ func (g *Gateway) reconcile(live map[conntrack.ConnKey]bool) int {
 		}
 	})
 	for _, f := range gone {
-		evs := g.engine.Destroyed(f.Conn, 0)
+		evs := g.engine.Destroyed(f.Conn, 0, false)
 		for i := range evs {
 			g.act(&evs[i])
 		}

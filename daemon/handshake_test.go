@@ -52,7 +52,13 @@ func TestSkippedHandshakeGateway(t *testing.T) {
 			t.Fatalf("start entry not taken at the pickup")
 		}
 
-		shards.ControlDestroyed(entry.Orig, entry.Reply, 41) // an older entry's
+		shards.ControlDestroyed(entry.Orig, entry.Reply, 41, false) // an older entry's
+		if gw.engine.Len() != 1 {
+			t.Fatalf("DESTROY of another entry ended the connection")
+		}
+		// The same ID, closed, while the connection saw no FIN: an older
+		// entry that conntrack gave the same ID.
+		shards.ControlDestroyed(entry.Orig, entry.Reply, 42, true)
 		if gw.engine.Len() != 1 {
 			t.Fatalf("DESTROY of another entry ended the connection")
 		}
@@ -60,7 +66,7 @@ func TestSkippedHandshakeGateway(t *testing.T) {
 			t.Fatalf("reconcile with the entry live ended %d", n)
 		}
 		if before {
-			shards.ControlDestroyed(entry.Orig, entry.Reply, 42)
+			shards.ControlDestroyed(entry.Orig, entry.Reply, 42, false)
 		} else if n := shards.Reconcile(nil); n != 1 {
 			t.Fatalf("reconcile without the entry ended %d, want 1", n)
 		}

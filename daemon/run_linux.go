@@ -528,7 +528,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	go func() {
 		h := ctnetlink.WatchHandler{NewFlow: gw.DataConnection}
 		if cfg.skipHandshake() {
-			h.Destroyed = func(e ctnetlink.Destroyed) { shards.ControlDestroyed(e.Orig, e.Reply, e.ID) }
+			h.Destroyed = func(e ctnetlink.Destroyed) { shards.ControlDestroyed(e.Orig, e.Reply, e.ID, e.TCPState.Closed()) }
 			// DESTROY events may have been lost with the rest.
 			h.Overrun = func(uint64) { reconcile.request() }
 		}

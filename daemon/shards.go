@@ -33,9 +33,9 @@ func (s Shards) Expire(now time.Time) {
 // entry in the shard that tracks it (Gateway.ControlDestroyed). NFQUEUE's
 // balance hash picked that shard; an event does not say which, and asking
 // each shard's table costs a map lookup.
-func (s Shards) ControlDestroyed(orig, reply ctnetlink.Tuple, id uint32) {
+func (s Shards) ControlDestroyed(orig, reply ctnetlink.Tuple, id uint32, closed bool) {
 	for _, g := range s {
-		if g.ControlDestroyed(orig, reply, id) {
+		if g.ControlDestroyed(orig, reply, id, closed) {
 			return
 		}
 	}
