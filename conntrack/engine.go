@@ -522,20 +522,17 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 		e.end(f) // the port pair is reused by a new connection
 		f = nil
 	}
-	// The entry, once looked up (ent, entErr): at most once a segment.
-	var ent CTEntry
-	var entErr error
-	looked := false
-	if f != nil && e.cfg.SkipHandshake && !newSYN && e.reopened(f, seg) {
-		e.end(f) // a later connection on the same port pair
-		f = nil
-	}
-	if f != nil && e.cfg.SkipHandshake && !newSYN && e.cfg.LabelSource != nil && e.implausible(f, seg) {
-		ent, entErr = e.cfg.LabelSource.Entry(conn)
-		looked = true
-		if entErr == nil && f.ctID != 0 && ent.ID != 0 && ent.ID != f.ctID {
+	ent := entryOnce{src: e.cfg.LabelSource, conn: conn}
+	if f != nil && e.cfg.SkipHandshake && !newSYN {
+		switch {
+		case e.reopened(f, seg):
 			e.end(f) // a later connection on the same port pair
 			f = nil
+		case ent.src != nil && e.implausible(f, seg):
+			if got, err := ent.get(); err == nil && f.ctID != 0 && got.ID != 0 && got.ID != f.ctID {
+				e.end(f) // a later connection on the same port pair
+				f = nil
+			}
 		}
 	}
 	if f == nil {
@@ -546,14 +543,10 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 			// connection hangs (TestSkippedHandshakeSessions, labels
 			// restarts, seed 6385: a restart between the 221 and the
 			// server's RST).
-			if newSYN || e.cfg.LabelSource == nil {
+			if newSYN || ent.src == nil {
 				return nil
 			}
-			if !looked {
-				ent, entErr = e.cfg.LabelSource.Entry(conn)
-				looked = true
-			}
-			if entErr != nil || ent.Labels.Empty() {
+			if got, err := ent.get(); err != nil || got.Labels.Empty() {
 				return nil
 			}
 		}
@@ -565,11 +558,9 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 		}
 		e.ids++
 		var p pickup
-		if !newSYN && e.cfg.LabelSource != nil {
-			if !looked {
-				ent, entErr = e.cfg.LabelSource.Entry(conn)
-			}
-			p = e.pickUp(conn, ent, entErr)
+		if !newSYN && ent.src != nil {
+			got, err := ent.get()
+			p = e.pickUp(conn, got, err)
 		}
 		e.stats.Flows++
 		f = p.f
@@ -590,6 +581,24 @@ func (e *Engine) lookup(conn Conn, seg *segment, now time.Time) *flow {
 	f.last = e.stamp(now)
 	e.tab.touch(f)
 	return f
+}
+
+// entryOnce looks a connection's conntrack entry up at most once while
+// the engine decides a segment's flow.
+type entryOnce struct {
+	src  LabelSource // nil: no lookups
+	conn Conn
+	ent  CTEntry
+	err  error
+	done bool
+}
+
+func (o *entryOnce) get() (CTEntry, error) {
+	if !o.done {
+		o.ent, o.err = o.src.Entry(o.conn)
+		o.done = true
+	}
+	return o.ent, o.err
 }
 
 // maxRechecks bounds the segments at which a connection picked up while

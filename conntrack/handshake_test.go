@@ -243,7 +243,7 @@ func TestReopenedPortPair(t *testing.T) {
 
 // TestSkippedHandshakeSessions runs generated sessions whose SYN, SYN/ACK,
 // and payload-free ACKs and FINs skip the engine as the rules of
-// SkipHandshake let them (sim.kernelSkips): the engine picks each
+// SkipHandshake let them (sim.skips): the engine picks each
 // connection up at its first payload segment, must still rewrite every
 // announcement once, map every number, and accept the ACKs of FINs it
 // never saw. Userspace-mapped and kernel-mapped, with pipelined rewrites,

@@ -166,13 +166,13 @@ func (m *sim) takeOver(in []byte, res *Result) (out []byte) {
 	return nil
 }
 
-// kernelSkips reports whether the kernel's skip rules let b pass without
+// skips reports whether the kernel's skip rules let b pass without
 // queueing: a segment with only ACK and no payload, of a connection whose
 // labels say KERNEL and not MULTI. With handshake (the rules'
 // SkipHandshake) also the client's FIN among them, a SYN or SYN/ACK without payload of
 // a connection never rewritten (which marks the entry SEEN), and pure ACKs
 // and FINs without payload of one marked SEEN and never rewritten.
-func (m *sim) kernelSkips(b []byte) bool {
+func (m *sim) skips(b []byte) bool {
 	k := parse(m.t, b)
 	conn := Conn{Client: simClient, Server: simServer}
 	l := m.labels[conn]

@@ -272,7 +272,7 @@ type sim struct {
 	// the real rule needs it).
 	noMultiSkip bool
 	// skipHandshake: the rules skip handshakes and FINs (rules.Config.
-	// SkipHandshake, Config.SkipHandshake), see kernelSkips.
+	// SkipHandshake, Config.SkipHandshake), see skips.
 	skipHandshake bool
 	// restarted: the engine is a successor, whose start-up dump holds
 	// the connection (CTEntry.Preexisting).
@@ -434,7 +434,7 @@ func (m *sim) deliver(i int) {
 	}
 	switch i {
 	case 0, 2:
-		if m.kernelSkips(b) {
+		if m.skips(b) {
 			if m.adjOn {
 				b = m.kernelAdjust(b, i == 0)
 			}

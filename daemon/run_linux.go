@@ -271,16 +271,19 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// are older than this process (labelStore.start): their dialogs went
 	// on before it, so they are not taken for fresh at their first packet.
 	var dump []ctnetlink.Entry
+	dumped := false
 	if len(shards) == 1 || cfg.skipHandshake() {
-		dump, err = ct.Dump()
+		var derr error
+		dump, derr = ct.Dump()
 		switch {
-		case err != nil && cfg.skipHandshake():
+		case derr != nil && cfg.skipHandshake():
 			// Without it every connection open now would be taken
 			// for fresh at its first packet, its login for not made.
-			return fmt.Errorf("%w: dumping conntrack for the control connections open before this start (--skip-handshake): %w", ErrEnvironment, err)
-		case err != nil:
-			log.Warn("dumping conntrack to take connections over; each is looked up at its first packet instead", "err", err)
+			return fmt.Errorf("%w: dumping conntrack for the control connections open before this start (--skip-handshake): %w", ErrEnvironment, derr)
+		case derr != nil:
+			log.Warn("dumping conntrack to take connections over; each is looked up at its first packet instead", "err", derr)
 		}
+		dumped = derr == nil
 	}
 	if cfg.skipHandshake() {
 		start := newStartEntries(dump, gw.engine.IsControl)
@@ -291,7 +294,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	switch {
 	case len(shards) > 1:
 		log.Info("taking connections over from their conntrack labels at their first packet", "queues", len(shards))
-	case err == nil:
+	case dumped:
 		if n := gw.Resume(dump, time.Now()); n > 0 {
 			log.Info("took over rewritten control connections from their conntrack labels", "connections", n)
 		}
